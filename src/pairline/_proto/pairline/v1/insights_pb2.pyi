@@ -1,0 +1,102 @@
+from pairline._proto.pairline.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetBenchmarkReportRequest(_message.Message):
+    __slots__ = ("outcome", "queue")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    queue: str
+    def __init__(self, outcome: _Optional[str] = ..., queue: _Optional[str] = ...) -> None: ...
+
+class StratumReport(_message.Message):
+    __slots__ = ("queue", "period", "on_count", "off_count", "on_mean", "off_mean")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OFF_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ON_MEAN_FIELD_NUMBER: _ClassVar[int]
+    OFF_MEAN_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    period: str
+    on_count: int
+    off_count: int
+    on_mean: float
+    off_mean: float
+    def __init__(self, queue: _Optional[str] = ..., period: _Optional[str] = ..., on_count: _Optional[int] = ..., off_count: _Optional[int] = ..., on_mean: _Optional[float] = ..., off_mean: _Optional[float] = ...) -> None: ...
+
+class BenchmarkReport(_message.Message):
+    __slots__ = ("outcome", "strata", "on_mean", "off_mean", "relative_gain", "ci_low", "ci_high", "on_count", "off_count", "on_utilisation_spread", "off_utilisation_spread")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STRATA_FIELD_NUMBER: _ClassVar[int]
+    ON_MEAN_FIELD_NUMBER: _ClassVar[int]
+    OFF_MEAN_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_GAIN_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    ON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OFF_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ON_UTILISATION_SPREAD_FIELD_NUMBER: _ClassVar[int]
+    OFF_UTILISATION_SPREAD_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    strata: _containers.RepeatedCompositeFieldContainer[StratumReport]
+    on_mean: float
+    off_mean: float
+    relative_gain: float
+    ci_low: float
+    ci_high: float
+    on_count: int
+    off_count: int
+    on_utilisation_spread: float
+    off_utilisation_spread: float
+    def __init__(self, outcome: _Optional[str] = ..., strata: _Optional[_Iterable[_Union[StratumReport, _Mapping]]] = ..., on_mean: _Optional[float] = ..., off_mean: _Optional[float] = ..., relative_gain: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., on_count: _Optional[int] = ..., off_count: _Optional[int] = ..., on_utilisation_spread: _Optional[float] = ..., off_utilisation_spread: _Optional[float] = ...) -> None: ...
+
+class GetQueueStatsRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class ChannelStats(_message.Message):
+    __slots__ = ("channel", "waiting", "oldest_wait_ms")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    channel: _common_pb2.Channel
+    waiting: int
+    oldest_wait_ms: int
+    def __init__(self, channel: _Optional[_Union[_common_pb2.Channel, str]] = ..., waiting: _Optional[int] = ..., oldest_wait_ms: _Optional[int] = ...) -> None: ...
+
+class QueueStats(_message.Message):
+    __slots__ = ("queue", "waiting", "oldest_wait_ms", "agents_logged_in", "agents_available", "agents_reserved", "contacts_in_service", "channels")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_LOGGED_IN_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_RESERVED_FIELD_NUMBER: _ClassVar[int]
+    CONTACTS_IN_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    waiting: int
+    oldest_wait_ms: int
+    agents_logged_in: int
+    agents_available: int
+    agents_reserved: int
+    contacts_in_service: int
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelStats]
+    def __init__(self, queue: _Optional[str] = ..., waiting: _Optional[int] = ..., oldest_wait_ms: _Optional[int] = ..., agents_logged_in: _Optional[int] = ..., agents_available: _Optional[int] = ..., agents_reserved: _Optional[int] = ..., contacts_in_service: _Optional[int] = ..., channels: _Optional[_Iterable[_Union[ChannelStats, _Mapping]]] = ...) -> None: ...
+
+class GetQueueStatsResponse(_message.Message):
+    __slots__ = ("queues", "at_ms")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueStats]
+    at_ms: int
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ..., at_ms: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,144 @@
+"""One frozen Settings object, built once at start (TOML file + PAIRLINE_* env), passed inward.
+
+Nothing below the entry point reads ``os.environ``: :func:`load_settings` takes the
+environment as an argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+POLICIES = ("baseline",)
+
+DEMO_TENANT = "demo"
+DEMO_API_KEY = "demo-key-change-me"
+
+
+def hash_api_key(key: str) -> str:
+    """The form in which API keys are stored in configuration (hex SHA-256)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """One operator. Keys are held only as SHA-256 hashes."""
+
+    name: str
+    api_key_sha256: tuple[str, ...]
+    # HMAC-SHA256 secret for pseudonymising customer keys (hex or text).
+    secret: str
+    customer_dim: int = 16
+    agent_dim: int = 16
+    policy: str = "baseline"
+    wrap_up_s: float = 10.0
+    offer_timeout_s: float = 15.0
+    # How long decisions and their outcomes are kept (retention policy).
+    decision_ttl_days: float = 90.0
+    profile_ttl_days: float = 365.0
+    max_waiting: int = 100_000
+    max_agents: int = 50_000
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 64:
+            raise ValueError("tenant name must be 1..64 chars")
+        if not self.api_key_sha256:
+            raise ValueError(f"tenant {self.name}: at least one api_key_sha256 is needed")
+        if len(self.secret) < 16:
+            raise ValueError(f"tenant {self.name}: secret must be at least 16 chars")
+        if not (1 <= self.customer_dim <= 4096 and 1 <= self.agent_dim <= 4096):
+            raise ValueError(f"tenant {self.name}: dimensions must be 1..4096")
+        if self.policy not in POLICIES:
+            raise ValueError(f"tenant {self.name}: unknown policy {self.policy!r}")
+        if self.offer_timeout_s <= 0 or self.wrap_up_s < 0:
+            raise ValueError(f"tenant {self.name}: offer_timeout_s > 0 and wrap_up_s >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    grace_s: float = 10.0
+    log_level: str = "info"
+    log_json: bool = True
+    # How often expired reservations and retention are swept, in seconds.
+    sweep_interval_s: float = 0.25
+    max_message_bytes: int = 64 * 1024 * 1024
+    tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
+
+    def tenant_by_key_hash(self) -> dict[str, TenantConfig]:
+        return {h: t for t in self.tenants for h in t.api_key_sha256}
+
+
+_SCALARS = {f.name: f for f in fields(Settings) if f.name != "tenants"}
+
+
+def _coerce(name: str, raw: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"PAIRLINE_{name.upper()}: expected a boolean, got {raw!r}")
+    if isinstance(like, int):
+        return int(raw)
+    if isinstance(like, float):
+        return float(raw)
+    return raw
+
+
+def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
+    data = dict(raw)
+    keys = data.pop("api_key_sha256", ())
+    if isinstance(keys, str):
+        keys = (keys,)
+    # Plain keys are accepted for development only and hashed at once.
+    plain = data.pop("api_keys", ())
+    hashed = tuple(keys) + tuple(hash_api_key(k) for k in plain)
+    return TenantConfig(api_key_sha256=hashed, **data)
+
+
+def demo_tenant() -> TenantConfig:
+    return TenantConfig(
+        name=DEMO_TENANT,
+        api_key_sha256=(hash_api_key(DEMO_API_KEY),),
+        secret="demo-secret-not-for-production",
+    )
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    demo: bool = False,
+    **overrides: Any,
+) -> Settings:
+    """Build the Settings: defaults < TOML file < PAIRLINE_* env < explicit overrides."""
+    env = env or {}
+    data: dict[str, Any] = {}
+    path = path or env.get("PAIRLINE_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    unknown = set(data) - set(_SCALARS) - {"tenants"}
+    if unknown:
+        raise ValueError(f"unknown settings in {path}: {sorted(unknown)}")
+    tenants = tuple(_tenant(t) for t in data.pop("tenants", ()))
+    settings = Settings(tenants=tenants, **data)
+    for name, f in _SCALARS.items():
+        raw = env.get(f"PAIRLINE_{name.upper()}")
+        if raw is not None:
+            settings = replace(settings, **{name: _coerce(name, raw, getattr(settings, name))})
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if demo and not any(t.name == DEMO_TENANT for t in settings.tenants):
+        settings = replace(settings, tenants=(*settings.tenants, demo_tenant()))
+    names = [t.name for t in settings.tenants]
+    if len(set(names)) != len(names):
+        raise ValueError("tenant names must be unique")
+    owners = [h for t in settings.tenants for h in t.api_key_sha256]
+    if len(set(owners)) != len(owners):
+        raise ValueError("an API key belongs to exactly one tenant")
+    return settings

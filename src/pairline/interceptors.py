@@ -1,0 +1,167 @@
+"""One server interceptor: authenticate the caller, bind its tenant, map errors.
+
+Health and reflection need no key. Every other call needs
+``authorization: Bearer <api key>``; the key's SHA-256 is looked up in the
+configuration and the tenant is bound to a context variable for the handler.
+A :class:`PairlineError` becomes its status (with ``google.rpc.BadRequest``
+details naming the field for INVALID_ARGUMENT); anything else is logged and
+answered INTERNAL without internals.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from pairline.errors import PairlineError, Unauthenticated
+
+log = structlog.get_logger()
+
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("pairline_tenant")
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def current_tenant() -> str:
+    """The tenant of the call being handled (set by :class:`ServerInterceptor`)."""
+    return _tenant.get()
+
+
+def to_rpc_status(exc: PairlineError) -> status_pb2.Status:
+    status = status_pb2.Status(code=int(exc.code), message=exc.message)
+    if exc.field is not None:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=exc.field, description=exc.message
+                    )
+                ]
+            )
+        )
+        status.details.append(detail)
+    return status
+
+
+def internal_status() -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error (logged)")
+
+
+def _bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            if isinstance(value, bytes):
+                return None
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, key_hashes: Callable[[], dict[str, str]]) -> None:
+        """``key_hashes()`` maps hex SHA-256 of each API key to its tenant; it is
+        called per request so keys can change without a restart."""
+        self._key_hashes = key_hashes
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def authenticate(self, metadata: Any) -> str:
+        token = _bearer(metadata)
+        if not token:
+            raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
+        tenant = self._key_hashes().get(hashlib.sha256(token.encode()).hexdigest())
+        if tenant is None:
+            raise Unauthenticated("unknown API key")
+        return tenant
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(OPEN_SERVICES):
+            return handler
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = self._wrap(handler, method)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        auth = self.authenticate
+
+        async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+            if isinstance(exc, PairlineError):
+                log.info("rpc_rejected", method=method, code=exc.code.name, error=exc.message)
+                await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
+            log.error("rpc_failed", method=method, exc_info=exc)
+            await context.abort_with_status(rpc_status.to_status(internal_status()))
+
+        def bind(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            _tenant.set(auth(context.invocation_metadata()))
+
+        kw = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                try:
+                    bind(context)
+                    return await inner_uu(request, context)
+                except (PairlineError, Exception) as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await fail(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: Any) -> Any:
+                try:
+                    bind(context)
+                    return await inner_su(requests, context)
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await fail(context, exc)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    bind(context)
+                    async for reply in inner_ss(requests, context):
+                        yield reply
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await fail(context, exc)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                bind(context)
+                async for reply in inner_us(request, context):
+                    yield reply
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await fail(context, exc)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)

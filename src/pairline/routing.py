@@ -1,0 +1,528 @@
+"""Routing state of one tenant: agents, waiting contacts, reservations.
+
+Pure Python + NumPy, no gRPC, no Redis. Every method runs to completion without
+awaiting, so on the embedded store one call is atomic with respect to every
+other call on the event loop.
+
+Layout, per queue (:class:`QueueIndex`): one row per member agent in contiguous
+arrays (``routable`` bool[n], ``ready_at`` f8[n], ``free`` i4[n, 5] capacity
+left per channel, ``load`` i4[n], ``idle_since`` f8[n], ``prof`` i4[n]), kept
+up to date incrementally as agents change, so eligibility is a few vectorised
+comparisons and never a Python loop over agents. Waiting contacts live in one
+sorted list per (queue, channel), ordered by priority (high first), then
+arrival, then a sequence number.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+from sortedcontainers import SortedList
+
+from pairline.domain import (
+    N_CHANNELS,
+    AgentStatus,
+    AgentView,
+    Channel,
+    ChannelStats,
+    Decision,
+    EndReason,
+    EndResult,
+    QueueStats,
+    ReleaseReason,
+)
+from pairline.errors import FailedPrecondition, NotFound, ResourceExhausted
+
+_SETTABLE_PRESENCE = (
+    AgentStatus.LOGGED_OUT,
+    AgentStatus.AVAILABLE,
+    AgentStatus.AWAY,
+    AgentStatus.BUSY,
+)
+_DEFAULT_CAPACITY = (1, 0, 0, 0, 0)  # one voice contact
+
+
+class ContactState(IntEnum):
+    WAITING = 1
+    RESERVED = 2
+    CONNECTED = 3
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    presence: AgentStatus  # LOGGED_OUT, AVAILABLE, AWAY or BUSY; wrap-up is wrap_until
+    queues: dict[str, int]
+    capacity: list[int]
+    in_use: list[int] = field(default_factory=lambda: [0] * N_CHANNELS)
+    wrap_until: float = 0.0
+    idle_since: float = 0.0
+    reservations: dict[str, str] = field(default_factory=dict)  # decision id -> contact id
+    connected: dict[str, str] = field(default_factory=dict)  # contact id -> decision id
+
+    def status(self, now: float) -> AgentStatus:
+        if self.presence is not AgentStatus.AVAILABLE:
+            return self.presence
+        if self.reservations:
+            return AgentStatus.RESERVED
+        if self.wrap_until > now:
+            return AgentStatus.WRAP_UP
+        if self.connected:
+            return AgentStatus.BUSY
+        return AgentStatus.AVAILABLE
+
+    def routable_on(self, channel: Channel, now: float) -> bool:
+        c = channel - 1
+        return (
+            self.presence is AgentStatus.AVAILABLE
+            and self.wrap_until <= now
+            and self.in_use[c] < self.capacity[c]
+        )
+
+
+@dataclass(slots=True)
+class Contact:
+    contact_id: str
+    queue: str
+    channel: Channel
+    priority: int
+    arrival: float
+    seq: int
+    digest: str
+    context: tuple[tuple[str, float], ...]
+    min_proficiency: int
+    excluded: frozenset[str]
+    state: ContactState = ContactState.WAITING
+    decision: Decision | None = None
+
+    @property
+    def key(self) -> tuple[int, float, int, str]:
+        return (-self.priority, self.arrival, self.seq, self.contact_id)
+
+
+class QueueIndex:
+    """Member agents of one queue as contiguous arrays (see the module docstring)."""
+
+    __slots__ = (
+        "free",
+        "free_rows",
+        "ids",
+        "idle_since",
+        "load",
+        "name",
+        "prof",
+        "ready_at",
+        "routable",
+        "row_of",
+    )
+
+    def __init__(self, name: str, rows: int = 16) -> None:
+        self.name = name
+        self.row_of: dict[str, int] = {}
+        self.ids: list[str | None] = [None] * rows
+        self.free_rows: list[int] = list(range(rows - 1, -1, -1))
+        self.routable = np.zeros(rows, dtype=np.bool_)
+        self.ready_at = np.zeros(rows, dtype=np.float64)
+        self.free = np.zeros((rows, N_CHANNELS), dtype=np.int32)
+        self.load = np.zeros(rows, dtype=np.int32)
+        self.idle_since = np.zeros(rows, dtype=np.float64)
+        self.prof = np.zeros(rows, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def _grow(self) -> None:
+        old = len(self.ids)
+        new = old * 2
+        self.ids.extend([None] * old)
+        self.free_rows.extend(range(new - 1, old - 1, -1))
+        for name in ("routable", "ready_at", "free", "load", "idle_since", "prof"):
+            arr = getattr(self, name)
+            grown = np.zeros((new, *arr.shape[1:]), dtype=arr.dtype)
+            grown[:old] = arr
+            setattr(self, name, grown)
+
+    def sync(self, agent: Agent, proficiency: int) -> None:
+        row = self.row_of.get(agent.agent_id)
+        if row is None:
+            if not self.free_rows:
+                self._grow()
+            row = self.free_rows.pop()
+            self.row_of[agent.agent_id] = row
+            self.ids[row] = agent.agent_id
+        self.routable[row] = agent.presence is AgentStatus.AVAILABLE
+        self.ready_at[row] = agent.wrap_until
+        for c in range(N_CHANNELS):
+            self.free[row, c] = agent.capacity[c] - agent.in_use[c]
+        self.load[row] = sum(agent.in_use)
+        self.idle_since[row] = agent.idle_since
+        self.prof[row] = proficiency
+
+    def remove(self, agent_id: str) -> None:
+        row = self.row_of.pop(agent_id, None)
+        if row is None:
+            return
+        self.ids[row] = None
+        self.routable[row] = False
+        self.free[row] = 0
+        self.free_rows.append(row)
+
+    def eligible_rows(
+        self, channel: Channel, now: float, min_proficiency: int, excluded: Iterable[str]
+    ) -> np.ndarray:
+        """Rows of agents that may take a contact of ``channel`` now, in row order."""
+        mask = self.routable & (self.free[:, channel - 1] > 0) & (self.ready_at <= now)
+        if min_proficiency > 0:
+            mask &= self.prof >= min_proficiency
+        for agent_id in excluded:
+            row = self.row_of.get(agent_id)
+            if row is not None:
+                mask[row] = False
+        return np.flatnonzero(mask)
+
+    def baseline_order(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` ordered least loaded first, then longest idle (the switch's own rule)."""
+        return rows[np.lexsort((rows, self.idle_since[rows], self.load[rows]))]
+
+
+class TenantRouting:
+    """Agents, contacts and reservations of one tenant."""
+
+    def __init__(self, *, max_waiting: int, max_agents: int) -> None:
+        self.max_waiting = max_waiting
+        self.max_agents = max_agents
+        self.agents: dict[str, Agent] = {}
+        self.contacts: dict[str, Contact] = {}
+        self.queues: dict[str, QueueIndex] = {}
+        self.waiting: dict[tuple[str, Channel], SortedList] = {}
+        self.n_waiting = 0
+        self.reservations: dict[str, Decision] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._seq = itertools.count()
+
+    # ----------------------------------------------------------------- agents
+    def _agent(self, agent_id: str) -> Agent:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise NotFound(f"agent {agent_id!r} is not known")
+        return agent
+
+    def _sync(self, agent: Agent) -> None:
+        for queue, prof in agent.queues.items():
+            self._queue(queue).sync(agent, prof)
+
+    def _queue(self, name: str) -> QueueIndex:
+        index = self.queues.get(name)
+        if index is None:
+            index = self.queues[name] = QueueIndex(name)
+        return index
+
+    def set_agent_state(
+        self,
+        agent_id: str,
+        status: AgentStatus,
+        queues: tuple[tuple[str, int], ...] | None,
+        capacities: tuple[int, ...] | None,
+        wrap_up_s: float,
+        now: float,
+    ) -> list[str]:
+        """Apply a SetAgentState. Returns contact ids put back in the pool."""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            if status is not AgentStatus.LOGGED_OUT and not queues:
+                raise FailedPrecondition(
+                    f"agent {agent_id!r} is new: give the queues it serves"
+                )
+            if len(self.agents) >= self.max_agents:
+                raise ResourceExhausted(f"tenant has the maximum of {self.max_agents} agents")
+        elif status is AgentStatus.LOGGED_OUT and agent.connected:
+            raise FailedPrecondition(
+                f"agent {agent_id!r} is handling {len(agent.connected)} contact(s): "
+                "end them before logging out"
+            )
+        if agent is None:
+            agent = Agent(
+                agent_id=agent_id,
+                presence=AgentStatus.LOGGED_OUT,
+                queues={},
+                capacity=list(_DEFAULT_CAPACITY),
+                idle_since=now,
+            )
+            self.agents[agent_id] = agent
+        returned: list[str] = []
+        if status is AgentStatus.LOGGED_OUT:
+            returned = [self._release(d, now) for d in list(agent.reservations)]
+        if queues is not None:
+            new = dict(queues)
+            for gone in set(agent.queues) - set(new):
+                self.queues[gone].remove(agent_id)
+            agent.queues = new
+        if capacities is not None:
+            agent.capacity = list(capacities)
+        was_routable = agent.presence is AgentStatus.AVAILABLE and agent.wrap_until <= now
+        if status is AgentStatus.WRAP_UP:
+            agent.presence = AgentStatus.AVAILABLE
+            agent.wrap_until = now + wrap_up_s
+            agent.idle_since = agent.wrap_until
+        else:
+            assert status in _SETTABLE_PRESENCE
+            agent.presence = status
+            if status is AgentStatus.AVAILABLE:
+                agent.wrap_until = min(agent.wrap_until, now)
+                if not was_routable:
+                    agent.idle_since = now
+            elif status is AgentStatus.LOGGED_OUT:
+                agent.wrap_until = 0.0
+        self._sync(agent)
+        return returned
+
+    def agent_ready(self, agent_id: str, now: float) -> Agent:
+        """The agent says it is free: available now, wrap-up ended early."""
+        agent = self._agent(agent_id)
+        if agent.presence is AgentStatus.LOGGED_OUT:
+            raise FailedPrecondition(f"agent {agent_id!r} is logged out: log it in first")
+        was_routable = agent.presence is AgentStatus.AVAILABLE and agent.wrap_until <= now
+        agent.presence = AgentStatus.AVAILABLE
+        if agent.wrap_until > now:
+            agent.wrap_until = now
+            agent.idle_since = now
+        elif not was_routable:
+            agent.idle_since = now
+        self._sync(agent)
+        return agent
+
+    def view(self, agent_id: str, now: float) -> AgentView:
+        agent = self._agent(agent_id)
+        return AgentView(
+            agent_id=agent.agent_id,
+            status=agent.status(now),
+            queues=tuple(sorted(agent.queues.items())),
+            capacities=tuple(agent.capacity),
+            in_use=tuple(agent.in_use),
+            idle_since=agent.idle_since,
+            wrap_until=agent.wrap_until if agent.wrap_until > now else 0.0,
+            contact_ids=tuple(sorted([*agent.reservations.values(), *agent.connected])),
+        )
+
+    # --------------------------------------------------------------- contacts
+    def new_contact(
+        self,
+        contact_id: str,
+        queue: str,
+        channel: Channel,
+        priority: int,
+        digest: str,
+        context: tuple[tuple[str, float], ...],
+        min_proficiency: int,
+        excluded: frozenset[str],
+        now: float,
+    ) -> Contact:
+        return Contact(
+            contact_id=contact_id,
+            queue=queue,
+            channel=channel,
+            priority=priority,
+            arrival=now,
+            seq=next(self._seq),
+            digest=digest,
+            context=context,
+            min_proficiency=min_proficiency,
+            excluded=excluded,
+        )
+
+    def candidate_agents(self, contact: Contact, now: float) -> tuple[QueueIndex, np.ndarray]:
+        """Eligible agents for ``contact`` (rows of its queue's index)."""
+        index = self._queue(contact.queue)
+        rows = index.eligible_rows(contact.channel, now, contact.min_proficiency, contact.excluded)
+        return index, rows
+
+    def enqueue(self, contact: Contact) -> int:
+        """Put a new contact in the waiting pool; returns its 1-based position."""
+        if self.n_waiting >= self.max_waiting:
+            raise ResourceExhausted(
+                f"tenant has the maximum of {self.max_waiting} waiting contacts"
+            )
+        self.contacts[contact.contact_id] = contact
+        return self._wait(contact)
+
+    def _wait(self, contact: Contact) -> int:
+        contact.state = ContactState.WAITING
+        contact.decision = None
+        pool = self.waiting.get((contact.queue, contact.channel))
+        if pool is None:
+            pool = self.waiting[(contact.queue, contact.channel)] = SortedList()
+        pool.add(contact.key)
+        self.n_waiting += 1
+        return int(pool.index(contact.key)) + 1
+
+    def _unwait(self, contact: Contact) -> None:
+        self.waiting[(contact.queue, contact.channel)].remove(contact.key)
+        self.n_waiting -= 1
+
+    def position(self, contact: Contact) -> int:
+        if contact.state is not ContactState.WAITING:
+            return 0
+        return int(self.waiting[(contact.queue, contact.channel)].index(contact.key)) + 1
+
+    def candidate_contacts(self, agent: Agent, now: float, limit: int) -> list[Contact]:
+        """Waiting contacts ``agent`` may take now, best first by (priority, age), at most
+        ``limit``, across every queue and channel the agent serves."""
+        if agent.presence is not AgentStatus.AVAILABLE or agent.wrap_until > now:
+            return []
+        found: list[tuple[tuple[int, float, int, str], Contact]] = []
+        for queue, prof in agent.queues.items():
+            for c in range(N_CHANNELS):
+                if agent.in_use[c] >= agent.capacity[c]:
+                    continue
+                pool = self.waiting.get((queue, Channel(c + 1)))
+                if not pool:
+                    continue
+                taken = 0
+                for key in pool:
+                    contact = self.contacts[key[3]]
+                    if contact.min_proficiency > prof or agent.agent_id in contact.excluded:
+                        continue
+                    found.append((key, contact))
+                    taken += 1
+                    if taken >= limit:
+                        break
+        found.sort(key=lambda kc: kc[0])
+        return [c for _, c in found[:limit]]
+
+    # ----------------------------------------------------------- reservations
+    def reserve(self, contact: Contact, agent: Agent, decision: Decision, now: float) -> None:
+        """Claim ``agent`` for ``contact`` under ``decision`` (must be eligible)."""
+        assert contact.state is ContactState.WAITING
+        c = contact.channel - 1
+        if not agent.routable_on(contact.channel, now):
+            raise FailedPrecondition(f"agent {agent.agent_id!r} is not free for this contact")
+        if contact.contact_id in self.contacts:  # a waiting contact leaves the pool
+            self._unwait(contact)
+        else:
+            self.contacts[contact.contact_id] = contact
+        contact.state = ContactState.RESERVED
+        contact.decision = decision
+        agent.in_use[c] += 1
+        agent.reservations[decision.decision_id] = contact.contact_id
+        self.reservations[decision.decision_id] = decision
+        heapq.heappush(self._expiry, (decision.expires_at, decision.decision_id))
+        self._sync(agent)
+
+    def confirm(self, decision_id: str) -> Decision:
+        decision = self.reservations.pop(decision_id, None)
+        if decision is None:
+            raise NotFound(f"decision {decision_id!r} holds no reservation (expired or unknown)")
+        contact = self.contacts[decision.contact_id]
+        agent = self.agents[decision.agent_id]
+        del agent.reservations[decision_id]
+        agent.connected[contact.contact_id] = decision_id
+        contact.state = ContactState.CONNECTED
+        self._sync(agent)
+        return decision
+
+    def release(self, decision_id: str, reason: ReleaseReason, now: float) -> Decision:
+        decision = self.reservations.get(decision_id)
+        if decision is None:
+            raise NotFound(f"decision {decision_id!r} holds no reservation (expired or unknown)")
+        self._release(decision_id, now)
+        if reason is ReleaseReason.AGENT_REJECTED:
+            agent = self.agents[decision.agent_id]
+            agent.presence = AgentStatus.AWAY
+            self._sync(agent)
+        return decision
+
+    def _release(self, decision_id: str, now: float) -> str:
+        """Undo a reservation: the agent as it was, the contact back in its place."""
+        decision = self.reservations.pop(decision_id)
+        agent = self.agents[decision.agent_id]
+        contact = self.contacts[decision.contact_id]
+        del agent.reservations[decision_id]
+        agent.in_use[contact.channel - 1] -= 1
+        self._sync(agent)
+        self._wait(contact)
+        return contact.contact_id
+
+    def expire(self, now: float) -> list[Decision]:
+        """Release every reservation whose offer timed out. Cheap when none did."""
+        expired: list[Decision] = []
+        while self._expiry and self._expiry[0][0] <= now:
+            _, decision_id = heapq.heappop(self._expiry)
+            decision = self.reservations.get(decision_id)
+            if decision is not None and decision.expires_at <= now:
+                self._release(decision_id, now)
+                expired.append(decision)
+        return expired
+
+    def end_contact(
+        self, contact_id: str, reason: EndReason, wrap_up_s: float, now: float
+    ) -> EndResult:
+        contact = self.contacts.get(contact_id)
+        if contact is None:
+            raise NotFound(f"contact {contact_id!r} is not live (unknown or already ended)")
+        if contact.state is ContactState.WAITING:
+            if reason is EndReason.HANDLED:
+                raise FailedPrecondition(
+                    f"contact {contact_id!r} is waiting: it cannot have been handled"
+                )
+            self._unwait(contact)
+            del self.contacts[contact_id]
+            return EndResult(contact_id, "", 0.0)
+        decision = contact.decision
+        assert decision is not None
+        agent = self.agents[decision.agent_id]
+        if contact.state is ContactState.RESERVED:
+            if reason is not EndReason.HANDLED:
+                # Gone while ringing: the agent returns as it was, no wrap-up.
+                del self.reservations[decision.decision_id]
+                del agent.reservations[decision.decision_id]
+                agent.in_use[contact.channel - 1] -= 1
+                self._sync(agent)
+                del self.contacts[contact_id]
+                return EndResult(contact_id, agent.agent_id, 0.0)
+            self.confirm(decision.decision_id)
+        del agent.connected[contact_id]
+        agent.in_use[contact.channel - 1] -= 1
+        if agent.presence is not AgentStatus.LOGGED_OUT:
+            agent.wrap_until = max(agent.wrap_until, now + wrap_up_s)
+            agent.idle_since = agent.wrap_until
+        self._sync(agent)
+        del self.contacts[contact_id]
+        return EndResult(contact_id, agent.agent_id, agent.wrap_until if wrap_up_s > 0 else 0.0)
+
+    # ------------------------------------------------------------------ stats
+    def queue_stats(self, queue: str | None, now: float) -> list[QueueStats]:
+        names = sorted({*self.queues, *(q for q, _ in self.waiting)})
+        if queue:
+            names = [queue] if queue in names else []
+        out = []
+        for name in names:
+            st = QueueStats(queue=name)
+            for ch in Channel:
+                pool = self.waiting.get((name, ch))
+                if not pool:
+                    continue
+                oldest = min(k[1] for k in pool)  # priority order != age order
+                st.channels.append(ChannelStats(ch, len(pool), now - oldest))
+                st.waiting += len(pool)
+                st.oldest_wait_s = max(st.oldest_wait_s, now - oldest)
+            index = self.queues.get(name)
+            if index is not None:
+                for agent_id in index.row_of:
+                    agent = self.agents[agent_id]
+                    if agent.presence is AgentStatus.LOGGED_OUT:
+                        continue
+                    st.agents_logged_in += 1
+                    st.agents_reserved += bool(agent.reservations)
+                    st.agents_available += any(agent.routable_on(c, now) for c in Channel)
+                    st.contacts_in_service += sum(
+                        1
+                        for cid in (*agent.reservations.values(), *agent.connected)
+                        if self.contacts[cid].queue == name
+                    )
+            out.append(st)
+        return out

@@ -1,0 +1,149 @@
+"""The grpc.aio server: auth, health, reflection, periodic sweeps, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pairline._proto.pairline.v1 import insights_pb2, privacy_pb2, profiles_pb2, router_pb2
+from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
+from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
+from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
+from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline.clock import Clock, SystemClock
+from pairline.config import Settings
+from pairline.interceptors import ServerInterceptor
+from pairline.service import Service
+from pairline.servicers import (
+    InsightsServicer,
+    PrivacyServicer,
+    ProfilesServicer,
+    RouterServicer,
+)
+from pairline.stores import MemoryStore, Store
+
+log = structlog.get_logger()
+
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for pb, name in (
+        (router_pb2, "Router"),
+        (profiles_pb2, "Profiles"),
+        (privacy_pb2, "Privacy"),
+        (insights_pb2, "Insights"),
+    )
+)
+RETENTION_SWEEP_S = 60.0
+
+
+class PairlineServer:
+    """One server process. ``await start()``, then ``await stop()``."""
+
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.service = Service(settings, store or MemoryStore(), clock or SystemClock())
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        keys = {h: t.name for t in settings.tenants for h in t.api_key_sha256}
+        self.interceptor = ServerInterceptor(lambda: keys)
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[self.interceptor],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        rpb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), server)
+        ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), server)
+        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), server)
+        ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server = server
+        self._tasks = [
+            asyncio.create_task(self._every(self.settings.sweep_interval_s, self._expire)),
+            asyncio.create_task(self._every(RETENTION_SWEEP_S, self.service.sweep_retention)),
+        ]
+        await self._warm()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
+        return self.port
+
+    async def _warm(self) -> None:
+        """Everything a first call would otherwise pay for is done before SERVING."""
+
+    async def _expire(self) -> int:
+        return self.service.expire_all()
+
+    @staticmethod
+    async def _every(period_s: float, job: object) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await job()  # type: ignore[operator]
+            except Exception:
+                log.exception("periodic_job_failed")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING first (so balancers stop sending), then drain in-flight calls."""
+        if self._server is None:
+            return
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        log.info("server_stopping", grace_s=grace)
+        await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.stop(grace)
+        self._server = None
+        log.info("server_stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings, *, on_started: object = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = PairlineServer(settings)
+    await server.start()
+    if callable(on_started):
+        on_started(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

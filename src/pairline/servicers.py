@@ -1,0 +1,265 @@
+"""Thin grpc.aio servicers: decode, call the service, encode.
+
+The tenant comes from :func:`pairline.interceptors.current_tenant`, set by the
+auth interceptor from the caller's API key. Domain errors propagate to the
+interceptor, which maps them to status codes; on the ``Connect`` stream they
+become error replies and the stream stays open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from pairline import convert
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import insights_pb2 as ipb
+from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
+from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
+from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline.errors import InvalidArgument, PairlineError, Unimplemented
+from pairline.interceptors import current_tenant, internal_status, to_rpc_status
+from pairline.service import Service
+
+log = structlog.get_logger()
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class RouterServicer(rpb_grpc.RouterServicer):
+    def __init__(self, service: Service) -> None:
+        self._s = service
+        # Connect: event field -> handler(event message, tenant) -> (reply field, reply)
+        self._events: dict[str, Callable[[Any, str], Awaitable[tuple[str, Any]]]] = {
+            "route_contact": self._ev_route,
+            "agent_ready": self._ev_ready,
+            "set_agent_state": self._ev_state,
+            "confirm_decision": self._ev_confirm,
+            "release_decision": self._ev_release,
+            "end_contact": self._ev_end,
+            "report_outcome": self._ev_outcome,
+        }
+
+    # Each operation once, with a field prefix for error paths on the stream.
+    async def _route(self, req: rpb.RouteContactRequest, tenant: str, at: str = "") -> cpb.Decision:
+        return convert.decision(await self._s.route_contact(tenant, convert.route_contact(req, at)))
+
+    async def _ready(self, req: rpb.AgentReadyRequest, tenant: str, at: str = "") -> cpb.Decision:
+        return convert.decision(await self._s.agent_ready(tenant, convert.agent_id(req.agent_id, at)))
+
+    async def _state(
+        self, req: rpb.SetAgentStateRequest, tenant: str, at: str = ""
+    ) -> rpb.AgentState:
+        view = await self._s.set_agent_state(tenant, convert.set_agent_state(req, at))
+        return convert.agent_state(view)
+
+    async def _confirm(
+        self, req: rpb.ConfirmDecisionRequest, tenant: str, at: str = ""
+    ) -> rpb.ConfirmDecisionResponse:
+        d = await self._s.confirm(tenant, convert.decision_id(req.decision_id, at))
+        return convert.confirmed(d)
+
+    async def _release(
+        self, req: rpb.ReleaseDecisionRequest, tenant: str, at: str = ""
+    ) -> rpb.ReleaseDecisionResponse:
+        did = convert.decision_id(req.decision_id, at)
+        d, status = await self._s.release(tenant, did, convert.release_reason(req.reason, at))
+        return convert.released(d, status)
+
+    async def _end(
+        self, req: rpb.EndContactRequest, tenant: str, at: str = ""
+    ) -> rpb.EndContactResponse:
+        contact_id, reason, wrap_s = convert.end_contact(req, at)
+        return convert.ended(await self._s.end_contact(tenant, contact_id, reason, wrap_s))
+
+    async def _outcome(
+        self, req: rpb.ReportOutcomeRequest, tenant: str, at: str = ""
+    ) -> rpb.ReportOutcomeResponse:
+        did, outcomes = convert.report_outcome(req, at)
+        stored = await self._s.report_outcome(tenant, did, outcomes)
+        return rpb.ReportOutcomeResponse(decision_id=did, stored=stored)
+
+    # Unary RPCs.
+    async def RouteContact(self, request: rpb.RouteContactRequest, context: Ctx) -> cpb.Decision:
+        return await self._route(request, current_tenant())
+
+    async def AgentReady(self, request: rpb.AgentReadyRequest, context: Ctx) -> cpb.Decision:
+        return await self._ready(request, current_tenant())
+
+    async def SetAgentState(
+        self, request: rpb.SetAgentStateRequest, context: Ctx
+    ) -> rpb.AgentState:
+        return await self._state(request, current_tenant())
+
+    async def GetAgentState(
+        self, request: rpb.GetAgentStateRequest, context: Ctx
+    ) -> rpb.AgentState:
+        agent_id = convert.agent_id(request.agent_id)
+        return convert.agent_state(await self._s.get_agent_state(current_tenant(), agent_id))
+
+    async def ConfirmDecision(
+        self, request: rpb.ConfirmDecisionRequest, context: Ctx
+    ) -> rpb.ConfirmDecisionResponse:
+        return await self._confirm(request, current_tenant())
+
+    async def ReleaseDecision(
+        self, request: rpb.ReleaseDecisionRequest, context: Ctx
+    ) -> rpb.ReleaseDecisionResponse:
+        return await self._release(request, current_tenant())
+
+    async def EndContact(
+        self, request: rpb.EndContactRequest, context: Ctx
+    ) -> rpb.EndContactResponse:
+        return await self._end(request, current_tenant())
+
+    async def ReportOutcome(
+        self, request: rpb.ReportOutcomeRequest, context: Ctx
+    ) -> rpb.ReportOutcomeResponse:
+        return await self._outcome(request, current_tenant())
+
+    # The Connect stream: the same operations, replies tagged with request_id.
+    async def _ev_route(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "decision", await self._route(ev, tenant, "route_contact.")
+
+    async def _ev_ready(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "decision", await self._ready(ev, tenant, "agent_ready.")
+
+    async def _ev_state(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "agent_state", await self._state(ev, tenant, "set_agent_state.")
+
+    async def _ev_confirm(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "confirm_decision", await self._confirm(ev, tenant, "confirm_decision.")
+
+    async def _ev_release(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "release_decision", await self._release(ev, tenant, "release_decision.")
+
+    async def _ev_end(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "end_contact", await self._end(ev, tenant, "end_contact.")
+
+    async def _ev_outcome(self, ev: Any, tenant: str) -> tuple[str, Any]:
+        return "report_outcome", await self._outcome(ev, tenant, "report_outcome.")
+
+    async def _one(self, event: rpb.SwitchEvent, tenant: str) -> rpb.SwitchReply:
+        try:
+            rid = convert.text(event.request_id, "request_id", required=False)
+            kind = event.WhichOneof("event")
+            if kind is None:
+                raise InvalidArgument("event", "one event is required")
+            name, reply = await self._events[kind](getattr(event, kind), tenant)
+            return rpb.SwitchReply(request_id=rid, **{name: reply})
+        except PairlineError as exc:
+            return rpb.SwitchReply(request_id=event.request_id[:128], error=to_rpc_status(exc))
+        except Exception:
+            log.exception("connect_event_failed")
+            return rpb.SwitchReply(request_id=event.request_id[:128], error=internal_status())
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[rpb.SwitchEvent], context: Ctx
+    ) -> AsyncIterator[rpb.SwitchReply]:
+        tenant = current_tenant()
+        async for event in request_iterator:
+            yield await self._one(event, tenant)
+
+
+class ProfilesServicer(ppb_grpc.ProfilesServicer):
+    def __init__(self, service: Service) -> None:
+        self._s = service
+
+    async def UpsertCustomerProfile(
+        self, request: ppb.CustomerProfile, context: Ctx
+    ) -> ppb.UpsertResult:
+        profiles = convert.customer_profiles([request], at="profile")
+        out = await self._s.upsert_customer_profiles(current_tenant(), profiles, "profile")
+        return convert.upsert_result(out.accepted, out.stale)
+
+    async def UpsertCustomerProfiles(
+        self, request_iterator: AsyncIterator[ppb.CustomerProfileBatch], context: Ctx
+    ) -> ppb.UpsertResult:
+        tenant = current_tenant()
+        accepted, stale, offset, batch_no = 0, [], 0, 0
+        async for batch in request_iterator:
+            at = f"batches[{batch_no}].profiles"
+            try:
+                out = await self._s.upsert_customer_profiles(
+                    tenant, convert.customer_profiles(batch.profiles, at), at
+                )
+            except PairlineError as exc:
+                exc.message += f" ({batch_no} earlier batch(es), {accepted} profile(s) applied)"
+                raise
+            accepted += out.accepted
+            stale.extend(offset + i for i in out.stale)
+            offset += len(batch.profiles)
+            batch_no += 1
+        return convert.upsert_result(accepted, stale)
+
+    async def UpsertAgentProfiles(
+        self, request: ppb.AgentProfileBatch, context: Ctx
+    ) -> ppb.UpsertResult:
+        out = await self._s.upsert_agent_profiles(
+            current_tenant(), convert.agent_profiles(request.profiles)
+        )
+        return convert.upsert_result(out.accepted, out.stale)
+
+    async def UploadModel(self, request: ppb.UploadModelRequest, context: Ctx) -> ppb.ModelInfo:
+        model = await self._s.upload_model(current_tenant(), request.model, request.activate)
+        active, _ = await self._s.model_info(current_tenant())
+        return convert.model_info(model, model.version == active)
+
+    async def ActivateModel(
+        self, request: ppb.ActivateModelRequest, context: Ctx
+    ) -> ppb.ModelInfo:
+        version = convert.text(request.version, "version", max_len=64)
+        return convert.model_info(await self._s.activate_model(current_tenant(), version), True)
+
+    async def GetModelInfo(
+        self, request: ppb.GetModelInfoRequest, context: Ctx
+    ) -> ppb.GetModelInfoResponse:
+        active, models = await self._s.model_info(current_tenant())
+        out = ppb.GetModelInfoResponse(
+            models=[convert.model_info(m, m.version == active) for m in models]
+        )
+        for m in models:
+            if m.version == active:
+                out.active.CopyFrom(convert.model_info(m, True))
+        return out
+
+
+class InsightsServicer(ipb_grpc.InsightsServicer):
+    def __init__(self, service: Service) -> None:
+        self._s = service
+
+    async def GetQueueStats(
+        self, request: ipb.GetQueueStatsRequest, context: Ctx
+    ) -> ipb.GetQueueStatsResponse:
+        queue = convert.text(request.queue, "queue", required=False)
+        stats = self._s.queue_stats(current_tenant(), queue)
+        return convert.queue_stats(stats, self._s.clock.now())
+
+    async def GetBenchmarkReport(
+        self, request: ipb.GetBenchmarkReportRequest, context: Ctx
+    ) -> ipb.BenchmarkReport:
+        raise Unimplemented("the benchmark report is not available yet (ON/OFF benchmarking)")
+
+
+def _not_yet(name: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: Any, request: Any, context: Ctx) -> Any:
+        raise Unimplemented(f"Privacy.{name} is not available yet")
+
+    method.__name__ = name
+    return method
+
+
+class PrivacyServicer(xpb_grpc.PrivacyServicer):
+    """Answers UNIMPLEMENTED (after authentication) until the privacy work lands."""
+
+    OptOut = _not_yet("OptOut")
+    WithdrawOptOut = _not_yet("WithdrawOptOut")
+    RequestDeletion = _not_yet("RequestDeletion")
+    GetDeletion = _not_yet("GetDeletion")
+    ListDeletions = _not_yet("ListDeletions")
