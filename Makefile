@@ -1,0 +1,43 @@
+# pairline: `make run` starts the server on the embedded store with a demo tenant;
+# `make test` sets everything up (venv, package, Redis binary) and runs the suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LISTEN ?= 127.0.0.1:50051
+PYTEST_ARGS ?=
+
+.PHONY: all venv run test bench proto check-proto redis-server clean
+
+all: test
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	@scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pairline serve --demo --listen $(LISTEN)
+
+# The tests start (and stop) their own redis-server processes on free ports;
+# this only makes sure the binary is there.
+redis-server:
+	@scripts/ensure-redis.sh
+
+test: $(STAMP) redis-server
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) redis-server
+	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-only $(PYTEST_ARGS)
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+check-proto: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .benchmarks

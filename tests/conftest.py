@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from support import RedisProcess, Running, running
+
+
+@pytest.fixture
+async def srv() -> AsyncIterator[Running]:
+    """A real pairline server (embedded store, fake clock) on an ephemeral port."""
+    async with running() as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    """A redis-server of the suite's own, stopped after the session."""
+    proc = RedisProcess()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,216 @@
+"""Test helpers: a real server on an ephemeral port, stubs with a tenant's key,
+and small request builders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2_grpc
+from grpc_status import rpc_status
+
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
+from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
+from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline.config import Settings, TenantConfig, hash_api_key
+from pairline.server import PairlineServer
+from pairline.testing import FakeClock
+
+KEYS = {"acme": "acme-key-0123456789", "globex": "globex-key-0123456789"}
+
+
+def tenant(name: str, **kw: Any) -> TenantConfig:
+    base: dict[str, Any] = {
+        "name": name,
+        "api_key_sha256": (hash_api_key(KEYS[name]),),
+        "secret": f"{name}-secret-0123456789",
+        "customer_dim": 4,
+        "agent_dim": 3,
+        "wrap_up_s": 5.0,
+        "offer_timeout_s": 10.0,
+    }
+    base.update(kw)
+    return TenantConfig(**base)
+
+
+def settings(**tenant_kw: Any) -> Settings:
+    return Settings(
+        listen="127.0.0.1:0",
+        grace_s=2.0,
+        sweep_interval_s=0.05,
+        tenants=(tenant("acme", **tenant_kw), tenant("globex", **tenant_kw)),
+    )
+
+
+@dataclass
+class Client:
+    """Stubs bound to one tenant's API key."""
+
+    channel: grpc.aio.Channel
+    key: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.key}"),) if self.key else ()
+
+    def _wrap(self, stub: Any) -> Any:
+        client = self
+
+        class Bound:
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(stub, name)
+
+                def call(*args: Any, **kw: Any) -> Any:
+                    kw.setdefault("metadata", client.metadata)
+                    kw.setdefault("timeout", 10)
+                    return method(*args, **kw)
+
+                return call
+
+        return Bound()
+
+    @property
+    def router(self) -> Any:
+        return self._wrap(rpb_grpc.RouterStub(self.channel))
+
+    @property
+    def profiles(self) -> Any:
+        return self._wrap(ppb_grpc.ProfilesStub(self.channel))
+
+    @property
+    def privacy(self) -> Any:
+        return self._wrap(xpb_grpc.PrivacyStub(self.channel))
+
+    @property
+    def insights(self) -> Any:
+        return self._wrap(ipb_grpc.InsightsStub(self.channel))
+
+    @property
+    def health(self) -> Any:
+        return health_pb2_grpc.HealthStub(self.channel)
+
+
+@dataclass
+class Running:
+    server: PairlineServer
+    clock: FakeClock
+    channel: grpc.aio.Channel
+    acme: Client
+    globex: Client
+
+    def client(self, key: str) -> Client:
+        return Client(self.channel, key)
+
+
+@asynccontextmanager
+async def running(cfg: Settings | None = None, clock: FakeClock | None = None) -> AsyncIterator[Running]:
+    clock = clock or FakeClock()
+    server = PairlineServer(cfg or settings(), clock=clock)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        yield Running(
+            server, clock, channel, Client(channel, KEYS["acme"]), Client(channel, KEYS["globex"])
+        )
+    finally:
+        await channel.close()
+        await server.stop(0.5)
+
+
+# ------------------------------------------------------------------- builders
+def login(agent_id: str, *queues: str | tuple[str, int], voice: int = 1, chat: int = 0,
+          status: int = rpb.AGENT_STATUS_AVAILABLE) -> rpb.SetAgentStateRequest:
+    members = [
+        rpb.QueueMembership(queue=q, proficiency=50) if isinstance(q, str)
+        else rpb.QueueMembership(queue=q[0], proficiency=q[1])
+        for q in queues
+    ]
+    caps = [rpb.ChannelCapacity(channel=cpb.CHANNEL_VOICE, capacity=voice)]
+    if chat:
+        caps.append(rpb.ChannelCapacity(channel=cpb.CHANNEL_CHAT, capacity=chat))
+    return rpb.SetAgentStateRequest(agent_id=agent_id, status=status, queues=members,
+                                    capacities=caps)
+
+
+def contact(contact_id: str, queue: str = "sales", channel: int = cpb.CHANNEL_VOICE,
+            **kw: Any) -> rpb.RouteContactRequest:
+    return rpb.RouteContactRequest(contact_id=contact_id, queue=queue, channel=channel, **kw)
+
+
+def error_field(err: grpc.aio.AioRpcError) -> str | None:
+    """The field named by an INVALID_ARGUMENT's BadRequest details, if any."""
+    status = rpc_status.from_call(err)
+    return bad_request_field(status) if status is not None else None
+
+
+def bad_request_field(status: status_pb2.Status) -> str | None:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            return br.field_violations[0].field
+    return None
+
+
+# ---------------------------------------------------------------------- redis
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisProcess:
+    """A redis-server of our own on a free port, nothing kept on disk."""
+
+    def __init__(self, *extra: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+        self.dir = tempfile.mkdtemp(prefix="pairline-redis-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
