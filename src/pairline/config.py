@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-POLICIES = ("baseline",)
+POLICIES = ("baseline", "greedy", "diagonal")
 
 DEMO_TENANT = "demo"
 DEMO_API_KEY = "demo-key-change-me"
@@ -34,7 +34,26 @@ class TenantConfig:
     secret: str
     customer_dim: int = 16
     agent_dim: int = 16
+    # Pairing policy for every queue, and exceptions per queue.
     policy: str = "baseline"
+    queue_policies: tuple[tuple[str, str], ...] = ()
+    # Monitor mode: decisions follow the baseline; the policy's choice and both
+    # predicted outcomes are recorded with each decision (shadow fields).
+    monitor: bool = False
+    # diagonal: widen the bands of stronger agents (0 = balanced utilisation).
+    skew: float = 0.0
+    # Contact surplus: pairing key credit per 20 s waited (0 = pairing only).
+    wait_weight: float = 0.0
+    # Contact surplus: how many of the oldest top-priority contacts are weighed.
+    window: int = 32
+    # Solve the assignment when several agents are free and contacts wait.
+    batch: bool = True
+    # Proficiency relaxation: every relax_every_s waited (0 = never), the
+    # contact's min_proficiency drops by relax_step.
+    relax_every_s: float = 0.0
+    relax_step: int = 10
+    # A model file loaded and activated at start (optional).
+    model_path: str = ""
     wrap_up_s: float = 10.0
     offer_timeout_s: float = 15.0
     # How long decisions and their outcomes are kept (retention policy).
@@ -52,8 +71,16 @@ class TenantConfig:
             raise ValueError(f"tenant {self.name}: secret must be at least 16 chars")
         if not (1 <= self.customer_dim <= 4096 and 1 <= self.agent_dim <= 4096):
             raise ValueError(f"tenant {self.name}: dimensions must be 1..4096")
-        if self.policy not in POLICIES:
-            raise ValueError(f"tenant {self.name}: unknown policy {self.policy!r}")
+        for queue, policy in (("*", self.policy), *self.queue_policies):
+            if policy not in POLICIES:
+                raise ValueError(
+                    f"tenant {self.name}: unknown policy {policy!r} for queue {queue!r} "
+                    f"(one of {', '.join(POLICIES)})"
+                )
+        if self.skew < 0 or self.wait_weight < 0 or not 1 <= self.window <= 1024:
+            raise ValueError(f"tenant {self.name}: skew, wait_weight >= 0; window 1..1024")
+        if self.relax_every_s < 0 or not 0 <= self.relax_step <= 100:
+            raise ValueError(f"tenant {self.name}: relax_every_s >= 0, relax_step 0..100")
         if self.offer_timeout_s <= 0 or self.wrap_up_s < 0:
             raise ValueError(f"tenant {self.name}: offer_timeout_s > 0 and wrap_up_s >= 0")
 
@@ -98,7 +125,8 @@ def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
     # Plain keys are accepted for development only and hashed at once.
     plain = data.pop("api_keys", ())
     hashed = tuple(keys) + tuple(hash_api_key(k) for k in plain)
-    return TenantConfig(api_key_sha256=hashed, **data)
+    queue_policies = tuple(sorted(dict(data.pop("queue_policies", {})).items()))
+    return TenantConfig(api_key_sha256=hashed, queue_policies=queue_policies, **data)
 
 
 def demo_tenant() -> TenantConfig:

@@ -96,6 +96,9 @@ def route_contact(req: rpb.RouteContactRequest, at: str = "") -> ContactRequest:
     excluded = req.excluded_agent_ids
     if len(excluded) > MAX_EXCLUDED:
         raise InvalidArgument(f"{at}excluded_agent_ids", f"at most {MAX_EXCLUDED}")
+    preferred = req.preferred_agent_ids
+    if len(preferred) > MAX_EXCLUDED:
+        raise InvalidArgument(f"{at}preferred_agent_ids", f"at most {MAX_EXCLUDED}")
     return ContactRequest(
         contact_id=text(req.contact_id, f"{at}contact_id"),
         queue=text(req.queue, f"{at}queue"),
@@ -106,6 +109,9 @@ def route_contact(req: rpb.RouteContactRequest, at: str = "") -> ContactRequest:
         min_proficiency=_int(req.min_proficiency, f"{at}min_proficiency", 0, MAX_PROFICIENCY),
         excluded_agent_ids=frozenset(
             text(a, f"{at}excluded_agent_ids[{i}]") for i, a in enumerate(excluded)
+        ),
+        preferred_agent_ids=frozenset(
+            text(a, f"{at}preferred_agent_ids[{i}]") for i, a in enumerate(preferred)
         ),
     )
 

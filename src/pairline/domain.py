@@ -61,6 +61,7 @@ class ContactRequest:
     context: tuple[tuple[str, float], ...] = ()
     min_proficiency: int = 0
     excluded_agent_ids: frozenset[str] = frozenset()
+    preferred_agent_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

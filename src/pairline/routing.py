@@ -36,6 +36,7 @@ from pairline.domain import (
     QueueStats,
     ReleaseReason,
 )
+from pairline import kernels
 from pairline.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 _SETTABLE_PRESENCE = (
@@ -97,8 +98,16 @@ class Contact:
     context: tuple[tuple[str, float], ...]
     min_proficiency: int
     excluded: frozenset[str]
+    preferred: frozenset[str] = frozenset()
     state: ContactState = ContactState.WAITING
     decision: Decision | None = None
+    # Pairing inputs, set at arrival when the customer has a profile and a model
+    # is active: the model input x (profile + context), the model version it was
+    # built for, and the contact's percentile within its queue (diagonal).
+    profile: np.ndarray | None = None
+    x: np.ndarray | None = None
+    x_version: str = ""
+    pct: float = 0.5
 
     @property
     def key(self) -> tuple[int, float, int, str]:
@@ -109,19 +118,27 @@ class QueueIndex:
     """Member agents of one queue as contiguous arrays (see the module docstring)."""
 
     __slots__ = (
+        "_buf",
+        "bands_at",
+        "bands_dirty",
         "free",
         "free_rows",
+        "has_vec",
+        "hi",
         "ids",
         "idle_since",
         "load",
+        "lo",
+        "logged_in",
         "name",
         "prof",
         "ready_at",
         "routable",
         "row_of",
+        "vec",
     )
 
-    def __init__(self, name: str, rows: int = 16) -> None:
+    def __init__(self, name: str, agent_dim: int = 1, rows: int = 16) -> None:
         self.name = name
         self.row_of: dict[str, int] = {}
         self.ids: list[str | None] = [None] * rows
@@ -132,6 +149,16 @@ class QueueIndex:
         self.load = np.zeros(rows, dtype=np.int32)
         self.idle_since = np.zeros(rows, dtype=np.float64)
         self.prof = np.zeros(rows, dtype=np.int32)
+        self.logged_in = np.zeros(rows, dtype=np.bool_)
+        # Agent profile matrix (rows without a profile are zero, has_vec False).
+        self.vec = np.zeros((rows, agent_dim), dtype=np.float32)
+        self.has_vec = np.zeros(rows, dtype=np.bool_)
+        # Diagonal-pairing percentile band of each agent (see pairing.refresh_bands).
+        self.lo = np.full(rows, 0.5, dtype=np.float64)
+        self.hi = np.full(rows, 0.5, dtype=np.float64)
+        self.bands_dirty = True
+        self.bands_at = -1.0
+        self._buf = np.empty(rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -141,13 +168,19 @@ class QueueIndex:
         new = old * 2
         self.ids.extend([None] * old)
         self.free_rows.extend(range(new - 1, old - 1, -1))
-        for name in ("routable", "ready_at", "free", "load", "idle_since", "prof"):
+        for name in (
+            "routable", "ready_at", "free", "load", "idle_since", "prof", "logged_in", "vec",
+            "has_vec", "lo", "hi",
+        ):
             arr = getattr(self, name)
             grown = np.zeros((new, *arr.shape[1:]), dtype=arr.dtype)
             grown[:old] = arr
             setattr(self, name, grown)
+        self.lo[old:] = 0.5
+        self.hi[old:] = 0.5
+        self._buf = np.empty(new, dtype=np.int64)
 
-    def sync(self, agent: Agent, proficiency: int) -> None:
+    def sync(self, agent: Agent, proficiency: int, vector: np.ndarray | None) -> None:
         row = self.row_of.get(agent.agent_id)
         if row is None:
             if not self.free_rows:
@@ -155,6 +188,11 @@ class QueueIndex:
             row = self.free_rows.pop()
             self.row_of[agent.agent_id] = row
             self.ids[row] = agent.agent_id
+            self.set_vector(row, vector)
+        logged_in = agent.presence is not AgentStatus.LOGGED_OUT
+        if logged_in != self.logged_in[row]:
+            self.logged_in[row] = logged_in
+            self.bands_dirty = True
         self.routable[row] = agent.presence is AgentStatus.AVAILABLE
         self.ready_at[row] = agent.wrap_until
         for c in range(N_CHANNELS):
@@ -163,27 +201,53 @@ class QueueIndex:
         self.idle_since[row] = agent.idle_since
         self.prof[row] = proficiency
 
+    def set_vector(self, row: int, vector: np.ndarray | None) -> None:
+        if vector is None:
+            self.vec[row] = 0.0
+            self.has_vec[row] = False
+        else:
+            self.vec[row] = vector
+            self.has_vec[row] = True
+        self.lo[row] = self.hi[row] = 0.5
+        self.bands_dirty = True
+
     def remove(self, agent_id: str) -> None:
         row = self.row_of.pop(agent_id, None)
         if row is None:
             return
         self.ids[row] = None
         self.routable[row] = False
+        self.logged_in[row] = False
         self.free[row] = 0
+        self.set_vector(row, None)
         self.free_rows.append(row)
 
     def eligible_rows(
-        self, channel: Channel, now: float, min_proficiency: int, excluded: Iterable[str]
+        self,
+        channel: Channel,
+        now: float,
+        min_proficiency: int,
+        excluded: Iterable[str] = (),
+        only: Iterable[str] = (),
     ) -> np.ndarray:
-        """Rows of agents that may take a contact of ``channel`` now, in row order."""
-        mask = self.routable & (self.free[:, channel - 1] > 0) & (self.ready_at <= now)
-        if min_proficiency > 0:
-            mask &= self.prof >= min_proficiency
-        for agent_id in excluded:
-            row = self.row_of.get(agent_id)
-            if row is not None:
-                mask[row] = False
-        return np.flatnonzero(mask)
+        """Rows of agents that may take a contact of ``channel`` now, in row order
+        (a fresh array). ``only``, when it names any eligible agent, narrows to those."""
+        k = kernels.eligible_rows(
+            self.routable, self.free, channel - 1, self.ready_at, now, self.prof,
+            min_proficiency, self._buf,
+        )
+        rows = self._buf[:k].copy()
+        if excluded:
+            drop = [self.row_of[a] for a in excluded if a in self.row_of]
+            if drop:
+                rows = rows[~np.isin(rows, drop)]
+        if only:
+            keep = [self.row_of[a] for a in only if a in self.row_of]
+            if keep:
+                narrowed = rows[np.isin(rows, keep)]
+                if narrowed.size:
+                    rows = narrowed
+        return rows
 
     def baseline_order(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` ordered least loaded first, then longest idle (the switch's own rule)."""
@@ -193,9 +257,21 @@ class QueueIndex:
 class TenantRouting:
     """Agents, contacts and reservations of one tenant."""
 
-    def __init__(self, *, max_waiting: int, max_agents: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_waiting: int,
+        max_agents: int,
+        agent_dim: int = 1,
+        relax_every_s: float = 0.0,
+        relax_step: int = 0,
+    ) -> None:
         self.max_waiting = max_waiting
         self.max_agents = max_agents
+        self.agent_dim = agent_dim
+        self.relax_every_s = relax_every_s
+        self.relax_step = relax_step
+        self.agent_vectors: dict[str, np.ndarray] = {}
         self.agents: dict[str, Agent] = {}
         self.contacts: dict[str, Contact] = {}
         self.queues: dict[str, QueueIndex] = {}
@@ -213,14 +289,34 @@ class TenantRouting:
         return agent
 
     def _sync(self, agent: Agent) -> None:
+        vector = self.agent_vectors.get(agent.agent_id)
         for queue, prof in agent.queues.items():
-            self._queue(queue).sync(agent, prof)
+            self.queue(queue).sync(agent, prof, vector)
 
-    def _queue(self, name: str) -> QueueIndex:
+    def queue(self, name: str) -> QueueIndex:
         index = self.queues.get(name)
         if index is None:
-            index = self.queues[name] = QueueIndex(name)
+            index = self.queues[name] = QueueIndex(name, self.agent_dim)
         return index
+
+    def set_agent_vector(self, agent_id: str, vector: np.ndarray | None) -> None:
+        """Cache an agent's profile and write it into every queue matrix it is in."""
+        if vector is None:
+            self.agent_vectors.pop(agent_id, None)
+        else:
+            self.agent_vectors[agent_id] = vector
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            for queue in agent.queues:
+                index = self.queues[queue]
+                index.set_vector(index.row_of[agent_id], vector)
+
+    def min_proficiency(self, contact: Contact, now: float) -> int:
+        """The contact's required proficiency, relaxed step by step as it waits."""
+        if self.relax_every_s <= 0 or contact.min_proficiency == 0:
+            return contact.min_proficiency
+        steps = int((now - contact.arrival) // self.relax_every_s)
+        return max(0, contact.min_proficiency - steps * self.relax_step)
 
     def set_agent_state(
         self,
@@ -321,6 +417,7 @@ class TenantRouting:
         min_proficiency: int,
         excluded: frozenset[str],
         now: float,
+        preferred: frozenset[str] = frozenset(),
     ) -> Contact:
         return Contact(
             contact_id=contact_id,
@@ -333,12 +430,19 @@ class TenantRouting:
             context=context,
             min_proficiency=min_proficiency,
             excluded=excluded,
+            preferred=preferred,
         )
 
     def candidate_agents(self, contact: Contact, now: float) -> tuple[QueueIndex, np.ndarray]:
         """Eligible agents for ``contact`` (rows of its queue's index)."""
-        index = self._queue(contact.queue)
-        rows = index.eligible_rows(contact.channel, now, contact.min_proficiency, contact.excluded)
+        index = self.queue(contact.queue)
+        rows = index.eligible_rows(
+            contact.channel,
+            now,
+            self.min_proficiency(contact, now),
+            contact.excluded,
+            contact.preferred,
+        )
         return index, rows
 
     def enqueue(self, contact: Contact) -> int:
@@ -385,7 +489,10 @@ class TenantRouting:
                 taken = 0
                 for key in pool:
                     contact = self.contacts[key[3]]
-                    if contact.min_proficiency > prof or agent.agent_id in contact.excluded:
+                    if (
+                        self.min_proficiency(contact, now) > prof
+                        or agent.agent_id in contact.excluded
+                    ):
                         continue
                     found.append((key, contact))
                     taken += 1

@@ -16,6 +16,7 @@ from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
 from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
 from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline import kernels
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import ServerInterceptor
@@ -100,7 +101,10 @@ class PairlineServer:
         return self.port
 
     async def _warm(self) -> None:
-        """Everything a first call would otherwise pay for is done before SERVING."""
+        """Everything a first call would otherwise pay for is done before SERVING:
+        the kernels compiled (or loaded from the cache), configured models loaded."""
+        kernels.warm()
+        await self.service.start()
 
     async def _expire(self) -> int:
         return self.service.expire_all()

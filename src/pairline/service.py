@@ -32,13 +32,30 @@ from pairline.domain import (
 from pairline.errors import AlreadyExists, InvalidArgument, NotFound
 from pairline.model import Model, load_model
 from pairline.privacy import Pseudonymiser
-from pairline.routing import Agent, Contact, ContactState, TenantRouting
+from pairline import kernels
+from pairline.pairing import (
+    NO_PAIR,
+    WAIT_UNIT_S,
+    PolicyConfig,
+    QueuePairing,
+    Scorer,
+    agent_keys,
+    assign_batch,
+    contact_keys,
+    contact_value,
+    refresh_bands,
+)
+from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 
 log = structlog.get_logger()
 
 DAY_S = 86_400.0
 MAX_BATCH = 10_000
+# Diagonal bands are recomputed after agent changes at most this often, and
+# at least this often as the mean contact drifts.
+BANDS_MIN_S = 0.5
+BANDS_MAX_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +78,60 @@ class UpsertOutcome:
 class TenantRuntime:
     """Everything the service holds for one tenant."""
 
-    __slots__ = ("config", "pseudo", "routing")
+    __slots__ = ("_default", "_pairings", "_policies", "config", "pseudo", "rng", "routing",
+                 "scorer")
 
     def __init__(self, config: TenantConfig) -> None:
         self.config = config
         self.pseudo = Pseudonymiser(config.secret)
-        self.routing = TenantRouting(max_waiting=config.max_waiting, max_agents=config.max_agents)
+        self.routing = TenantRouting(
+            max_waiting=config.max_waiting,
+            max_agents=config.max_agents,
+            agent_dim=config.agent_dim,
+            relax_every_s=config.relax_every_s,
+            relax_step=config.relax_step,
+        )
+        # The active model; replaced whole on activation (a decision reads it once).
+        self.scorer: Scorer | None = None
+        knobs = {
+            "skew": config.skew,
+            "wait_weight": config.wait_weight,
+            "window": config.window,
+            "batch": config.batch,
+        }
+        self._default = PolicyConfig(name=config.policy, **knobs)
+        self._policies = {q: PolicyConfig(name=p, **knobs) for q, p in config.queue_policies}
+        self._pairings: dict[str, QueuePairing] = {}
+        self.rng = np.random.default_rng()
+
+    def policy(self, queue: str) -> PolicyConfig:
+        return self._policies.get(queue, self._default)
+
+    def wants_profiles(self, queue: str) -> bool:
+        return self.config.monitor or self.policy(queue).name != "baseline"
+
+    def pairing(self, queue: str) -> QueuePairing:
+        p = self._pairings.get(queue)
+        if p is None:
+            p = self._pairings[queue] = QueuePairing(self.rng)
+        return p
+
+
+@dataclass(slots=True)
+class Choice:
+    """How a decision was made (the parts of a Decision a policy decides)."""
+
+    mode: Mode
+    policy: str
+    model_version: str = ""
+    predicted: float = 0.0
+    shadow_agent: str = ""
+    shadow_contact: str = ""
+    shadow_predicted: float = 0.0
+
+
+def _baseline_pick(index: QueueIndex, rows: np.ndarray) -> int:
+    return int(kernels.pick_min(np.zeros(rows.size), rows, index.load, index.idle_since))
 
 
 def _new_decision_id() -> str:
@@ -84,21 +149,100 @@ class Service:
         return self.tenants[tenant]
 
     # ---------------------------------------------------------------- routing
+    def _x(self, scorer: Scorer, contact: Contact) -> np.ndarray | None:
+        """The contact's model input for ``scorer`` (None without a profile)."""
+        if contact.profile is None:
+            return None
+        if contact.x is None or contact.x_version != scorer.version:
+            contact.x = scorer.x_of(contact.profile, contact.context)
+            contact.x_version = scorer.version
+        return contact.x
+
+    def _bands(
+        self, rt: TenantRuntime, index: QueueIndex, scorer: Scorer, pol: PolicyConfig, now: float
+    ) -> QueuePairing:
+        pairing = rt.pairing(index.name)
+        if pol.name == "diagonal" and (
+            (index.bands_dirty and now - index.bands_at >= BANDS_MIN_S)
+            or now - index.bands_at >= BANDS_MAX_S
+            or index.bands_at < 0
+        ):
+            refresh_bands(index, pairing, scorer, pol.skew, now)
+        return pairing
+
+    def _arrive(self, rt: TenantRuntime, contact: Contact, now: float) -> None:
+        """Place a new contact among its queue's recent contacts (diagonal)."""
+        scorer = rt.scorer
+        pol = rt.policy(contact.queue)
+        if scorer is None or pol.name != "diagonal":
+            return
+        x = self._x(scorer, contact)
+        if x is None:
+            return
+        pairing = self._bands(rt, rt.routing.queue(contact.queue), scorer, pol, now)
+        u, c0 = scorer.fold_contact(x)
+        value = contact_value(pairing, u, float(c0))
+        contact.pct = pairing.percentile(value)
+        pairing.observe(value, x)
+
+    def _route(self, rt: TenantRuntime, contact: Contact, now: float) -> Decision | None:
+        """Agent surplus: reserve the chosen eligible agent for ``contact``, if any."""
+        index, rows = rt.routing.candidate_agents(contact, now)
+        if rows.size == 0:
+            return None
+        pol = rt.policy(contact.queue)
+        scorer = rt.scorer
+        x = self._x(scorer, contact) if scorer is not None else None
+        monitor = rt.config.monitor
+        choice = Choice(mode=Mode.BASELINE, policy="baseline")
+        if pol.name == "baseline" and not monitor:
+            k = _baseline_pick(index, rows)
+        elif scorer is None or x is None:
+            k = _baseline_pick(index, rows)
+            choice.mode = Mode.NO_PROFILE
+        else:
+            self._bands(rt, index, scorer, pol, now)
+            u, c0 = scorer.fold_contact(x)
+            keys, scores = agent_keys(pol, index, rows, u, float(c0), contact.pct)
+            k = int(kernels.pick_min(keys, rows, index.load, index.idle_since))
+            choice = Choice(
+                mode=Mode.PAIRED,
+                policy=pol.name,
+                model_version=scorer.version,
+                predicted=scorer.predict(float(scores[k])) if scores is not None else 0.0,
+            )
+            if monitor:
+                shadow_k, k = k, _baseline_pick(index, rows)
+                choice.mode = Mode.BASELINE
+                choice.policy = f"monitor:{pol.name}"
+                choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
+                choice.shadow_predicted = choice.predicted
+                choice.predicted = (
+                    scorer.predict(float(scores[k])) if scores is not None else 0.0
+                )
+        agent_id = index.ids[int(rows[k])]
+        assert agent_id is not None
+        return self._decide(rt, contact, rt.routing.agents[agent_id], choice, now)
+
     def _decide(
-        self, rt: TenantRuntime, contact: Contact, agent: Agent, now: float
+        self, rt: TenantRuntime, contact: Contact, agent: Agent, choice: Choice, now: float
     ) -> Decision:
         """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
-        cfg = rt.config
         decision = Decision(
             decision_id=_new_decision_id(),
-            mode=Mode.BASELINE,
+            mode=choice.mode,
             contact_id=contact.contact_id,
             agent_id=agent.agent_id,
             queue=contact.queue,
             channel=contact.channel,
-            policy=cfg.policy,
+            policy=choice.policy,
             decided_at=now,
-            expires_at=now + cfg.offer_timeout_s,
+            expires_at=now + rt.config.offer_timeout_s,
+            model_version=choice.model_version,
+            predicted_outcome=choice.predicted,
+            shadow_agent_id=choice.shadow_agent,
+            shadow_contact_id=choice.shadow_contact,
+            shadow_predicted_outcome=choice.shadow_predicted,
         )
         rt.routing.reserve(contact, agent, decision, now)
         return decision
@@ -117,31 +261,29 @@ class Service:
             queue=d.queue,
         )
 
-    def _queued(self, contact: Contact, position: int, now: float) -> Decision:
+    @staticmethod
+    def _queued(contact_id: str, agent_id: str, queue: str, channel: int, position: int,
+                now: float) -> Decision:
         return Decision(
             decision_id="",
             mode=Mode.QUEUED,
-            contact_id=contact.contact_id,
-            agent_id="",
-            queue=contact.queue,
-            channel=contact.channel,
+            contact_id=contact_id,
+            agent_id=agent_id,
+            queue=queue,
+            channel=channel,
             policy="",
             decided_at=now,
             queue_position=position,
         )
 
-    def _route(self, rt: TenantRuntime, contact: Contact, now: float) -> Decision | None:
-        """Agent surplus: reserve the best eligible agent for ``contact``, if any."""
-        index, rows = rt.routing.candidate_agents(contact, now)
-        if rows.size == 0:
-            return None
-        best = index.baseline_order(rows)[0]
-        agent_id = index.ids[int(best)]
-        assert agent_id is not None
-        return self._decide(rt, contact, rt.routing.agents[agent_id], now)
-
     async def route_contact(self, tenant: str, req: ContactRequest) -> Decision:
         rt = self._rt(tenant)
+        digest = rt.pseudo.digest(req.customer_key)
+        profile = None
+        if digest and rt.scorer is not None and rt.wants_profiles(req.queue):
+            row = await self.store.get_customer_profile(tenant, digest, self.clock.now())
+            profile = row.vector if row is not None else None
+        # From here on nothing awaits until the decision is made and reserved.
         now = self.clock.now()
         routing = rt.routing
         routing.expire(now)
@@ -157,7 +299,8 @@ class Service:
                 return contact.decision  # a retried call gets the same decision
             decision = self._route(rt, contact, now)  # a waiting contact: try again
             if decision is None:
-                return self._queued(contact, routing.position(contact), now)
+                return self._queued(contact.contact_id, "", contact.queue, contact.channel,
+                                    routing.position(contact), now)
             await self._record(tenant, rt, contact, decision)
             return decision
         contact = routing.new_contact(
@@ -165,17 +308,118 @@ class Service:
             req.queue,
             req.channel,
             req.priority,
-            rt.pseudo.digest(req.customer_key),
+            digest,
             req.context,
             req.min_proficiency,
             req.excluded_agent_ids,
             now,
+            req.preferred_agent_ids,
         )
+        contact.profile = profile
+        self._arrive(rt, contact, now)
         decision = self._route(rt, contact, now)
         if decision is None:
-            return self._queued(contact, routing.enqueue(contact), now)
+            position = routing.enqueue(contact)
+            return self._queued(contact.contact_id, "", contact.queue, contact.channel,
+                                position, now)
         await self._record(tenant, rt, contact, decision)
         return decision
+
+    def _pick_contact(
+        self, rt: TenantRuntime, agent: Agent, candidates: list[Contact], now: float
+    ) -> tuple[Contact, Choice]:
+        """Contact surplus: choose among ``candidates`` (best first by priority, age)."""
+        top = [c for c in candidates if c.priority == candidates[0].priority]
+        pol = rt.policy(top[0].queue)
+        scorer = rt.scorer
+        a = rt.routing.agent_vectors.get(agent.agent_id)
+        if pol.name == "baseline" and not rt.config.monitor:
+            return top[0], Choice(mode=Mode.BASELINE, policy="baseline")
+        xs = [self._x(scorer, c) for c in top] if scorer is not None else []
+        if scorer is None or a is None or not any(x is not None for x in xs):
+            return top[0], Choice(mode=Mode.NO_PROFILE, policy="baseline")
+        v, c0 = scorer.fold_agent(a)
+        lo = np.empty(len(top))
+        hi = np.empty(len(top))
+        for i, c in enumerate(top):
+            index = rt.routing.queue(c.queue)
+            self._bands(rt, index, scorer, pol, now)
+            row = index.row_of[agent.agent_id]
+            lo[i], hi[i] = index.lo[row], index.hi[row]
+        waits = [now - c.arrival for c in top]
+        keys, scores = contact_keys(pol, xs, [c.pct for c in top], waits, v, float(c0), (lo, hi))
+        j = int(np.argmin(keys))
+        if pol.batch and len(top) > 1:
+            j = self._batch(rt, agent, top, xs, keys, pol, scorer, now, j)
+        assert scores is not None
+        chosen = top[j]
+        choice = Choice(
+            mode=Mode.PAIRED if xs[j] is not None else Mode.NO_PROFILE,
+            policy=pol.name,
+            model_version=scorer.version,
+            predicted=scorer.predict(float(scores[j])),
+        )
+        if rt.config.monitor:
+            choice = Choice(
+                mode=Mode.BASELINE,
+                policy=f"monitor:{pol.name}",
+                model_version=scorer.version,
+                predicted=scorer.predict(float(scores[0])),
+                shadow_contact=chosen.contact_id,
+                shadow_predicted=choice.predicted,
+            )
+            chosen = top[0]
+        return chosen, choice
+
+    def _batch(
+        self,
+        rt: TenantRuntime,
+        agent: Agent,
+        top: list[Contact],
+        xs: list[np.ndarray | None],
+        keys: np.ndarray,
+        pol: PolicyConfig,
+        scorer: Scorer,
+        now: float,
+        fallback: int,
+    ) -> int:
+        """Both at once: when other agents are free too, solve the assignment of the
+        waiting window to every free agent and give ``agent`` its part."""
+        others: dict[str, tuple[int, ...]] = {}
+        eligible: list[set[str]] = []
+        for c in top:
+            index, rows = rt.routing.candidate_agents(c, now)
+            ids = {index.ids[int(r)] for r in rows} - {agent.agent_id, None}
+            eligible.append(ids)  # type: ignore[arg-type]
+            for a in ids:
+                others.setdefault(a, ())  # type: ignore[arg-type]
+        if not others:
+            return fallback
+        names = [agent.agent_id, *list(others)[: pol.window - 1]]
+        cost = np.full((len(top), len(names)), NO_PAIR)
+        cost[:, 0] = keys
+        waits = np.array([now - c.arrival for c in top]) / WAIT_UNIT_S * pol.wait_weight
+        for col, other in enumerate(names[1:], start=1):
+            vec = rt.routing.agent_vectors.get(other)
+            rows_ok = [i for i, ids in enumerate(eligible) if other in ids]
+            if not rows_ok:
+                continue
+            if pol.name == "greedy" and vec is not None:
+                v, c0 = scorer.fold_agent(vec)
+                for i in rows_ok:
+                    x = xs[i]
+                    s = float(c0 + x @ v) if x is not None else float(-keys[i])
+                    cost[i, col] = -s - waits[i]
+            else:
+                for i in rows_ok:
+                    index = rt.routing.queue(top[i].queue)
+                    row = index.row_of[other]
+                    p = top[i].pct
+                    cost[i, col] = max(index.lo[row] - p, p - index.hi[row], 0.0) - waits[i]
+        for i, col in assign_batch(cost):
+            if col == 0:
+                return i
+        return fallback
 
     async def agent_ready(self, tenant: str, agent_id: str) -> Decision:
         rt = self._rt(tenant)
@@ -183,20 +427,11 @@ class Service:
         routing = rt.routing
         routing.expire(now)
         agent = routing.agent_ready(agent_id, now)
-        candidates = routing.candidate_contacts(agent, now, limit=1)
+        candidates = routing.candidate_contacts(agent, now, limit=rt.config.window)
         if not candidates:
-            return Decision(
-                decision_id="",
-                mode=Mode.QUEUED,
-                contact_id="",
-                agent_id=agent_id,
-                queue="",
-                channel=0,  # the agent waits for any channel it has capacity on
-                policy="",
-                decided_at=now,
-            )
-        contact = candidates[0]
-        decision = self._decide(rt, contact, agent, now)
+            return self._queued("", agent_id, "", 0, 0, now)
+        contact, choice = self._pick_contact(rt, agent, candidates, now)
+        decision = self._decide(rt, contact, agent, choice, now)
         await self._record(tenant, rt, contact, decision)
         return decision
 
@@ -298,6 +533,10 @@ class Service:
         rt = self._rt(tenant)
         rows = self._rows(profiles, rt.config.agent_dim, "profiles")
         stale = await self.store.upsert_agent_profiles(tenant, rows, self.clock.now())
+        skip = set(stale)
+        for i, row in enumerate(rows):
+            if i not in skip:
+                rt.routing.set_agent_vector(row.key, row.vector)
         return UpsertOutcome(len(rows) - len(stale), stale)
 
     # ----------------------------------------------------------------- models
@@ -313,7 +552,7 @@ class Service:
         if existing is None:
             await self.store.put_model(tenant, model)
         if activate:
-            await self.store.set_active_model(tenant, model.version)
+            await self._activate(tenant, model)
         log.info("model_uploaded", tenant=tenant, version=model.version, active=activate)
         return model
 
@@ -321,9 +560,29 @@ class Service:
         model = await self.store.get_model(tenant, version)
         if model is None:
             raise NotFound(f"model version {version!r} was not uploaded")
-        await self.store.set_active_model(tenant, version)
-        log.info("model_activated", tenant=tenant, version=version)
+        await self._activate(tenant, model)
         return model
+
+    async def _activate(self, tenant: str, model: Model) -> None:
+        await self.store.set_active_model(tenant, model.version)
+        rt = self._rt(tenant)
+        rt.scorer = Scorer(model)  # one reference swap: atomic for every decision
+        for index in rt.routing.queues.values():
+            index.bands_dirty = True
+            index.bands_at = -1.0
+        log.info("model_activated", tenant=tenant, version=model.version)
+
+    async def start(self) -> None:
+        """Load models named in the configuration; restore the active ones."""
+        for name, rt in self.tenants.items():
+            if rt.config.model_path:
+                with open(rt.config.model_path, "rb") as fh:
+                    await self.upload_model(name, fh.read(), activate=True)
+                continue
+            version = await self.store.active_model_version(name)
+            model = await self.store.get_model(name, version) if version else None
+            if model is not None:
+                rt.scorer = Scorer(model)
 
     async def model_info(self, tenant: str) -> tuple[str, list[Model]]:
         active = await self.store.active_model_version(tenant)

@@ -47,7 +47,7 @@ END_REASON_ABANDONED: EndReason
 END_REASON_TRANSFERRED: EndReason
 
 class RouteContactRequest(_message.Message):
-    __slots__ = ("contact_id", "queue", "channel", "priority", "customer_key", "context", "min_proficiency", "excluded_agent_ids")
+    __slots__ = ("contact_id", "queue", "channel", "priority", "customer_key", "context", "min_proficiency", "excluded_agent_ids", "preferred_agent_ids")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class RouteContactRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MIN_PROFICIENCY_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
     contact_id: str
     queue: str
     channel: _common_pb2.Channel
@@ -71,7 +72,8 @@ class RouteContactRequest(_message.Message):
     context: _containers.ScalarMap[str, float]
     min_proficiency: int
     excluded_agent_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, contact_id: _Optional[str] = ..., queue: _Optional[str] = ..., channel: _Optional[_Union[_common_pb2.Channel, str]] = ..., priority: _Optional[int] = ..., customer_key: _Optional[str] = ..., context: _Optional[_Mapping[str, float]] = ..., min_proficiency: _Optional[int] = ..., excluded_agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    preferred_agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, contact_id: _Optional[str] = ..., queue: _Optional[str] = ..., channel: _Optional[_Union[_common_pb2.Channel, str]] = ..., priority: _Optional[int] = ..., customer_key: _Optional[str] = ..., context: _Optional[_Mapping[str, float]] = ..., min_proficiency: _Optional[int] = ..., excluded_agent_ids: _Optional[_Iterable[str]] = ..., preferred_agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentReadyRequest(_message.Message):
     __slots__ = ("agent_id",)

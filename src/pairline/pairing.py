@@ -1,0 +1,263 @@
+"""Pairing policies for every routing state. Pure NumPy + :mod:`pairline.kernels`.
+
+- **L1, agent surplus** (:func:`choose_agent`): one contact, the eligible free
+  agents of its queue. Each policy turns the candidates into keys (lower is
+  better); :func:`kernels.pick_min` breaks ties by the baseline's own order
+  (least loaded, then longest idle), so a policy with nothing to say falls back
+  to the baseline.
+- **L2, contact surplus** (:func:`choose_contact`): one agent, the waiting
+  contacts it may take, limited to the highest priority present and a window
+  of the oldest of those; a ``wait_weight`` knob trades pairing quality against
+  waiting time.
+- **L3, both at once** (:func:`assign_batch`): several free agents and several
+  waiting contacts: the assignment with the best total key, solved with
+  ``scipy.optimize.linear_sum_assignment``.
+
+Policies:
+
+- ``baseline``: every key equal (longest-idle agent / oldest contact);
+- ``greedy``: the highest predicted outcome (performance-based routing; it
+  overloads the strongest agents);
+- ``diagonal``: behavioral pairing. Agents are ordered by expected performance
+  (their predicted outcome against the queue's average contact) and given
+  percentile bands that partition [0, 1]; contacts are given the percentile of
+  their expected value among the queue's recent contacts, drawn uniformly
+  within the band of equal values, so load spreads evenly. A contact goes to
+  the free agent whose band is closest to its percentile. ``skew`` widens the
+  bands of stronger agents (0 = equal bands, balanced utilisation; large =
+  towards greedy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pairline import kernels
+from pairline.model import Model
+from pairline.routing import QueueIndex
+
+POLICIES = ("baseline", "greedy", "diagonal")
+# Waiting time is counted in units of this many seconds against pairing keys.
+WAIT_UNIT_S = 20.0
+_NO_PAIR = 1e9  # cost of an ineligible pair in a batch
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    name: str = "baseline"
+    skew: float = 0.0
+    wait_weight: float = 0.0
+    window: int = 32
+    batch: bool = True
+
+
+class Scorer:
+    """One model folded for the kernels. Immutable: a decision holds one Scorer
+    from start to end, so it never mixes two models."""
+
+    __slots__ = ("_ctx_index", "b", "dc", "logistic", "model", "version", "W", "wa", "wc")
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.version = model.version
+        self.W, self.wc, self.wa = model.W, model.wc, model.wa
+        self.b = np.float32(model.b)
+        self.dc = model.customer_dim
+        self.logistic = model.link == "logistic"
+        self._ctx_index = {name: model.customer_dim + i for i, name in enumerate(model.context_features)}
+
+    def x_of(self, profile: np.ndarray, context: Sequence[tuple[str, float]]) -> np.ndarray:
+        """The model input: the profile followed by the named context features."""
+        x = np.zeros(self.W.shape[0], dtype=np.float32)
+        x[: self.dc] = profile
+        for name, value in context:
+            i = self._ctx_index.get(name)
+            if i is not None:
+                x[i] = value
+        return x
+
+    def fold_contact(self, x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+        """``(u, c0)`` with ``score(x, a) = c0 + u . a``."""
+        u = x @ self.W
+        u += self.wa
+        return u, np.float32(self.b + self.wc @ x)
+
+    def fold_agent(self, a: np.ndarray) -> tuple[np.ndarray, np.float32]:
+        """``(v, c0)`` with ``score(x, a) = c0 + x . v``."""
+        v = self.W @ a
+        v += self.wc
+        return v, np.float32(self.b + self.wa @ a)
+
+    def predict(self, raw: float) -> float:
+        if not self.logistic:
+            return float(raw)
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, float(raw)))))
+
+
+class QueuePairing:
+    """What diagonal pairing remembers of one queue: recent contact values (for
+    contact percentiles), the running mean contact input and mean agent profile
+    (for expected values and performances)."""
+
+    __slots__ = ("abar", "count", "n", "pos", "rng", "since_sort", "sorted", "values", "xbar")
+
+    def __init__(self, rng: np.random.Generator, capacity: int = 1024) -> None:
+        self.values = np.zeros(capacity, dtype=np.float64)
+        self.sorted = np.zeros(0, dtype=np.float64)
+        self.n = 0
+        self.pos = 0
+        self.since_sort = 0
+        self.count = 0
+        self.rng = rng
+        self.xbar: np.ndarray | None = None
+        self.abar: np.ndarray | None = None
+
+    def percentile(self, value: float) -> float:
+        """Where ``value`` falls among recent contacts, uniform within ties."""
+        s = self.sorted
+        if s.size == 0:
+            return float(self.rng.random())
+        lt = int(np.searchsorted(s, value, "left"))
+        le = int(np.searchsorted(s, value, "right"))
+        return (lt + self.rng.random() * (le - lt + 1)) / (s.size + 1)
+
+    def observe(self, value: float, x: np.ndarray) -> None:
+        self.values[self.pos] = value
+        self.pos = (self.pos + 1) % self.values.size
+        self.n = min(self.n + 1, self.values.size)
+        self.since_sort += 1
+        if self.since_sort >= 32 or self.sorted.size < 32:
+            self.sorted = np.sort(self.values[: self.n])
+            self.since_sort = 0
+        self.count += 1
+        if self.xbar is None or self.xbar.shape != x.shape:
+            self.xbar = x.astype(np.float64)
+        else:
+            alpha = max(1.0 / self.count, 1e-3)
+            self.xbar += alpha * (x - self.xbar)
+
+
+def refresh_bands(index: QueueIndex, pairing: QueuePairing, scorer: Scorer, skew: float,
+                  now: float) -> None:
+    """Recompute every logged-in agent's percentile band and the mean agent."""
+    rows = np.flatnonzero(index.logged_in & index.has_vec)
+    index.bands_dirty = False
+    index.bands_at = now
+    if rows.size == 0:
+        pairing.abar = None
+        return
+    A = index.vec[rows].astype(np.float64)
+    pairing.abar = A.mean(axis=0).astype(np.float32)
+    xbar = pairing.xbar if pairing.xbar is not None else np.zeros(scorer.W.shape[0])
+    perf = A @ (xbar @ scorer.W + scorer.wa)
+    order = np.lexsort((rows, perf))
+    n = rows.size
+    w = np.exp(skew * (np.arange(n) + 0.5) / n)
+    w /= w.sum()
+    hi = np.cumsum(w)
+    hi[-1] = 1.0
+    index.lo[rows[order]] = hi - w
+    index.hi[rows[order]] = hi
+
+
+def contact_value(pairing: QueuePairing, u: np.ndarray, c0: float) -> float:
+    """A contact's expected outcome against the queue's average agent."""
+    if pairing.abar is None:
+        return float(c0)
+    return float(c0 + u @ pairing.abar)
+
+
+def _neutral(scores: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Scores of candidates without a profile set to the mean of the others."""
+    if not known.all():
+        scores = scores.copy()
+        scores[~known] = scores[known].mean() if known.any() else 0.0
+    return scores
+
+
+def agent_keys(
+    policy: PolicyConfig,
+    index: QueueIndex,
+    rows: np.ndarray,
+    u: np.ndarray | None,
+    c0: float,
+    pct: float,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """L1 keys (lower is better) and raw scores (when a model is given)."""
+    scores = None
+    if u is not None:
+        raw = np.empty(rows.size, dtype=np.float32)
+        kernels.score_rows(index.vec, rows, u, np.float32(c0), raw)
+        scores = _neutral(raw, index.has_vec[rows])
+    if policy.name == "greedy" and scores is not None:
+        return -scores.astype(np.float64), scores
+    if policy.name == "diagonal":
+        keys = np.empty(rows.size, dtype=np.float64)
+        kernels.band_distance(rows, index.lo, index.hi, pct, keys)
+        return keys, scores
+    return np.zeros(rows.size, dtype=np.float64), scores
+
+
+def choose_agent(
+    policy: PolicyConfig,
+    index: QueueIndex,
+    rows: np.ndarray,
+    u: np.ndarray | None,
+    c0: float,
+    pct: float,
+) -> tuple[int, float]:
+    """The chosen row of ``rows`` (an index into it) and its raw score (nan if none)."""
+    keys, scores = agent_keys(policy, index, rows, u, c0, pct)
+    k = int(kernels.pick_min(keys, rows, index.load, index.idle_since))
+    return k, float(scores[k]) if scores is not None else math.nan
+
+
+def contact_keys(
+    policy: PolicyConfig,
+    xs: Sequence[np.ndarray | None],
+    pcts: Sequence[float],
+    waits_s: Sequence[float],
+    v: np.ndarray | None,
+    c0: float,
+    band: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """L2 keys for waiting contacts (best first by priority then age) and raw scores."""
+    m = len(xs)
+    scores = None
+    if v is not None:
+        known = np.array([x is not None for x in xs])
+        raw = np.zeros(m, dtype=np.float32)
+        if known.any():
+            X = np.stack([x for x in xs if x is not None])
+            out = np.empty(X.shape[0], dtype=np.float32)
+            kernels.score_contacts(X, v, np.float32(c0), out)
+            raw[known] = out
+        scores = _neutral(raw, known)
+    if policy.name == "baseline" or (policy.name == "greedy" and scores is None):
+        return np.arange(m, dtype=np.float64), scores
+    if policy.name == "greedy":
+        assert scores is not None
+        keys = -scores.astype(np.float64)
+    else:
+        lo, hi = band
+        p = np.asarray(pcts, dtype=np.float64)
+        keys = np.maximum(np.maximum(lo - p, p - hi), 0.0)
+    keys -= policy.wait_weight * np.asarray(waits_s, dtype=np.float64) / WAIT_UNIT_S
+    return keys, scores
+
+
+def assign_batch(cost: np.ndarray) -> list[tuple[int, int]]:
+    """Best total assignment of rows (contacts) to columns (agents); pairs whose
+    cost marks them ineligible are dropped."""
+    if cost.size == 0:
+        return []
+    r, c = linear_sum_assignment(cost)
+    return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if cost[i, j] < _NO_PAIR / 2]
+
+
+NO_PAIR = _NO_PAIR
