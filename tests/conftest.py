@@ -22,3 +22,10 @@ def redis_server() -> Iterator[RedisProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Logs as the server writes them (JSON, info and up), so debug noise stays out."""
+    from pairline.logs import configure
+
+    configure("info", json=True, cache=False)

@@ -8,7 +8,8 @@ import sys
 import structlog
 
 
-def configure(level: str = "info", json: bool = True) -> None:
+def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> None:
+    """``cache=False`` keeps loggers reconfigurable (structlog.testing.capture_logs)."""
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=lvl, format="%(message)s")
     renderer: structlog.typing.Processor = (
@@ -24,5 +25,5 @@ def configure(level: str = "info", json: bool = True) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

@@ -21,8 +21,8 @@ Policies:
 - ``diagonal``: behavioral pairing. Agents are ordered by expected performance
   (their predicted outcome against the queue's average contact) and given
   percentile bands that partition [0, 1]; contacts are given the percentile of
-  their expected value among the queue's recent contacts, drawn uniformly
-  within the band of equal values, so load spreads evenly. A contact goes to
+  their value among the queue's recent contacts (see :func:`contact_value`),
+  drawn uniformly within the band of equal values, so load spreads evenly. A contact goes to
   the free agent whose band is closest to its percentile. ``skew`` widens the
   bands of stronger agents (0 = equal bands, balanced utilisation; large =
   towards greedy).
@@ -101,10 +101,10 @@ class Scorer:
 
 class QueuePairing:
     """What diagonal pairing remembers of one queue: recent contact values (for
-    contact percentiles), the running mean contact input and mean agent profile
-    (for expected values and performances)."""
+    contact percentiles), the running mean contact input (for agent performance)
+    and the agents' performance axis (for contact values)."""
 
-    __slots__ = ("abar", "count", "n", "pos", "rng", "since_sort", "sorted", "values", "xbar")
+    __slots__ = ("axis", "count", "n", "pos", "rng", "since_sort", "sorted", "values", "xbar")
 
     def __init__(self, rng: np.random.Generator, capacity: int = 1024) -> None:
         self.values = np.zeros(capacity, dtype=np.float64)
@@ -115,7 +115,7 @@ class QueuePairing:
         self.count = 0
         self.rng = rng
         self.xbar: np.ndarray | None = None
-        self.abar: np.ndarray | None = None
+        self.axis: np.ndarray | None = None
 
     def percentile(self, value: float) -> float:
         """Where ``value`` falls among recent contacts, uniform within ties."""
@@ -149,14 +149,16 @@ def refresh_bands(index: QueueIndex, pairing: QueuePairing, scorer: Scorer, skew
     index.bands_dirty = False
     index.bands_at = now
     if rows.size == 0:
-        pairing.abar = None
+        pairing.axis = None
         return
     A = index.vec[rows].astype(np.float64)
-    pairing.abar = A.mean(axis=0).astype(np.float32)
     xbar = pairing.xbar if pairing.xbar is not None else np.zeros(scorer.W.shape[0])
     perf = A @ (xbar @ scorer.W + scorer.wa)
     order = np.lexsort((rows, perf))
     n = rows.size
+    half = max(1, n // 2)
+    axis = A[order[n - half :]].mean(axis=0) - A[order[:half]].mean(axis=0)
+    pairing.axis = axis.astype(np.float32)
     w = np.exp(skew * (np.arange(n) + 0.5) / n)
     w /= w.sum()
     hi = np.cumsum(w)
@@ -166,10 +168,14 @@ def refresh_bands(index: QueueIndex, pairing: QueuePairing, scorer: Scorer, skew
 
 
 def contact_value(pairing: QueuePairing, u: np.ndarray, c0: float) -> float:
-    """A contact's expected outcome against the queue's average agent."""
-    if pairing.abar is None:
+    """How much a contact gains from a stronger agent: its score's slope along the
+    agents' performance axis (the stronger half's mean profile minus the weaker
+    half's). Ordering contacts by this, rather than by their outcome against the
+    average agent, is what makes pairing close percentiles pay: a contact whose
+    outcome rises most with agent strength meets the strongest agents."""
+    if pairing.axis is None:
         return float(c0)
-    return float(c0 + u @ pairing.abar)
+    return float(u @ pairing.axis)
 
 
 def _neutral(scores: np.ndarray, known: np.ndarray) -> np.ndarray:
