@@ -8,7 +8,7 @@ decode function raises :class:`InvalidArgument` naming the offending field
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
@@ -84,7 +84,7 @@ def _named_values(
         raise InvalidArgument(field, f"has more than {max_entries} entries")
     out = []
     for name, value in values.items():
-        text(name, f"{field} key", max_len=MAX_ID)
+        text(name, field, max_len=MAX_ID)
         if not math.isfinite(value):
             raise InvalidArgument(f"{field}[{name}]", "must be finite")
         out.append((name, value))
@@ -243,15 +243,24 @@ def _profile_time(value: int, field: str) -> int:
     return value
 
 
+def item_path(at: str | None) -> Callable[[int, str], str]:
+    """Field paths of a list's items (``profiles[3].vector``), or of a lone
+    message's fields when ``at`` is None (``vector``)."""
+    if at is None:
+        return lambda i, name: name
+    return lambda i, name: f"{at}[{i}].{name}"
+
+
 def customer_profiles(
-    profiles: Iterable[ppb.CustomerProfile], at: str = "profiles"
+    profiles: Iterable[ppb.CustomerProfile], at: str | None = "profiles"
 ) -> list[ProfileIn]:
+    path = item_path(at)
     return [
         ProfileIn(
-            key=text(p.customer_key, f"{at}[{i}].customer_key", max_len=MAX_KEY),
+            key=text(p.customer_key, path(i, "customer_key"), max_len=MAX_KEY),
             vector=p.vector,
             version=p.version,
-            source_time_ms=_profile_time(p.source_time_ms, f"{at}[{i}].source_time_ms"),
+            source_time_ms=_profile_time(p.source_time_ms, path(i, "source_time_ms")),
         )
         for i, p in enumerate(profiles)
     ]

@@ -92,8 +92,8 @@ def load_model(data: bytes, *, customer_dim: int, agent_dim: int) -> Model:
     if not isinstance(meta, dict):
         raise _fail("'meta' must be a JSON object")
     version = meta.get("version")
-    if not isinstance(version, str) or not 1 <= len(version) <= 64:
-        raise _fail("meta.version must be a string of 1..64 chars")
+    if not isinstance(version, str) or not 1 <= len(version) <= 64 or not version.isprintable():
+        raise _fail("meta.version must be a string of 1..64 printable chars")
     link = meta.get("link", "logistic")
     if link not in LINKS:
         raise _fail(f"meta.link must be one of {LINKS}")

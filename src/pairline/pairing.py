@@ -193,20 +193,17 @@ def agent_keys(
     u: np.ndarray | None,
     c0: float,
     pct: float,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """L1 keys (lower is better) and raw scores (when a model is given)."""
-    scores = None
-    if u is not None:
+) -> np.ndarray:
+    """L1 keys (lower is better) of the eligible ``rows`` for one contact (folded
+    into the model as ``u``, ``c0``; ``pct`` its percentile)."""
+    if policy.name == "greedy" and u is not None:
         raw = np.empty(rows.size, dtype=np.float32)
         kernels.score_rows(index.vec, rows, u, np.float32(c0), raw)
-        scores = _neutral(raw, index.has_vec[rows])
-    if policy.name == "greedy" and scores is not None:
-        return -scores.astype(np.float64), scores
+        return -_neutral(raw, index.has_vec[rows]).astype(np.float64)
+    keys = np.zeros(rows.size, dtype=np.float64)
     if policy.name == "diagonal":
-        keys = np.empty(rows.size, dtype=np.float64)
         kernels.band_distance(rows, index.lo, index.hi, pct, keys)
-        return keys, scores
-    return np.zeros(rows.size, dtype=np.float64), scores
+    return keys
 
 
 def choose_agent(
@@ -216,11 +213,10 @@ def choose_agent(
     u: np.ndarray | None,
     c0: float,
     pct: float,
-) -> tuple[int, float]:
-    """The chosen row of ``rows`` (an index into it) and its raw score (nan if none)."""
-    keys, scores = agent_keys(policy, index, rows, u, c0, pct)
-    k = int(kernels.pick_min(keys, rows, index.load, index.idle_since))
-    return k, float(scores[k]) if scores is not None else math.nan
+) -> int:
+    """The chosen position in ``rows`` (ties broken by the baseline's order)."""
+    keys = agent_keys(policy, index, rows, u, c0, pct)
+    return int(kernels.pick_min(keys, rows, index.load, index.idle_since))
 
 
 def contact_keys(

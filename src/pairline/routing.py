@@ -107,6 +107,9 @@ class Contact:
     profile: np.ndarray | None = None
     x: np.ndarray | None = None
     x_version: str = ""
+    # x folded into the model for scoring against agents: score = c0 + u . a
+    u: np.ndarray | None = None
+    c0: float = 0.0
     pct: float = 0.5
 
     @property
@@ -195,9 +198,10 @@ class QueueIndex:
             self.bands_dirty = True
         self.routable[row] = agent.presence is AgentStatus.AVAILABLE
         self.ready_at[row] = agent.wrap_until
-        for c in range(N_CHANNELS):
-            self.free[row, c] = agent.capacity[c] - agent.in_use[c]
-        self.load[row] = sum(agent.in_use)
+        cap, use = agent.capacity, agent.in_use
+        self.free[row] = (cap[0] - use[0], cap[1] - use[1], cap[2] - use[2], cap[3] - use[3],
+                          cap[4] - use[4])
+        self.load[row] = use[0] + use[1] + use[2] + use[3] + use[4]
         self.idle_since[row] = agent.idle_since
         self.prof[row] = proficiency
 

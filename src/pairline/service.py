@@ -9,7 +9,7 @@ awaiting in between, so a decision is atomic on the event loop.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,8 +130,21 @@ class Choice:
     shadow_predicted: float = 0.0
 
 
+def _predict(scorer: Scorer, index: QueueIndex, row: int, u: np.ndarray, c0: float) -> float:
+    """Predicted outcome of the contact (folded as ``u``, ``c0``) with one agent row;
+    an agent without a profile counts as the average agent (score of a zero vector
+    is not meaningful, so the prediction is the contact's own term)."""
+    if not index.has_vec[row]:
+        return scorer.predict(c0)
+    return scorer.predict(c0 + float(index.vec[row] @ u))
+
+
 def _baseline_pick(index: QueueIndex, rows: np.ndarray) -> int:
     return int(kernels.pick_min(np.zeros(rows.size), rows, index.load, index.idle_since))
+
+
+def _nothing() -> None:
+    return None
 
 
 def _new_decision_id() -> str:
@@ -154,8 +167,10 @@ class Service:
         if contact.profile is None:
             return None
         if contact.x is None or contact.x_version != scorer.version:
-            contact.x = scorer.x_of(contact.profile, contact.context)
+            contact.x = x = scorer.x_of(contact.profile, contact.context)
             contact.x_version = scorer.version
+            contact.u, c0 = scorer.fold_contact(x)
+            contact.c0 = float(c0)
         return contact.x
 
     def _bands(
@@ -170,20 +185,22 @@ class Service:
             refresh_bands(index, pairing, scorer, pol.skew, now)
         return pairing
 
-    def _arrive(self, rt: TenantRuntime, contact: Contact, now: float) -> None:
-        """Place a new contact among its queue's recent contacts (diagonal)."""
+    def _arrive(self, rt: TenantRuntime, contact: Contact, now: float) -> Callable[[], None]:
+        """Give a new contact its percentile among its queue's recent contacts
+        (diagonal). Returns the step that adds it to them, taken once the contact
+        is accepted (so a refused request leaves the statistics as they were)."""
         scorer = rt.scorer
         pol = rt.policy(contact.queue)
         if scorer is None or pol.name != "diagonal":
-            return
+            return _nothing
         x = self._x(scorer, contact)
         if x is None:
-            return
+            return _nothing
         pairing = self._bands(rt, rt.routing.queue(contact.queue), scorer, pol, now)
-        u, c0 = scorer.fold_contact(x)
-        value = contact_value(pairing, u, float(c0))
+        assert contact.u is not None
+        value = contact_value(pairing, contact.u, contact.c0)
         contact.pct = pairing.percentile(value)
-        pairing.observe(value, x)
+        return lambda: pairing.observe(value, x)
 
     def _route(self, rt: TenantRuntime, contact: Contact, now: float) -> Decision | None:
         """Agent surplus: reserve the chosen eligible agent for ``contact``, if any."""
@@ -202,14 +219,15 @@ class Service:
             choice.mode = Mode.NO_PROFILE
         else:
             self._bands(rt, index, scorer, pol, now)
-            u, c0 = scorer.fold_contact(x)
-            keys, scores = agent_keys(pol, index, rows, u, float(c0), contact.pct)
+            u, c0 = contact.u, contact.c0
+            assert u is not None
+            keys = agent_keys(pol, index, rows, u, c0, contact.pct)
             k = int(kernels.pick_min(keys, rows, index.load, index.idle_since))
             choice = Choice(
                 mode=Mode.PAIRED,
                 policy=pol.name,
                 model_version=scorer.version,
-                predicted=scorer.predict(float(scores[k])) if scores is not None else 0.0,
+                predicted=_predict(scorer, index, int(rows[k]), u, c0),
             )
             if monitor:
                 shadow_k, k = k, _baseline_pick(index, rows)
@@ -217,9 +235,7 @@ class Service:
                 choice.policy = f"monitor:{pol.name}"
                 choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
                 choice.shadow_predicted = choice.predicted
-                choice.predicted = (
-                    scorer.predict(float(scores[k])) if scores is not None else 0.0
-                )
+                choice.predicted = _predict(scorer, index, int(rows[k]), u, c0)
         agent_id = index.ids[int(rows[k])]
         assert agent_id is not None
         return self._decide(rt, contact, rt.routing.agents[agent_id], choice, now)
@@ -316,12 +332,14 @@ class Service:
             req.preferred_agent_ids,
         )
         contact.profile = profile
-        self._arrive(rt, contact, now)
+        accepted = self._arrive(rt, contact, now)
         decision = self._route(rt, contact, now)
         if decision is None:
             position = routing.enqueue(contact)
+            accepted()
             return self._queued(contact.contact_id, "", contact.queue, contact.channel,
                                 position, now)
+        accepted()
         await self._record(tenant, rt, contact, decision)
         return decision
 
@@ -498,28 +516,29 @@ class Service:
     # --------------------------------------------------------------- profiles
     @staticmethod
     def _rows(
-        profiles: Sequence[ProfileIn], dim: int, field: str, key_of: object = None
+        profiles: Sequence[ProfileIn], dim: int, field: str | None, key_of: object = None
     ) -> list[ProfileRow]:
-        """Check every profile against ``dim`` before any is written."""
+        """Check every profile against ``dim`` before any is written. ``field`` is
+        the list's path (None for a lone profile, whose fields are top-level)."""
         if not profiles:
-            raise InvalidArgument(field, "at least one profile is needed")
+            raise InvalidArgument(field or "profile", "at least one profile is needed")
         if len(profiles) > MAX_BATCH:
-            raise InvalidArgument(field, f"at most {MAX_BATCH} profiles per batch")
+            raise InvalidArgument(field or "profile", f"at most {MAX_BATCH} profiles per batch")
         rows = []
         for i, p in enumerate(profiles):
+            where = f"{field}[{i}].vector" if field is not None else "vector"
             if len(p.vector) != dim:
-                raise InvalidArgument(
-                    f"{field}[{i}].vector", f"has {len(p.vector)} values, expected {dim}"
-                )
-            vec = np.asarray(p.vector, dtype=np.float32)
+                raise InvalidArgument(where, f"has {len(p.vector)} values, expected {dim}")
+            with np.errstate(over="ignore"):
+                vec = np.asarray(p.vector, dtype=np.float32)
             if not np.all(np.isfinite(vec)):
-                raise InvalidArgument(f"{field}[{i}].vector", "has NaN or infinite values")
+                raise InvalidArgument(where, "has NaN or infinite values")
             key = key_of(p.key) if callable(key_of) else p.key
             rows.append(ProfileRow(key, vec, p.version, p.source_time_ms))
         return rows
 
     async def upsert_customer_profiles(
-        self, tenant: str, profiles: Sequence[ProfileIn], field: str = "profiles"
+        self, tenant: str, profiles: Sequence[ProfileIn], field: str | None = "profiles"
     ) -> UpsertOutcome:
         rt = self._rt(tenant)
         rows = self._rows(profiles, rt.config.customer_dim, field, rt.pseudo.digest)

@@ -174,8 +174,8 @@ class ProfilesServicer(ppb_grpc.ProfilesServicer):
     async def UpsertCustomerProfile(
         self, request: ppb.CustomerProfile, context: Ctx
     ) -> ppb.UpsertResult:
-        profiles = convert.customer_profiles([request], at="profile")
-        out = await self._s.upsert_customer_profiles(current_tenant(), profiles, "profile")
+        profiles = convert.customer_profiles([request], at=None)
+        out = await self._s.upsert_customer_profiles(current_tenant(), profiles, None)
         return convert.upsert_result(out.accepted, out.stale)
 
     async def UpsertCustomerProfiles(
