@@ -364,5 +364,5 @@ class TestBandsUnit:
         assert np.all(np.diff(widths) > 0) and index.hi[rows][-1] == 1.0
         # A contact at percentile 0.6 goes to the agent whose band holds it.
         all_rows = np.array(sorted(index.row_of.values()), dtype=np.int64)
-        k, _ = choose_agent(PolicyConfig("diagonal"), index, all_rows, None, 0.0, 0.1)
+        k = choose_agent(PolicyConfig("diagonal"), index, all_rows, None, 0.0, 0.1)
         assert index.ids[int(all_rows[k])] == "a1"
