@@ -46,6 +46,29 @@ def score_rows(A, rows, u, c0, out):  # type: ignore[no-untyped-def]
         out[k] = c0 + acc
 
 
+@numba.njit("void(f4[:, ::1], b1[::1], i8[::1], f4[::1], f4, f8[::1])", fastmath=True, **_OPTS)
+def greedy_keys(A, has_vec, rows, u, c0, out):  # type: ignore[no-untyped-def]
+    """Greedy's keys: ``out[k] = -(c0 + A[rows[k]] . u)``; agents without a profile
+    (``has_vec`` false) get the mean key of those with one (``-c0`` if none has)."""
+    d = u.shape[0]
+    total = 0.0
+    known = 0
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        if has_vec[r]:
+            acc = np.float32(0.0)
+            for j in range(d):
+                acc += A[r, j] * u[j]
+            s = c0 + acc
+            out[k] = -s
+            total += s
+            known += 1
+    neutral = -(total / known) if known > 0 else -float(c0)
+    for k in range(rows.shape[0]):
+        if not has_vec[rows[k]]:
+            out[k] = neutral
+
+
 @numba.njit("void(f4[:, ::1], f4[::1], f4, f4[::1])", fastmath=True, **_OPTS)
 def score_contacts(X, v, c0, out):  # type: ignore[no-untyped-def]
     """``out[j] = c0 + X[j] . v`` (one agent, folded into ``v = W a + wc``,
@@ -148,6 +171,8 @@ def warm() -> None:
     A = np.ones((n, d), dtype=np.float32)
     out = np.empty(k, dtype=np.float32)
     score_rows(A, rows, np.ones(d, dtype=np.float32), np.float32(0), out)
+    greedy_keys(A, routable, rows, np.ones(d, dtype=np.float32), np.float32(0),
+                np.empty(k, dtype=np.float64))
     score_contacts(A, np.ones(d, dtype=np.float32), np.float32(0), np.empty(n, dtype=np.float32))
     W = np.ones((d, d), dtype=np.float32)
     score_batch(A, W, A, rows, np.ones(d, np.float32), np.ones(d, np.float32), np.float32(0),

@@ -197,9 +197,9 @@ def agent_keys(
     """L1 keys (lower is better) of the eligible ``rows`` for one contact (folded
     into the model as ``u``, ``c0``; ``pct`` its percentile)."""
     if policy.name == "greedy" and u is not None:
-        raw = np.empty(rows.size, dtype=np.float32)
-        kernels.score_rows(index.vec, rows, u, np.float32(c0), raw)
-        return -_neutral(raw, index.has_vec[rows]).astype(np.float64)
+        keys = np.empty(rows.size, dtype=np.float64)
+        kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
+        return keys
     keys = np.zeros(rows.size, dtype=np.float64)
     if policy.name == "diagonal":
         kernels.band_distance(rows, index.lo, index.hi, pct, keys)

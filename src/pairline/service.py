@@ -8,7 +8,8 @@ awaiting in between, so a decision is atomic on the event loop.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -147,8 +148,6 @@ def _nothing() -> None:
     return None
 
 
-def _new_decision_id() -> str:
-    return uuid.uuid4().hex
 
 
 class Service:
@@ -157,6 +156,10 @@ class Service:
         self.store = store
         self.clock = clock
         self.tenants = {t.name: TenantRuntime(t) for t in settings.tenants}
+        # Decision ids: a random prefix per process, then a counter (unique across
+        # replicas and restarts, and cheaper than a random id per decision).
+        self._id_prefix = f"d{secrets.token_hex(6)}-"
+        self._ids = itertools.count(1)
 
     def _rt(self, tenant: str) -> TenantRuntime:
         return self.tenants[tenant]
@@ -245,7 +248,7 @@ class Service:
     ) -> Decision:
         """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
         decision = Decision(
-            decision_id=_new_decision_id(),
+            decision_id=f"{self._id_prefix}{next(self._ids):x}",
             mode=choice.mode,
             contact_id=contact.contact_id,
             agent_id=agent.agent_id,

@@ -1,0 +1,226 @@
+"""RouteContact over loopback gRPC against grpc.health.v1.Health/Check on the
+same server (the cheapest possible RPC), unary and over Connect; and routed
+contacts per second, unary and streamed.
+
+The server runs in its own process (`pairline serve`), 1,000 agents x 64 dims,
+policy greedy, a model and customer profiles loaded. The client is Python on
+the same 2 cores, so throughput figures are a floor for the server.
+
+Targets (2 vCPU): RouteContact p50 <= 1.25x Health/Check p50; >= 3,500 routed
+contacts/s unary and >= 8,000/s over Connect."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from _util import percentiles_us
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
+from pairline.model import dump_model
+from support import free_port
+
+KEY = "bench-key-0123456789"
+META = (("authorization", f"Bearer {KEY}"),)
+DIM = 64
+N_AGENTS = 1_000
+N_CUSTOMERS = 5_000
+_ids = itertools.count()
+
+
+def _route_req() -> rpb.RouteContactRequest:
+    i = next(_ids)
+    return rpb.RouteContactRequest(contact_id=f"c{i}", queue="q", channel=cpb.CHANNEL_CHAT,
+                                   customer_key=f"+{i % N_CUSTOMERS}")
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    cfg = tmp_path_factory.mktemp("grpc") / "pairline.toml"
+    cfg.write_text(
+        'log_level = "warning"\n'
+        "[[tenants]]\n"
+        'name = "bench"\n'
+        f'api_keys = ["{KEY}"]\n'
+        'secret = "bench-secret-0123456789"\n'
+        f"customer_dim = {DIM}\nagent_dim = {DIM}\n"
+        'policy = "greedy"\n'
+        "max_agents = 20000\n"
+    )
+    addr = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pairline.cli", "serve", "--config", str(cfg), "--listen", addr],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+    )
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not become SERVING")
+                time.sleep(0.1)
+            _load(ch)
+        yield addr
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _load(ch: grpc.Channel) -> None:
+    rng = np.random.default_rng(3)
+    profiles = ppb_grpc.ProfilesStub(ch)
+    router = rpb_grpc.RouterStub(ch)
+    model = dump_model(version="bench", W=rng.normal(size=(DIM, DIM)).astype(np.float32) / DIM,
+                       wc=rng.normal(size=DIM) / DIM, wa=rng.normal(size=DIM) / DIM, b=0.0)
+    profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True), metadata=META)
+    profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+        ppb.AgentProfile(agent_id=f"a{i}", vector=rng.normal(size=DIM).tolist(), source_time_ms=1)
+        for i in range(N_AGENTS)]), metadata=META)
+    profiles.UpsertCustomerProfiles(iter([ppb.CustomerProfileBatch(profiles=[
+        ppb.CustomerProfile(customer_key=f"+{i}", vector=rng.normal(size=DIM).tolist(),
+                            source_time_ms=1) for i in range(N_CUSTOMERS)])]), metadata=META)
+    for i in range(N_AGENTS):
+        router.SetAgentState(rpb.SetAgentStateRequest(
+            agent_id=f"a{i}", status=rpb.AGENT_STATUS_AVAILABLE,
+            queues=[rpb.QueueMembership(queue="q", proficiency=50)],
+            capacities=[rpb.ChannelCapacity(channel=cpb.CHANNEL_CHAT, capacity=100)]), metadata=META)
+
+
+@pytest.mark.benchmark(group="grpc-latency")
+def test_health_check_latency(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
+    """The floor: the cheapest RPC on the same server."""
+    with grpc.insecure_channel(address) as ch:
+        check = health_pb2_grpc.HealthStub(ch).Check
+        req = health_pb2.HealthCheckRequest()
+        for _ in range(200):
+            check(req)
+        out = benchmark.pedantic(check, args=(req,), rounds=3000, iterations=1)
+        assert out.status == health_pb2.HealthCheckResponse.SERVING
+    pct = percentiles_us(benchmark)
+    print(f"\nHealth/Check      p50 {pct['p50_us']:7.1f} us  p99 {pct['p99_us']:7.1f} us")
+
+
+@pytest.mark.benchmark(group="grpc-latency")
+def test_route_contact_latency(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
+    """RouteContact unary, one at a time (greedy over 1,000 agents x 64 dims)."""
+    with grpc.insecure_channel(address) as ch:
+        route = rpb_grpc.RouterStub(ch).RouteContact
+        for _ in range(200):
+            route(_route_req(), metadata=META)
+        d = benchmark.pedantic(lambda: route(_route_req(), metadata=META), rounds=3000,
+                               iterations=1)
+        assert d.mode == cpb.MODE_PAIRED
+    pct = percentiles_us(benchmark)
+    print(f"\nRouteContact      p50 {pct['p50_us']:7.1f} us  p99 {pct['p99_us']:7.1f} us")
+
+
+@pytest.mark.benchmark(group="grpc-latency")
+def test_route_contact_latency_connect(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
+    """RouteContact over an open Connect stream, one event at a time."""
+    import queue as _q
+
+    with grpc.insecure_channel(address) as ch:
+        outbox: _q.Queue[rpb.SwitchEvent | None] = _q.Queue()
+        replies = rpb_grpc.RouterStub(ch).Connect(iter(outbox.get, None), metadata=META)
+
+        def one() -> rpb.SwitchReply:
+            outbox.put(rpb.SwitchEvent(request_id="r", route_contact=_route_req()))
+            return next(replies)
+
+        for _ in range(200):
+            one()
+        reply = benchmark.pedantic(one, rounds=3000, iterations=1)
+        outbox.put(None)
+        assert reply.decision.mode == cpb.MODE_PAIRED
+    pct = percentiles_us(benchmark)
+    print(f"\nConnect route     p50 {pct['p50_us']:7.1f} us  p99 {pct['p99_us']:7.1f} us")
+
+
+async def _unary_rate(address: str, total: int, concurrency: int) -> float:
+    async with grpc.aio.insecure_channel(address) as ch:
+        route = rpb_grpc.RouterStub(ch).RouteContact
+        reqs = iter([_route_req() for _ in range(total)])
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            for req in reqs:
+                d = await route(req, metadata=META)
+                assert d.agent_id
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - t0)
+
+
+async def _stream_rate(address: str, total: int, streams: int, window: int) -> float:
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = rpb_grpc.RouterStub(ch)
+        per = total // streams
+
+        async def one_stream() -> int:
+            sem = asyncio.Semaphore(window)
+            events = [rpb.SwitchEvent(request_id=str(i), route_contact=_route_req())
+                      for i in range(per)]
+
+            async def gen():  # type: ignore[no-untyped-def]
+                for ev in events:
+                    await sem.acquire()
+                    yield ev
+
+            got = 0
+            async for reply in stub.Connect(gen(), metadata=META):
+                assert reply.WhichOneof("reply") == "decision"
+                sem.release()
+                got += 1
+                if got == per:
+                    break
+            return got
+
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(one_stream() for _ in range(streams)))
+        return sum(counts) / (time.perf_counter() - t0)
+
+
+@pytest.mark.benchmark(group="grpc-throughput")
+def test_unary_throughput(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
+    """Routed contacts per second, unary, 64 calls in flight."""
+    rate = benchmark.pedantic(lambda: asyncio.run(_unary_rate(address, 8000, 64)), rounds=1,
+                              iterations=1)
+    benchmark.extra_info["routed_per_s"] = round(rate)
+    print(f"\nunary   {rate:8.0f} routed contacts/s")
+    assert rate > 0
+
+
+@pytest.mark.benchmark(group="grpc-throughput")
+def test_connect_throughput(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
+    """Routed contacts per second over 4 Connect streams, 128 events in flight each."""
+    rate = benchmark.pedantic(lambda: asyncio.run(_stream_rate(address, 16000, 4, 128)),
+                              rounds=1, iterations=1)
+    benchmark.extra_info["routed_per_s"] = round(rate)
+    print(f"\nConnect {rate:8.0f} routed contacts/s")
+    assert rate > 0
+
+
+_ = Path
