@@ -218,17 +218,18 @@ class TestContactSurplus:
 
 class TestEligibility:
     async def test_proficiency_relaxes_as_the_contact_waits(self) -> None:
-        """A contact needing proficiency 80 reaches a 50 agent after two relaxation steps."""
-        async with running(settings(relax_every_s=10.0, relax_step=15)) as srv:
+        """A contact needing proficiency 80 reaches a 50 agent once the 20 s step allows 50."""
+        async with running(settings(relax_steps=((10.0, 65), (20.0, 50)))) as srv:
             await srv.acme.router.SetAgentState(login("a", ("sales", 50)))
-            for t, mode in [(0, M.MODE_QUEUED), (10, M.MODE_QUEUED), (10, M.MODE_BASELINE)]:
+            for t, mode in [(0, M.MODE_QUEUED), (10, M.MODE_QUEUED), (9.9, M.MODE_QUEUED),
+                            (0.1, M.MODE_BASELINE)]:
                 srv.clock.advance(t)
                 d = await srv.acme.router.RouteContact(contact("c1", min_proficiency=80))
                 assert d.mode == mode
 
     async def test_relaxation_also_applies_in_contact_surplus(self) -> None:
         """An agent asking for work gets a contact once its requirement has relaxed enough."""
-        async with running(settings(relax_every_s=10.0, relax_step=40)) as srv:
+        async with running(settings(relax_steps=((10.0, 40),))) as srv:
             await srv.acme.router.RouteContact(contact("c1", min_proficiency=80))
             await srv.acme.router.SetAgentState(login("a", ("sales", 50)))
             d = await srv.acme.router.AgentReady(rpb.AgentReadyRequest(agent_id="a"))

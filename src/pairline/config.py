@@ -48,10 +48,10 @@ class TenantConfig:
     window: int = 32
     # Solve the assignment when several agents are free and contacts wait.
     batch: bool = True
-    # Proficiency relaxation: every relax_every_s waited (0 = never), the
-    # contact's min_proficiency drops by relax_step.
-    relax_every_s: float = 0.0
-    relax_step: int = 10
+    # Proficiency relaxation (bullseye): steps of (waited_s, at_most): once a
+    # contact has waited waited_s, it needs at most that proficiency.
+    # E.g. ((30, 60), (90, 0)): after 30 s any 60+ agent, after 90 s anyone.
+    relax_steps: tuple[tuple[float, int], ...] = ()
     # A model file loaded and activated at start (optional).
     model_path: str = ""
     wrap_up_s: float = 10.0
@@ -79,8 +79,14 @@ class TenantConfig:
                 )
         if self.skew < 0 or self.wait_weight < 0 or not 1 <= self.window <= 1024:
             raise ValueError(f"tenant {self.name}: skew, wait_weight >= 0; window 1..1024")
-        if self.relax_every_s < 0 or not 0 <= self.relax_step <= 100:
-            raise ValueError(f"tenant {self.name}: relax_every_s >= 0, relax_step 0..100")
+        waits = [w for w, _ in self.relax_steps]
+        if waits != sorted(waits) or any(
+            w < 0 or not 0 <= p <= 100 for w, p in self.relax_steps
+        ):
+            raise ValueError(
+                f"tenant {self.name}: relax_steps are (waited_s >= 0, at_most 0..100) "
+                "in increasing waited_s"
+            )
         if self.offer_timeout_s <= 0 or self.wrap_up_s < 0:
             raise ValueError(f"tenant {self.name}: offer_timeout_s > 0 and wrap_up_s >= 0")
 
@@ -126,7 +132,10 @@ def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
     plain = data.pop("api_keys", ())
     hashed = tuple(keys) + tuple(hash_api_key(k) for k in plain)
     queue_policies = tuple(sorted(dict(data.pop("queue_policies", {})).items()))
-    return TenantConfig(api_key_sha256=hashed, queue_policies=queue_policies, **data)
+    steps = tuple((float(w), int(p)) for w, p in data.pop("relax_steps", ()))
+    return TenantConfig(
+        api_key_sha256=hashed, queue_policies=queue_policies, relax_steps=steps, **data
+    )
 
 
 def demo_tenant() -> TenantConfig:

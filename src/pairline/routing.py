@@ -267,14 +267,12 @@ class TenantRouting:
         max_waiting: int,
         max_agents: int,
         agent_dim: int = 1,
-        relax_every_s: float = 0.0,
-        relax_step: int = 0,
+        relax_steps: tuple[tuple[float, int], ...] = (),
     ) -> None:
         self.max_waiting = max_waiting
         self.max_agents = max_agents
         self.agent_dim = agent_dim
-        self.relax_every_s = relax_every_s
-        self.relax_step = relax_step
+        self.relax_steps = relax_steps
         self.agent_vectors: dict[str, np.ndarray] = {}
         self.agents: dict[str, Agent] = {}
         self.contacts: dict[str, Contact] = {}
@@ -317,10 +315,14 @@ class TenantRouting:
 
     def min_proficiency(self, contact: Contact, now: float) -> int:
         """The contact's required proficiency, relaxed step by step as it waits."""
-        if self.relax_every_s <= 0 or contact.min_proficiency == 0:
-            return contact.min_proficiency
-        steps = int((now - contact.arrival) // self.relax_every_s)
-        return max(0, contact.min_proficiency - steps * self.relax_step)
+        need = contact.min_proficiency
+        if need and self.relax_steps:
+            waited = now - contact.arrival
+            for after_s, at_most in self.relax_steps:
+                if waited < after_s:
+                    break
+                need = min(need, at_most)
+        return need
 
     def set_agent_state(
         self,

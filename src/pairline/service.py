@@ -89,8 +89,7 @@ class TenantRuntime:
             max_waiting=config.max_waiting,
             max_agents=config.max_agents,
             agent_dim=config.agent_dim,
-            relax_every_s=config.relax_every_s,
-            relax_step=config.relax_step,
+            relax_steps=config.relax_steps,
         )
         # The active model; replaced whole on activation (a decision reads it once).
         self.scorer: Scorer | None = None
@@ -247,6 +246,8 @@ class Service:
         self, rt: TenantRuntime, contact: Contact, agent: Agent, choice: Choice, now: float
     ) -> Decision:
         """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
+        if not choice.model_version and rt.scorer is not None:
+            choice.model_version = rt.scorer.version  # reported on every decision
         decision = Decision(
             decision_id=f"{self._id_prefix}{next(self._ids):x}",
             mode=choice.mode,
@@ -420,16 +421,24 @@ class Service:
         cost = np.full((len(top), len(names)), NO_PAIR)
         cost[:, 0] = keys
         waits = np.array([now - c.arrival for c in top]) / WAIT_UNIT_S * pol.wait_weight
+        scores = None
+        if pol.name == "greedy":
+            # Contacts without a profile score as their key says; agents without
+            # one as zeros (the model's baseline).
+            X = np.stack([x if x is not None else np.zeros(scorer.W.shape[0], np.float32)
+                          for x in xs])
+            A = np.stack([rt.routing.agent_vectors.get(a, np.zeros(scorer.W.shape[1], np.float32))
+                          for a in names])
+            scores = np.empty((len(top), len(names)), dtype=np.float32)
+            kernels.score_batch(X, scorer.W, A, np.arange(len(names), dtype=np.int64),
+                                scorer.wc, scorer.wa, scorer.b, scores)
         for col, other in enumerate(names[1:], start=1):
-            vec = rt.routing.agent_vectors.get(other)
             rows_ok = [i for i, ids in enumerate(eligible) if other in ids]
             if not rows_ok:
                 continue
-            if pol.name == "greedy" and vec is not None:
-                v, c0 = scorer.fold_agent(vec)
+            if scores is not None:
                 for i in rows_ok:
-                    x = xs[i]
-                    s = float(c0 + x @ v) if x is not None else float(-keys[i])
+                    s = float(scores[i, col]) if xs[i] is not None else float(-keys[i])
                     cost[i, col] = -s - waits[i]
             else:
                 for i in rows_ok:
