@@ -367,3 +367,27 @@ class TestBandsUnit:
         all_rows = np.array(sorted(index.row_of.values()), dtype=np.int64)
         k = choose_agent(PolicyConfig("diagonal"), index, all_rows, None, 0.0, 0.1)
         assert index.ids[int(all_rows[k])] == "a1"
+
+
+class TestModelFromConfig:
+    async def test_model_path_is_loaded_and_active_before_serving(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        """A model named in the configuration is active once the server is SERVING."""
+        path = tmp_path / "model.npz"
+        path.write_bytes(model_bytes("from-disk"))
+        async with running(settings(policy="greedy", model_path=str(path))) as srv:
+            info = await srv.acme.profiles.GetModelInfo(ppb.GetModelInfoRequest())
+            assert info.active.version == "from-disk"
+            await setup_pairing(srv, {"weak": [0, 0, 0], "strong": [1, 1, 0]}, {"+1": [1, 0, 0, 0]},
+                                model=model_bytes("from-disk"))
+            await srv.acme.router.SetAgentState(login("weak", "sales"))
+            await srv.acme.router.SetAgentState(login("strong", "sales"))
+            d = await srv.acme.router.RouteContact(contact("c1", customer_key="+1"))
+            assert (d.agent_id, d.model_version) == ("strong", "from-disk")
+
+    async def test_every_decision_reports_the_active_version(self) -> None:
+        """Baseline and no-profile decisions carry the active model version too."""
+        async with running(settings(policy="greedy")) as srv:
+            await setup_pairing(srv, {"a": [1, 0, 0]}, {})
+            await srv.acme.router.SetAgentState(login("a", "sales"))
+            d = await srv.acme.router.RouteContact(contact("c1", customer_key="+none"))
+            assert (d.mode, d.model_version) == (M.MODE_NO_PROFILE, "v1")
