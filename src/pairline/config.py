@@ -52,6 +52,14 @@ class TenantConfig:
     # contact has waited waited_s, it needs at most that proficiency.
     # E.g. ((30, 60), (90, 0)): after 30 s any 60+ agent, after 90 s anyone.
     relax_steps: tuple[tuple[float, int], ...] = ()
+    # ON/OFF benchmarking: pairing alternates ON and OFF in slots of slot_s per
+    # queue (ON with probability on_share, keyed so the switch cannot know);
+    # OFF slots route by the baseline with mode CONTROL; decisions within
+    # stabilise_s after a change are left out of the comparison.
+    benchmark: bool = False
+    slot_s: float = 300.0
+    on_share: float = 0.5
+    stabilise_s: float = 30.0
     # A model file loaded and activated at start (optional).
     model_path: str = ""
     wrap_up_s: float = 10.0
@@ -67,6 +75,12 @@ class TenantConfig:
             raise ValueError("tenant name must be 1..64 chars")
         if not self.api_key_sha256:
             raise ValueError(f"tenant {self.name}: at least one api_key_sha256 is needed")
+        for h in self.api_key_sha256:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ValueError(
+                    f"tenant {self.name}: api_key_sha256 entries are 64 lowercase hex digits "
+                    "(the SHA-256 of the key); put plain keys in api_keys"
+                )
         if len(self.secret) < 16:
             raise ValueError(f"tenant {self.name}: secret must be at least 16 chars")
         if not (1 <= self.customer_dim <= 4096 and 1 <= self.agent_dim <= 4096):
@@ -79,6 +93,10 @@ class TenantConfig:
                 )
         if self.skew < 0 or self.wait_weight < 0 or not 1 <= self.window <= 1024:
             raise ValueError(f"tenant {self.name}: skew, wait_weight >= 0; window 1..1024")
+        if self.slot_s <= 0 or not 0 < self.on_share < 1 or not 0 <= self.stabilise_s < self.slot_s:
+            raise ValueError(
+                f"tenant {self.name}: slot_s > 0, 0 < on_share < 1, 0 <= stabilise_s < slot_s"
+            )
         waits = [w for w, _ in self.relax_steps]
         if waits != sorted(waits) or any(
             w < 0 or not 0 <= p <= 100 for w, p in self.relax_steps
@@ -130,6 +148,8 @@ def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
         keys = (keys,)
     # Plain keys are accepted for development only and hashed at once.
     plain = data.pop("api_keys", ())
+    if isinstance(plain, str):
+        plain = (plain,)
     hashed = tuple(keys) + tuple(hash_api_key(k) for k in plain)
     queue_policies = tuple(sorted(dict(data.pop("queue_policies", {})).items()))
     steps = tuple((float(w), int(p)) for w, p in data.pop("relax_steps", ()))

@@ -27,6 +27,7 @@ from pairline.domain import (
     QueueStats,
     ReleaseReason,
 )
+from pairline.benchmark import Report
 from pairline.errors import InvalidArgument
 from pairline.model import Model
 from pairline.service import ProfileIn
@@ -296,6 +297,32 @@ def model_info(m: Model, active: bool) -> ppb.ModelInfo:
 
 
 # ------------------------------------------------------------------- insights
+def benchmark_report(outcome: str, r: Report) -> ipb.BenchmarkReport:
+    return ipb.BenchmarkReport(
+        outcome=outcome,
+        strata=[
+            ipb.StratumReport(
+                queue=s.queue,
+                period=s.period,
+                on_count=len(s.on),
+                off_count=len(s.off),
+                on_mean=sum(s.on) / len(s.on) if s.on else 0.0,
+                off_mean=sum(s.off) / len(s.off) if s.off else 0.0,
+            )
+            for s in r.strata
+        ],
+        on_mean=r.on_mean,
+        off_mean=r.off_mean,
+        relative_gain=r.relative_gain,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        on_count=r.on_count,
+        off_count=r.off_count,
+        on_utilisation_spread=r.on_utilisation_spread,
+        off_utilisation_spread=r.off_utilisation_spread,
+    )
+
+
 def queue_stats(stats: list[QueueStats], now: float) -> ipb.GetQueueStatsResponse:
     return ipb.GetQueueStatsResponse(
         at_ms=_ms(now),

@@ -94,6 +94,10 @@ class Decision:
     shadow_contact_id: str = ""
     shadow_predicted_outcome: float = 0.0
     queue_position: int = 0
+    # ON/OFF benchmarking: None when the queue is not benchmarked; else whether
+    # the slot was ON, and whether the decision counts in the comparison.
+    slot_on: bool | None = None
+    compared: bool = False
 
 
 @dataclass(slots=True)

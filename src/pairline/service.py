@@ -34,6 +34,7 @@ from pairline.errors import AlreadyExists, InvalidArgument, NotFound
 from pairline.model import Model, load_model
 from pairline.privacy import Pseudonymiser
 from pairline import kernels
+from pairline.benchmark import Observation, Report, SlotSchedule, estimate
 from pairline.pairing import (
     NO_PAIR,
     WAIT_UNIT_S,
@@ -80,7 +81,7 @@ class TenantRuntime:
     """Everything the service holds for one tenant."""
 
     __slots__ = ("_default", "_pairings", "_policies", "config", "pseudo", "rng", "routing",
-                 "scorer")
+                 "schedule", "scorer")
 
     def __init__(self, config: TenantConfig) -> None:
         self.config = config
@@ -103,12 +104,23 @@ class TenantRuntime:
         self._policies = {q: PolicyConfig(name=p, **knobs) for q, p in config.queue_policies}
         self._pairings: dict[str, QueuePairing] = {}
         self.rng = np.random.default_rng()
+        self.schedule = (
+            SlotSchedule(config.secret, config.slot_s, config.on_share, config.stabilise_s)
+            if config.benchmark
+            else None
+        )
 
     def policy(self, queue: str) -> PolicyConfig:
         return self._policies.get(queue, self._default)
 
     def wants_profiles(self, queue: str) -> bool:
         return self.config.monitor or self.policy(queue).name != "baseline"
+
+    def slot(self, queue: str, now: float) -> tuple[bool | None, bool]:
+        """(slot ON?, compared?) when the queue is benchmarked; (None, False) if not."""
+        if self.schedule is None or self.config.monitor or self.policy(queue).name == "baseline":
+            return None, False
+        return self.schedule.state(queue, now)
 
     def pairing(self, queue: str) -> QueuePairing:
         p = self._pairings.get(queue)
@@ -128,6 +140,8 @@ class Choice:
     shadow_agent: str = ""
     shadow_contact: str = ""
     shadow_predicted: float = 0.0
+    slot_on: bool | None = None
+    compared: bool = False
 
 
 def _predict(scorer: Scorer, index: QueueIndex, row: int, u: np.ndarray, c0: float) -> float:
@@ -213,9 +227,13 @@ class Service:
         scorer = rt.scorer
         x = self._x(scorer, contact) if scorer is not None else None
         monitor = rt.config.monitor
+        slot_on, compared = rt.slot(contact.queue, now)
         choice = Choice(mode=Mode.BASELINE, policy="baseline")
         if pol.name == "baseline" and not monitor:
             k = _baseline_pick(index, rows)
+        elif slot_on is False:
+            k = _baseline_pick(index, rows)
+            choice.mode = Mode.CONTROL
         elif scorer is None or x is None:
             k = _baseline_pick(index, rows)
             choice.mode = Mode.NO_PROFILE
@@ -238,6 +256,7 @@ class Service:
                 choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
                 choice.shadow_predicted = choice.predicted
                 choice.predicted = _predict(scorer, index, int(rows[k]), u, c0)
+        choice.slot_on, choice.compared = slot_on, compared
         agent_id = index.ids[int(rows[k])]
         assert agent_id is not None
         return self._decide(rt, contact, rt.routing.agents[agent_id], choice, now)
@@ -263,6 +282,8 @@ class Service:
             shadow_agent_id=choice.shadow_agent,
             shadow_contact_id=choice.shadow_contact,
             shadow_predicted_outcome=choice.shadow_predicted,
+            slot_on=choice.slot_on,
+            compared=choice.compared,
         )
         rt.routing.reserve(contact, agent, decision, now)
         return decision
@@ -357,9 +378,14 @@ class Service:
         a = rt.routing.agent_vectors.get(agent.agent_id)
         if pol.name == "baseline" and not rt.config.monitor:
             return top[0], Choice(mode=Mode.BASELINE, policy="baseline")
+        slot_on, compared = rt.slot(top[0].queue, now)
+        if slot_on is False:
+            return top[0], Choice(mode=Mode.CONTROL, policy="baseline", slot_on=False,
+                                  compared=compared)
         xs = [self._x(scorer, c) for c in top] if scorer is not None else []
         if scorer is None or a is None or not any(x is not None for x in xs):
-            return top[0], Choice(mode=Mode.NO_PROFILE, policy="baseline")
+            return top[0], Choice(mode=Mode.NO_PROFILE, policy="baseline", slot_on=slot_on,
+                                  compared=compared)
         v, c0 = scorer.fold_agent(a)
         lo = np.empty(len(top))
         hi = np.empty(len(top))
@@ -380,6 +406,8 @@ class Service:
             policy=pol.name,
             model_version=scorer.version,
             predicted=scorer.predict(float(scores[j])),
+            slot_on=slot_on,
+            compared=compared,
         )
         if rt.config.monitor:
             choice = Choice(
@@ -510,6 +538,18 @@ class Service:
         if not await self.store.record_outcome(tenant, decision_id, outcomes, self.clock.now()):
             raise NotFound(f"decision {decision_id!r} is not known (or past retention)")
         return True
+
+    async def benchmark_report(self, tenant: str, outcome: str, queue: str) -> Report:
+        """ON vs OFF for one outcome (see :mod:`pairline.benchmark`)."""
+        records = await self.store.decisions(tenant, self.clock.now())
+        return estimate(
+            Observation(d.queue, d.decided_at, bool(d.slot_on), r.outcomes[outcome], d.agent_id)
+            for r in records
+            if (d := r.decision).slot_on is not None
+            and d.compared
+            and outcome in r.outcomes
+            and (not queue or d.queue == queue)
+        )
 
     def queue_stats(self, tenant: str, queue: str) -> list[QueueStats]:
         rt = self._rt(tenant)

@@ -244,7 +244,10 @@ class InsightsServicer(ipb_grpc.InsightsServicer):
     async def GetBenchmarkReport(
         self, request: ipb.GetBenchmarkReportRequest, context: Ctx
     ) -> ipb.BenchmarkReport:
-        raise Unimplemented("the benchmark report is not available yet (ON/OFF benchmarking)")
+        outcome = convert.text(request.outcome, "outcome")
+        queue = convert.text(request.queue, "queue", required=False)
+        report = await self._s.benchmark_report(current_tenant(), outcome, queue)
+        return convert.benchmark_report(outcome, report)
 
 
 def _not_yet(name: str) -> Callable[..., Awaitable[Any]]:

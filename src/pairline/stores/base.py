@@ -79,5 +79,8 @@ class Store(Protocol):
     ) -> bool:
         """Merge outcomes into a kept decision; False if it is unknown or expired."""
 
+    async def decisions(self, tenant: str, now: float) -> list[DecisionRecord]:
+        """Every kept decision of the tenant (for the benchmark report)."""
+
     async def sweep(self, now: float) -> int:
         """Drop records past their time to live; returns how many."""

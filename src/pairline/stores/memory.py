@@ -112,6 +112,9 @@ class MemoryStore:
         record.outcomes.update(outcomes)
         return True
 
+    async def decisions(self, tenant: str, now: float) -> list[DecisionRecord]:
+        return [r for r in self._t(tenant).decisions.values() if r.expires_at > now]
+
     async def sweep(self, now: float) -> int:
         dropped = 0
         for t in self._tenants.values():
