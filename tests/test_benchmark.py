@@ -150,3 +150,38 @@ class TestReportThroughServer:
                 await srv.acme.insights.GetBenchmarkReport(ipb.GetBenchmarkReportRequest())
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert error_field(err.value) == "outcome"
+
+
+class TestReportCommand:
+    async def test_report_prints_json_table_and_plot(self, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+        """`pairline report` reads the server's report: JSON, a table, and a PNG plot."""
+        import asyncio
+        import json
+
+        from pairline.cli import main
+        from support import KEYS
+
+        cfg = settings(policy="greedy", benchmark=True, slot_s=60.0, stabilise_s=0.0)
+        async with running(cfg) as srv:
+            await setup_pairing(srv, {"a": [1, 0, 0]}, {"+1": [1, 0, 0, 0]})
+            await srv.acme.router.SetAgentState(login("a", "sales"))
+            for i in range(60):
+                srv.clock.advance(30)
+                d = await srv.acme.router.RouteContact(contact(f"c{i}", customer_key="+1"))
+                await srv.acme.router.ReportOutcome(rpb.ReportOutcomeRequest(
+                    decision_id=d.decision_id, outcomes={"converted": float(i % 2)}))
+                await srv.acme.router.EndContact(rpb.EndContactRequest(
+                    contact_id=d.contact_id, reason=rpb.END_REASON_ABANDONED))
+            args = ["report", "--target", srv.server.address, "--key", KEYS["acme"]]
+            png = tmp_path / "report.png"
+            rc = await asyncio.to_thread(main, [*args, "--json", "--plot", str(png)])
+            out = json.loads(capsys.readouterr().out)
+            assert rc == 0 and out["outcome"] == "converted"
+            assert int(out["onCount"]) + int(out["offCount"]) == 60
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            rc = await asyncio.to_thread(main, args)
+            text = capsys.readouterr().out
+            assert rc == 0 and "relative gain" in text and "sales" in text
+            rc = await asyncio.to_thread(main, ["report", "--target", srv.server.address,
+                                                "--key", "wrong"])
+            assert rc == 1 and "UNAUTHENTICATED" in capsys.readouterr().err

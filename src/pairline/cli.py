@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pairline.config import DEMO_API_KEY, load_settings
 from pairline.logs import configure
@@ -41,7 +42,11 @@ def _serve(ns: argparse.Namespace) -> int:
 
     from pairline.server import serve
 
-    asyncio.run(serve(settings, on_started=started))
+    try:
+        asyncio.run(serve(settings, on_started=started))
+    except OSError as exc:
+        print(f"pairline: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -88,6 +93,87 @@ def _try(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _report(ns: argparse.Namespace) -> int:
+    """Fetch the ON/OFF benchmark report from a running server; print and plot it."""
+    import grpc
+    from google.protobuf import json_format
+
+    from pairline._proto.pairline.v1 import insights_pb2 as ipb
+    from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
+
+    with grpc.insecure_channel(ns.target) as channel:
+        try:
+            rep = ipb_grpc.InsightsStub(channel).GetBenchmarkReport(
+                ipb.GetBenchmarkReportRequest(outcome=ns.outcome, queue=ns.queue or ""),
+                metadata=(("authorization", f"Bearer {ns.key}"),),
+                timeout=30,
+            )
+        except grpc.RpcError as err:
+            print(f"{err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    if ns.json:
+        print(json.dumps(json_format.MessageToDict(rep, always_print_fields_with_no_presence=True),
+                         indent=2))
+    else:
+        print(format_report(rep))
+    if ns.plot:
+        plot_report(rep, ns.plot)
+        print(f"plot written to {ns.plot}", file=sys.stderr)
+    return 0
+
+
+def format_report(rep: object) -> str:
+    """The benchmark report as a readable table."""
+    r: Any = rep
+    lines = [
+        f"outcome: {r.outcome}",
+        f"{'queue':<16}{'period':>7}{'ON n':>8}{'ON mean':>10}{'OFF n':>8}{'OFF mean':>10}",
+    ]
+    for s in r.strata:
+        lines.append(
+            f"{s.queue:<16}{s.period:>7}{s.on_count:>8}{s.on_mean:>10.4f}"
+            f"{s.off_count:>8}{s.off_mean:>10.4f}"
+        )
+    lines += [
+        "",
+        f"combined (stratum-weighted): ON {r.on_mean:.4f} (n={r.on_count})  "
+        f"OFF {r.off_mean:.4f} (n={r.off_count})",
+        f"relative gain {r.relative_gain:+.2%}   95% CI [{r.ci_low:+.2%}, {r.ci_high:+.2%}]",
+        f"utilisation spread (max-min)/mean: ON {r.on_utilisation_spread:.3f}  "
+        f"OFF {r.off_utilisation_spread:.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def plot_report(rep: object, path: str) -> None:
+    """Per-stratum ON/OFF means and the combined gain with its interval, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r: Any = rep
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    labels = [f"{s.queue}\n{s.period}" for s in r.strata]
+    xs = range(len(labels))
+    ax1.bar([x - 0.2 for x in xs], [s.on_mean for s in r.strata], 0.4, label="pairing ON")
+    ax1.bar([x + 0.2 for x in xs], [s.off_mean for s in r.strata], 0.4, label="OFF (control)")
+    ax1.set_xticks(list(xs), labels, fontsize=8)
+    ax1.set_ylabel(f"mean {r.outcome}")
+    ax1.legend()
+    ax1.set_title("per stratum (queue x hour)")
+    ax2.errorbar([0], [r.relative_gain * 100],
+                 yerr=[[(r.relative_gain - r.ci_low) * 100], [(r.ci_high - r.relative_gain) * 100]],
+                 fmt="o", capsize=8)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set_xticks([])
+    ax2.set_ylabel("relative gain, % (95% CI)")
+    ax2.set_title("combined")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try_.add_argument("--key", default=DEMO_API_KEY)
     try_.add_argument("--contact-id", default="demo-contact-1")
     try_.set_defaults(run=_try)
+    report = sub.add_parser("report", help="print (and plot) the ON/OFF benchmark report")
+    report.add_argument("--target", default="127.0.0.1:50051")
+    report.add_argument("--key", default=DEMO_API_KEY)
+    report.add_argument("--outcome", default="converted")
+    report.add_argument("--queue", default="")
+    report.add_argument("--json", action="store_true")
+    report.add_argument("--plot", metavar="FILE.png")
+    report.set_defaults(run=_report)
     ns = parser.parse_args(argv)
     return int(ns.run(ns))
 

@@ -25,6 +25,7 @@ of a large sample of contacts to equal agent shares under the true probabilities
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +109,24 @@ class GroundTruth:
         z = self.z[customers]
         logits = self.b + (z @ self.wc)[:, None] + (w @ self.wa)[None, :] + (z @ self.W) @ w.T
         return sigmoid(logits)
+
+    def pair_prob(self) -> Callable[[int, int], float]:
+        """A fast ``(customer, agent) -> probability`` for the engine's inner loop: a
+        lookup in the precomputed matrix when it is small enough, else one small
+        dot product per call."""
+        n_c, n_a = self.z.shape[0], self.w.shape[0]
+        if n_c * n_a <= 8_000_000:
+            table = self.matrix(np.arange(n_c)).tolist()
+            return lambda c, a: table[c][a]  # type: ignore[no-any-return]
+        cz = (self.b + self.z @ self.wc).tolist()
+        aw = (self.w @ self.wa).tolist()
+        zW = self.z @ self.W
+        w = self.w
+
+        def prob(c: int, a: int) -> float:
+            return 1.0 / (1.0 + math.exp(-(cz[c] + aw[a] + float(zW[c] @ w[a]))))
+
+        return prob
 
     def model_bytes(self, version: str = "sim-oracle-fitted") -> bytes:
         """A pairline model file encoding the truth (customer_dim = agent_dim = dim)."""
