@@ -203,3 +203,31 @@ class TestReservations:
         ds = [await r.RouteContact(contact(f"c{i}", channel=M.CHANNEL_CHAT)) for i in range(3)]
         assert [d.agent_id for d in ds] == ["a1", "a1", ""]
         assert ds[2].mode == M.MODE_QUEUED
+
+
+class TestRetention:
+    async def test_decisions_past_retention_or_cap_are_gone(self) -> None:
+        """Outcomes can be reported while a decision is kept; not after its time to live,
+        and the embedded store keeps at most memory_max_decisions per tenant."""
+        import dataclasses
+
+        from support import running, settings
+
+        cfg = dataclasses.replace(settings(decision_ttl_days=1.0), memory_max_decisions=2)
+        async with running(cfg) as srv:
+            r = srv.acme.router
+            for i in range(3):
+                await r.SetAgentState(login(f"a{i}", "sales"))
+            ds = [await r.RouteContact(contact(f"c{i}")) for i in range(3)]
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # the oldest was dropped (cap 2)
+                await r.ReportOutcome(rpb.ReportOutcomeRequest(decision_id=ds[0].decision_id,
+                                                               outcomes={"converted": 1}))
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND
+            ok = await r.ReportOutcome(rpb.ReportOutcomeRequest(decision_id=ds[1].decision_id,
+                                                                outcomes={"converted": 1}))
+            assert ok.stored
+            srv.clock.advance(86_400.0)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await r.ReportOutcome(rpb.ReportOutcomeRequest(decision_id=ds[2].decision_id,
+                                                               outcomes={"converted": 1}))
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND

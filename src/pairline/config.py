@@ -118,6 +118,8 @@ class Settings:
     # How often expired reservations and retention are swept, in seconds.
     sweep_interval_s: float = 0.25
     max_message_bytes: int = 64 * 1024 * 1024
+    # Embedded store: decisions kept in memory per tenant (oldest dropped first).
+    memory_max_decisions: int = 1_000_000
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:

@@ -50,7 +50,8 @@ class PairlineServer:
         self, settings: Settings, *, store: Store | None = None, clock: Clock | None = None
     ) -> None:
         self.settings = settings
-        self.service = Service(settings, store or MemoryStore(), clock or SystemClock())
+        store = store or MemoryStore(settings.memory_max_decisions)
+        self.service = Service(settings, store, clock or SystemClock())
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None

@@ -24,8 +24,12 @@ class _Tenant:
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, max_decisions: int = 1_000_000) -> None:
+        """``max_decisions`` bounds the decisions kept per tenant (oldest dropped
+        first), so a busy embedded server cannot grow without limit before the
+        retention time runs out."""
         self._tenants: dict[str, _Tenant] = {}
+        self.max_decisions = max_decisions
 
     def _t(self, tenant: str) -> _Tenant:
         t = self._tenants.get(tenant)
@@ -95,7 +99,10 @@ class MemoryStore:
         return self._t(tenant).active
 
     async def record_decision(self, tenant: str, record: DecisionRecord) -> None:
-        self._t(tenant).decisions[record.decision.decision_id] = record
+        decisions = self._t(tenant).decisions
+        decisions[record.decision.decision_id] = record
+        if len(decisions) > self.max_decisions:
+            del decisions[next(iter(decisions))]
 
     async def get_decision(self, tenant: str, decision_id: str, now: float) -> DecisionRecord | None:
         record = self._t(tenant).decisions.get(decision_id)
