@@ -108,60 +108,43 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         def bind(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             _tenant.set(auth(context.invocation_metadata()))
 
-        kw = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
+        def unary_response(inner: Any) -> Any:
+            async def call(request: Any, context: Any) -> Any:
                 try:
                     bind(context)
-                    return await inner_uu(request, context)
-                except (PairlineError, Exception) as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await fail(context, exc)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
-        if handler.stream_unary:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: Any, context: Any) -> Any:
-                try:
-                    bind(context)
-                    return await inner_su(requests, context)
+                    return await inner(request, context)
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await fail(context, exc)
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
+            return call
 
-            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+        def stream_response(inner: Any) -> Any:
+            async def call(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
                     bind(context)
-                    async for reply in inner_ss(requests, context):
+                    async for reply in inner(request, context):
                         yield reply
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await fail(context, exc)
 
-            return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
-        inner_us = handler.unary_stream
+            return call
 
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                bind(context)
-                async for reply in inner_us(request, context):
-                    yield reply
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                await fail(context, exc)
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, unary_response),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, unary_response),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, stream_response),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, stream_response),
+        )
+        for attr, make, wrap in kinds:
+            inner = getattr(handler, attr)
+            if inner is not None:
+                return make(  # type: ignore[no-any-return]
+                    wrap(inner),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
