@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--json", action="store_true")
     report.add_argument("--plot", metavar="FILE.png")
     report.set_defaults(run=_report)
+    from pairline.train import add_train_parser
+
+    add_train_parser(sub)
     ns = parser.parse_args(argv)
     return int(ns.run(ns))
 
