@@ -122,6 +122,46 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _export(ns: argparse.Namespace) -> int:
+    """Write the server's decision history as `pairline train`'s CSV."""
+    import csv
+
+    import grpc
+
+    from pairline._proto.pairline.v1 import common_pb2 as cpb
+    from pairline._proto.pairline.v1 import insights_pb2 as ipb
+    from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
+
+    with grpc.insecure_channel(ns.target) as channel:
+        try:
+            rows = list(ipb_grpc.InsightsStub(channel).ExportHistory(
+                ipb.ExportHistoryRequest(outcome=ns.outcome, since_ms=ns.since_ms),
+                metadata=(("authorization", f"Bearer {ns.key}"),),
+                timeout=600,
+            ))
+        except grpc.RpcError as err:
+            print(f"{err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    dc = max((len(r.customer) for r in rows), default=0)
+    da = max((len(r.agent) for r in rows), default=0)
+    features = sorted({name for r in rows for name in r.context})
+    with open(ns.out, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["decision_id", "queue", "mode", "decided_at_ms", "outcome",
+                      *(f"c_{i}" for i in range(dc)), *(f"a_{i}" for i in range(da)),
+                      *(f"ctx_{f}" for f in features)])
+        for r in rows:
+            out.writerow([
+                r.decision_id, r.queue, cpb.Mode.Name(r.mode).removeprefix("MODE_"),
+                r.decided_at_ms, repr(r.outcome),
+                *(list(map(repr, r.customer)) or [""] * dc),
+                *(list(map(repr, r.agent)) or [""] * da),
+                *(repr(r.context[f]) if f in r.context else "" for f in features),
+            ])
+    print(f"{len(rows)} decisions written to {ns.out}", file=sys.stderr)
+    return 0
+
+
 def format_report(rep: object) -> str:
     """The benchmark report as a readable table."""
     r: Any = rep
@@ -175,6 +215,11 @@ def plot_report(rep: object, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["simulate"]:  # its own parser: every option passes through
+        from pairline.sim.__main__ import main as simulate_main
+
+        return simulate_main(args[1:])
     parser = argparse.ArgumentParser(prog="pairline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
@@ -195,10 +240,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--json", action="store_true")
     report.add_argument("--plot", metavar="FILE.png")
     report.set_defaults(run=_report)
+    export = sub.add_parser("export", help="write the decision history as training CSV")
+    export.add_argument("--target", default="127.0.0.1:50051")
+    export.add_argument("--key", default=DEMO_API_KEY)
+    export.add_argument("--outcome", default="converted")
+    export.add_argument("--since-ms", type=int, default=0)
+    export.add_argument("--out", required=True, metavar="HISTORY.csv")
+    export.set_defaults(run=_export)
+    sub.add_parser("simulate", help="contact-center simulator: policies side by side "
+                   "(pairline simulate --help)")
+    from pairline.loadtest import add_loadtest_parser
     from pairline.train import add_train_parser
 
     add_train_parser(sub)
-    ns = parser.parse_args(argv)
+    add_loadtest_parser(sub)
+    ns = parser.parse_args(args)
     return int(ns.run(ns))
 
 

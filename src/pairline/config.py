@@ -31,7 +31,7 @@ class TenantConfig:
     name: str
     api_key_sha256: tuple[str, ...]
     # HMAC-SHA256 secret for pseudonymising customer keys (hex or text).
-    secret: str
+    secret: str = field(repr=False)
     customer_dim: int = 16
     agent_dim: int = 16
     # Pairing policy for every queue, and exceptions per queue.
@@ -143,8 +143,43 @@ def _coerce(name: str, raw: str, like: Any) -> Any:
     return raw
 
 
+_TENANT_KEYS = {f.name for f in fields(TenantConfig)} | {"api_keys"}
+
+
+def _check_type(name: str, value: Any, like: Any) -> None:
+    """A file value must be of its setting's kind (an int is fine for a float)."""
+    if isinstance(like, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(like, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(like, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(like, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(
+            f"setting {name!r} must be a {type(like).__name__}, not {type(value).__name__} "
+            f"({value!r})"
+        )
+
+
+_TENANT_DEFAULTS = {
+    f.name: f.default for f in fields(TenantConfig) if not isinstance(f.default, tuple)
+}
+
+
 def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
     data = dict(raw)
+    unknown = set(data) - _TENANT_KEYS
+    if unknown:
+        raise ValueError(
+            f"tenant {data.get('name', '?')}: unknown settings {sorted(unknown)}"
+        )
+    for name, value in data.items():
+        if name in _TENANT_DEFAULTS and name != "name":
+            _check_type(f"tenants.{name}", value, _TENANT_DEFAULTS[name])
     keys = data.pop("api_key_sha256", ())
     if isinstance(keys, str):
         keys = (keys,)
@@ -185,19 +220,24 @@ def load_settings(
     unknown = set(data) - set(_SCALARS) - {"tenants"}
     if unknown:
         raise ValueError(f"unknown settings in {path}: {sorted(unknown)}")
+    for name, value in data.items():
+        if name != "tenants":
+            _check_type(name, value, _SCALARS[name].default)
     tenants = tuple(_tenant(t) for t in data.pop("tenants", ()))
     settings = Settings(tenants=tenants, **data)
     for name, f in _SCALARS.items():
         raw = env.get(f"PAIRLINE_{name.upper()}")
         if raw is not None:
-            settings = replace(settings, **{name: _coerce(name, raw, getattr(settings, name))})
+            # Coerce by the setting's declared kind (its default's type), not by
+            # the type the file happened to use (grace_s = 5 is still a float).
+            settings = replace(settings, **{name: _coerce(name, raw, f.default)})
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if demo and not any(t.name == DEMO_TENANT for t in settings.tenants):
         settings = replace(settings, tenants=(*settings.tenants, demo_tenant()))
     names = [t.name for t in settings.tenants]
     if len(set(names)) != len(names):
         raise ValueError("tenant names must be unique")
-    owners = [h for t in settings.tenants for h in t.api_key_sha256]
+    owners = [h for t in settings.tenants for h in set(t.api_key_sha256)]
     if len(set(owners)) != len(owners):
         raise ValueError("an API key belongs to exactly one tenant")
     return settings

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
+
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
@@ -29,6 +31,7 @@ from pairline.domain import (
 )
 from pairline.benchmark import Report
 from pairline.errors import InvalidArgument
+from pairline.stores.base import DecisionRecord
 from pairline.model import Model
 from pairline.service import ProfileIn
 
@@ -297,6 +300,22 @@ def model_info(m: Model, active: bool) -> ppb.ModelInfo:
 
 
 # ------------------------------------------------------------------- insights
+def history_row(
+    r: DecisionRecord, outcome: str, customer: np.ndarray | None, agent: np.ndarray | None
+) -> ipb.HistoryRow:
+    d = r.decision
+    return ipb.HistoryRow(
+        decision_id=d.decision_id,
+        queue=d.queue,
+        mode=d.mode,
+        decided_at_ms=_ms(d.decided_at),
+        outcome=r.outcomes[outcome],
+        customer=customer.tolist() if customer is not None else (),
+        agent=agent.tolist() if agent is not None else (),
+        context=dict(r.context),
+    )
+
+
 def benchmark_report(outcome: str, r: Report) -> ipb.BenchmarkReport:
     return ipb.BenchmarkReport(
         outcome=outcome,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,9 +66,11 @@ def _array(files: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> n
         raise _fail(f"array {name!r} must be float, not {arr.dtype}")
     if arr.shape != shape and not (shape == () and arr.shape == (1,)):
         raise _fail(f"array {name!r} has shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise _fail(f"array {name!r} has NaN or infinite values")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(out)):
+        raise _fail(f"array {name!r} has NaN or infinite values (as float32)")
+    return out
 
 
 def load_model(data: bytes, *, customer_dim: int, agent_dim: int) -> Model:
@@ -79,10 +80,18 @@ def load_model(data: bytes, *, customer_dim: int, agent_dim: int) -> Model:
     if len(data) > MAX_MODEL_BYTES:
         raise _fail(f"larger than {MAX_MODEL_BYTES} bytes")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise _fail("not a model file: an .npz archive of named arrays is expected")
+        with loaded as npz:
             files = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise _fail(f"not a model file (.npz): {exc}") from None
+        for name, value in files.items():
+            if not isinstance(value, np.ndarray):  # a member that is not .npy data
+                raise _fail(f"member {name!r} is not a NumPy array")
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # any malformed upload is the caller's mistake
+        raise _fail(f"not a model file (.npz): {type(exc).__name__}: {exc}") from None
     if "meta" not in files or files["meta"].dtype.kind != "U" or files["meta"].shape != ():
         raise _fail("'meta' must be a 0-d string array holding JSON")
     try:
@@ -111,7 +120,7 @@ def load_model(data: bytes, *, customer_dim: int, agent_dim: int) -> Model:
             f"the tenant's profiles ({customer_dim}x{agent_dim})"
         )
     trained_at = meta.get("trained_at_ms", 0)
-    if not isinstance(trained_at, int) or trained_at < 0:
+    if not isinstance(trained_at, int) or isinstance(trained_at, bool) or trained_at < 0:
         raise _fail("meta.trained_at_ms must be a non-negative integer")
     outcome = meta.get("outcome", "")
     if not isinstance(outcome, str) or len(outcome) > 64:

@@ -83,7 +83,7 @@ class TenantRuntime:
     __slots__ = ("_default", "_pairings", "_policies", "config", "pseudo", "rng", "routing",
                  "schedule", "scorer")
 
-    def __init__(self, config: TenantConfig) -> None:
+    def __init__(self, config: TenantConfig, rng: np.random.Generator | None = None) -> None:
         self.config = config
         self.pseudo = Pseudonymiser(config.secret)
         self.routing = TenantRouting(
@@ -103,7 +103,8 @@ class TenantRuntime:
         self._default = PolicyConfig(name=config.policy, **knobs)
         self._policies = {q: PolicyConfig(name=p, **knobs) for q, p in config.queue_policies}
         self._pairings: dict[str, QueuePairing] = {}
-        self.rng = np.random.default_rng()
+        # Draws within ties of contact percentiles (diagonal).
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.schedule = (
             SlotSchedule(config.secret, config.slot_s, config.on_share, config.stabilise_s)
             if config.benchmark
@@ -164,11 +165,18 @@ def _nothing() -> None:
 
 
 class Service:
-    def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, clock: Clock, *, seed: int | None = None
+    ) -> None:
+        """``seed`` makes the service's random draws repeatable (simulations)."""
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.tenants = {t.name: TenantRuntime(t) for t in settings.tenants}
+        seeds = np.random.SeedSequence(seed).spawn(len(settings.tenants))
+        self.tenants = {
+            t.name: TenantRuntime(t, np.random.default_rng(s))
+            for t, s in zip(settings.tenants, seeds, strict=True)
+        }
         # Decision ids: a random prefix per process, then a counter (unique across
         # replicas and restarts, and cheaper than a random id per decision).
         self._id_prefix = f"d{secrets.token_hex(6)}-"
@@ -291,7 +299,9 @@ class Service:
     async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
         ttl_s = rt.config.decision_ttl_days * DAY_S
         await self.store.record_decision(
-            tenant, DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s)
+            tenant,
+            DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
+                           context=contact.context),
         )
         log.debug(
             "contact_routed",
@@ -550,6 +560,25 @@ class Service:
             and outcome in r.outcomes
             and (not queue or d.queue == queue)
         )
+
+    async def export_history(
+        self, tenant: str, outcome: str, since: float
+    ) -> list[tuple[DecisionRecord, np.ndarray | None, np.ndarray | None]]:
+        """Kept decisions with ``outcome`` reported, with the stored customer and
+        agent profiles (None where there is none), oldest first."""
+        now = self.clock.now()
+        out = []
+        for r in await self.store.decisions(tenant, now):
+            d = r.decision
+            if outcome not in r.outcomes or d.decided_at < since:
+                continue
+            customer = None
+            if r.customer_digest:
+                row = await self.store.get_customer_profile(tenant, r.customer_digest, now)
+                customer = row.vector if row is not None else None
+            agent = await self.store.get_agent_profile(tenant, d.agent_id)
+            out.append((r, customer, agent.vector if agent is not None else None))
+        return out
 
     def queue_stats(self, tenant: str, queue: str) -> list[QueueStats]:
         rt = self._rt(tenant)

@@ -241,6 +241,16 @@ class InsightsServicer(ipb_grpc.InsightsServicer):
         stats = self._s.queue_stats(current_tenant(), queue)
         return convert.queue_stats(stats, self._s.clock.now())
 
+    async def ExportHistory(
+        self, request: ipb.ExportHistoryRequest, context: Ctx
+    ) -> AsyncIterator[ipb.HistoryRow]:
+        outcome = convert.text(request.outcome, "outcome")
+        if request.since_ms < 0:
+            raise InvalidArgument("since_ms", "must be >= 0")
+        rows = await self._s.export_history(current_tenant(), outcome, request.since_ms / 1000)
+        for record, customer, agent in rows:
+            yield convert.history_row(record, outcome, customer, agent)
+
     async def GetBenchmarkReport(
         self, request: ipb.GetBenchmarkReportRequest, context: Ctx
     ) -> ipb.BenchmarkReport:

@@ -40,7 +40,7 @@ PENDING, WAITING, SERVING, DONE, ABANDONED = 0, 1, 2, 3, 4
 
 def agent_logins(scenario: Scenario) -> tuple[AgentLogin, ...]:
     """The scenario's agents, ``a0``, ``a1``, ... in group order."""
-    out = []
+    out: list[AgentLogin] = []
     for g in scenario.agents:
         for _ in range(g.count):
             out.append(AgentLogin(f"a{len(out)}", g.queues, g.capacities))
@@ -62,12 +62,11 @@ class RunLog:
     mode: np.ndarray  # i1: the decision's Mode (0 if abandoned)
     predicted: np.ndarray  # f8: the service's predicted outcome (0 if none)
     success: np.ndarray  # bool: drawn outcome (False if abandoned)
-    # Busy intervals per agent for occupancy: (agent, start, end, weight); weight is
-    # 1/capacity of the channel for handling, 1 for wrap-up.
+    # Busy intervals (handling a contact, or wrap-up), possibly overlapping:
+    # agent index, start, end.
     busy_agent: np.ndarray
     busy_start: np.ndarray
     busy_end: np.ndarray
-    busy_weight: np.ndarray
     events: int
     wall_s: float
 
@@ -90,7 +89,7 @@ class Engine:
         self.prob = prob
         self.logins = agent_logins(scenario)
 
-    def run(self) -> RunLog:  # noqa: C901 - one loop, kept flat for speed
+    def run(self) -> RunLog:
         """Play every contact to its end."""
         t0 = time.perf_counter()
         sc, wl, sw, prob = self.scenario, self.workload, self.switch, self.prob
@@ -112,8 +111,9 @@ class Engine:
         # Channels an agent can take work on (capacity > 0 on a queue it serves).
         chans = []
         qch = {q.name: q.channel - 1 for q in sc.queues}
-        for a in self.logins:
-            chans.append(sorted({qch[q] for q, _ in a.queues if a.capacities[qch[q]] > 0}))
+        for login in self.logins:
+            chans.append(sorted({qch[q] for q, _ in login.queues
+                                 if login.capacities[qch[q]] > 0}))
         in_use = [[0] * N_CHANNELS for _ in self.logins]
         wrap_until = [0.0] * len(self.logins)
 
@@ -128,7 +128,6 @@ class Engine:
         b_agent: list[int] = []
         b_start: list[float] = []
         b_end: list[float] = []
-        b_w: list[float] = []
 
         heap: list[tuple[float, int, int, int]] = []
         push, pop = heapq.heappush, heapq.heappop
@@ -183,7 +182,6 @@ class Engine:
                     b_agent.append(a)
                     b_start.append(answer[i])
                     b_end.append(t)
-                    b_w.append(1.0 / cap[a][ch])
                     if prob is not None:
                         ok = outcome_u[i] < prob(customer[i], a)
                         success[i] = ok
@@ -193,12 +191,10 @@ class Engine:
                     offer_of[i] = None
                     if wrap_s > 0:
                         until = t + wrap_s
-                        if until > wrap_until[a]:
-                            b_agent.append(a)
-                            b_start.append(max(wrap_until[a], t))
-                            b_end.append(until)
-                            b_w.append(1.0)
-                            wrap_until[a] = until
+                        b_agent.append(a)
+                        b_start.append(t)
+                        b_end.append(until)
+                        wrap_until[a] = max(wrap_until[a], until)
                         seq += 1
                         push(heap, (until, seq, _WRAP, a))
                     else:
@@ -245,7 +241,6 @@ class Engine:
             busy_agent=np.asarray(b_agent, dtype=np.int64),
             busy_start=np.asarray(b_start),
             busy_end=np.asarray(b_end),
-            busy_weight=np.asarray(b_w),
             events=events,
             wall_s=time.perf_counter() - t0,
         )

@@ -11,10 +11,13 @@ every contact has ended.
 - ``abandon_rate``: abandoned / (answered + abandoned).
 - ``outcome_rate``: share of handled contacts whose drawn outcome is a success;
   ``expected_outcome_rate``: the mean true probability of the pairs made (the same
-  quantity without the outcome draw's noise).
-- ``occupancy``: per agent, the share of ``[warmup_s, horizon_s]`` spent handling
-  (a contact on a channel with capacity ``c`` counts ``1/c``) or in wrap-up;
-  ``occupancy_spread`` is its max - min, ``occupancy_gini`` its Gini coefficient.
+  quantity without the outcome draw's noise); ``expected_yield``: expected
+  successes per measured contact, abandoned ones counting 0 (a policy that lets
+  unpromising contacts abandon raises the outcome rate, not the yield).
+- ``occupancy``: per agent, the share of ``[warmup_s, horizon_s]`` it was busy:
+  handling at least one contact or in wrap-up (an agent handling three chats at
+  once is as busy as one on a call); ``occupancy_spread`` is its max - min,
+  ``occupancy_gini`` its Gini coefficient.
 """
 
 from __future__ import annotations
@@ -41,11 +44,22 @@ def gini(x: np.ndarray) -> float:
 
 
 def occupancy(scenario: Scenario, log: RunLog) -> np.ndarray:
-    """Per-agent busy share of the measurement window."""
+    """Per-agent busy share of the measurement window: the length of the union of
+    the agent's busy intervals within it, over its length."""
     t0, t1 = scenario.warmup_s, scenario.horizon_s
-    overlap = np.clip(np.minimum(log.busy_end, t1) - np.maximum(log.busy_start, t0), 0, None)
-    busy = np.bincount(log.busy_agent, weights=overlap * log.busy_weight,
-                       minlength=scenario.n_agents)
+    start = np.maximum(log.busy_start, t0)
+    end = np.minimum(log.busy_end, t1)
+    keep = end > start
+    agent, start, end = log.busy_agent[keep], start[keep], end[keep]
+    # Shift each agent's intervals to a range of its own, so that one sort and one
+    # running maximum merge every agent's overlapping intervals at once.
+    shift = agent * (2.0 * (t1 - t0) + 1.0)
+    order = np.lexsort((start + shift, agent))
+    s, e, a = start[order] + shift[order], end[order] + shift[order], agent[order]
+    covered = np.maximum.accumulate(e)
+    prev = np.concatenate(([-np.inf], covered[:-1]))
+    length = np.clip(e - np.maximum(s, prev), 0, None)
+    busy = np.bincount(a, weights=length, minlength=scenario.n_agents)
     return busy / (t1 - t0)
 
 
@@ -65,9 +79,11 @@ def _rates(measured: np.ndarray, log: RunLog, wait: np.ndarray, threshold_s: flo
         "outcome_rate": float(log.success[answered].mean()) if n_ans else None,
         "expected_outcome_rate": None,
     }
+    out["expected_yield"] = None
     if truth is not None and n_ans:
         p = truth.prob(customers[answered], log.agent[answered])
         out["expected_outcome_rate"] = float(p.mean())
+        out["expected_yield"] = float(p.sum() / n)
     return out
 
 
@@ -80,6 +96,10 @@ def summarise(scenario: Scenario, workload: Workload, log: RunLog,
     answered = measured & (log.state == DONE)
     waits = wait[answered]
     row["wait_p90_s"] = float(np.percentile(waits, 90)) if waits.size else None
+    # Time in queue of every measured contact, abandoned ones included (their
+    # patience): the tail a non-first-come policy lengthens.
+    queued = np.where(log.state == DONE, wait, log.end_s - workload.arrival_s)[measured]
+    row["queue_time_p99_s"] = float(np.percentile(queued, 99)) if queued.size else None
     row["paired_share"] = (
         float((log.mode[answered] == Mode.PAIRED).mean()) if answered.any() else None)
     occ = occupancy(scenario, log)

@@ -43,7 +43,7 @@ surplus, batch assignment) as every other policy.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -58,6 +58,8 @@ from pairline.sim.workload import Workload, streams
 
 SWITCHES = ("service", "pure")
 DEFAULT_POLICIES = ("baseline", "greedy", "diagonal")
+# Builds the switch of one policy run: (policy, setup, seed) -> Switch.
+SwitchFactory = Callable[[PolicySpec, SwitchSetup, int], Switch]
 
 
 def as_policy(p: str | PolicySpec) -> PolicySpec:
@@ -79,7 +81,10 @@ def switch_setup(scenario: Scenario, truth: GroundTruth, *, exact: bool = False)
     )
 
 
-def make_switch(kind: str, policy: PolicySpec, setup: SwitchSetup, seed: int) -> Switch:
+def make_switch(kind: str | SwitchFactory, policy: PolicySpec, setup: SwitchSetup,
+                seed: int) -> Switch:
+    if callable(kind):
+        return kind(policy, setup, seed)
     if kind == "service":
         return InProcessSwitch(policy, setup, seed=seed)
     if kind == "pure":
@@ -96,7 +101,7 @@ def run_policy(
     policy: PolicySpec,
     *,
     setup: SwitchSetup | None = None,
-    switch: str = "service",
+    switch: str | SwitchFactory = "service",
     service_seed: int = 0,
 ) -> dict[str, Any]:
     """One policy over one workload: its metrics row (no comparisons)."""
@@ -127,18 +132,20 @@ def simulate(
     policies: Iterable[str | PolicySpec] = DEFAULT_POLICIES,
     seed: int = 0,
     *,
-    switch: str = "service",
+    switch: str | SwitchFactory = "service",
     oracle: bool = True,
     ceiling: bool = True,
-    ceiling_contacts: int = 3000,
-    ceiling_batches: int = 3,
 ) -> dict[str, Any]:
     """Run ``policies`` side by side on one pre-drawn workload; returns the JSON
     contract described in the module docstring.
 
-    ``switch``: ``"service"`` (the real service in process) or ``"pure"`` (the
-    plain-Python baseline, for long queueing runs; baseline only). ``oracle`` adds
-    the unfair oracle's run, ``ceiling`` the fair ceiling.
+    ``switch``: ``"service"`` (the real service in process), ``"pure"`` (the
+    plain-Python baseline, for long queueing runs; baseline only), or a factory
+    ``(policy, setup, seed) -> Switch`` (e.g. a
+    :class:`~pairline.sim.remote.GrpcSwitch` on a running server, whose tenant
+    configuration then decides the policy: the spec only names the row).
+    ``oracle`` adds the unfair oracle's run (always in process), ``ceiling`` the
+    fair ceiling.
     """
     started = time.perf_counter()
     scenario = scenario or default_scenario()
@@ -153,8 +160,7 @@ def simulate(
     setup = switch_setup(scenario, truth)
     rows = [run_policy(scenario, workload, truth, p, setup=setup, switch=switch,
                        service_seed=service_seed) for p in specs]
-    ceil = (fair_ceiling(truth, scenario, ss["ceiling"], contacts=ceiling_contacts,
-                         batches=ceiling_batches) if ceiling else None)
+    ceil = fair_ceiling(truth, scenario, ss["ceiling"]) if ceiling else None
     oracle_row = None
     if oracle:
         oracle_row = run_policy(scenario, workload, truth,
@@ -170,7 +176,7 @@ def simulate(
         _compare(oracle_row, base, ceiling_gain)
     return {
         "seed": seed,
-        "switch": switch,
+        "switch": switch if isinstance(switch, str) else "custom",
         "sl_threshold_s": scenario.sl_threshold_s,
         "scenario": scenario_summary(scenario),
         "policies": rows,
@@ -198,6 +204,7 @@ _COLUMNS: Sequence[tuple[str, str, str, int]] = (
     ("ceil.share", "ceiling_share", ".0%", 10),
     ("SL", "service_level", ".1%", 6),
     ("ASA s", "asa_s", ".1f", 6),
+    ("p90 s", "wait_p90_s", ".0f", 5),
     ("aband.", "abandon_rate", ".2%", 6),
     ("occ", "occupancy_mean", ".1%", 6),
     ("spread", "occupancy_spread", ".1%", 6),
@@ -215,26 +222,28 @@ def render_table(result: dict[str, Any]) -> str:
         f"seed {result['seed']}, switch {result['switch']}, "
         f"SL threshold {result['sl_threshold_s']:g} s",
     ]
-    header = "  ".join(h.rjust(w) if i else h.ljust(w)
-                       for i, (h, _, _, w) in enumerate(_COLUMNS))
-    lines += [header, "-" * len(header)]
     rows = list(result["policies"])
     if result.get("unfair_oracle"):
         rows.append(result["unfair_oracle"])
+    columns = [(h, k, f, max(w, *(len(r["policy"]) for r in rows)) if k == "policy" else w)
+               for h, k, f, w in _COLUMNS]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w)
+                         for i, (c, (_, _, _, w)) in enumerate(zip(cells, columns, strict=True)))
+
+    header = line([h for h, _, _, _ in columns])
+    lines += [header, "-" * len(header)]
     for r in rows:
         r = dict(r)
         weak, strong = r.get("occupancy_weakest_quarter"), r.get("occupancy_strongest_quarter")
         r["_occ_ws"] = f"{weak:.1%}/{strong:.1%}" if weak is not None else "-"
-        cells = [_fmt(r.get(k), f) for _, k, f, _ in _COLUMNS]
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
-                               for i, (c, (_, _, _, w)) in enumerate(zip(cells, _COLUMNS,
-                                                                          strict=True))))
+        lines.append(line([_fmt(r.get(k), f) for _, k, f, _ in columns]))
     ceil = result.get("fair_ceiling")
     if ceil:
         lines.append(
             f"fair ceiling: {ceil['outcome_rate']:.4f} (random equal shares "
-            f"{ceil['random_rate']:.4f}, gain {ceil['gain'] / ceil['random_rate']:+.2%} "
-            f"+/- {ceil['gain_se'] / ceil['random_rate']:.2%}; {ceil['contacts']} contacts, "
-            f"{ceil['slots_per_agent']} per agent{'' if ceil['feasible'] else ', INFEASIBLE'})")
+            f"{ceil['random_rate']:.4f}, gain {ceil['gain'] / ceil['random_rate']:+.2%}; "
+            f"{ceil['contacts']} customer rows)")
     lines.append(f"run time {result['run_time_s']:.1f} s")
     return "\n".join(lines)

@@ -158,8 +158,7 @@ class InProcessSwitch:
             max_agents=1_000_000,
         )
         self.clock = FakeClock(CLOCK_START)
-        self.service = Service(Settings(tenants=(cfg,)), MemoryStore(), self.clock)
-        self.service.tenants[TENANT].rng = np.random.default_rng(seed)
+        self.service = Service(Settings(tenants=(cfg,)), MemoryStore(), self.clock, seed=seed)
         self.report_outcomes = report_outcomes
         svc = self.service
         if setup.model is not None:
@@ -218,8 +217,21 @@ class BaselineSwitch:
     capacity left on. No profiles, priorities or proficiency requirements.
     """
 
-    __slots__ = ("_agent_ix", "_cap", "_contacts", "_ids", "_idle", "_in_use", "_load",
-                 "_members", "_n", "_queues", "_waiting", "_wrap", "now")
+    __slots__ = (
+        "_agent_ix",
+        "_cap",
+        "_contacts",
+        "_idle",
+        "_ids",
+        "_in_use",
+        "_load",
+        "_members",
+        "_n",
+        "_queues",
+        "_waiting",
+        "_wrap",
+        "now",
+    )
 
     def __init__(self, setup: SwitchSetup) -> None:
         self.now = 0.0

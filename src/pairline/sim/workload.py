@@ -25,6 +25,12 @@ def streams(seed: int) -> dict[str, np.random.SeedSequence]:
     return dict(zip(STREAMS, children, strict=True))
 
 
+def child(ss: np.random.SeedSequence, i: int) -> np.random.Generator:
+    """The ``i``-th sub-stream of ``ss`` (the same whatever else was drawn)."""
+    return np.random.default_rng(
+        np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, i)))
+
+
 def arrival_times(
     rate_per_s: float,
     horizon_s: float,
@@ -67,11 +73,10 @@ class Workload:
     @classmethod
     def draw(cls, scenario: Scenario, seed: int) -> Workload:
         ss = streams(seed)
-        arr_rng = np.random.default_rng(ss["arrivals"])
         times, queues = [], []
         for qi, q in enumerate(scenario.queues):
             t = arrival_times(q.arrival_rate_per_s, scenario.horizon_s, scenario.rate_profile,
-                              arr_rng)
+                              child(ss["arrivals"], qi))
             times.append(t)
             queues.append(np.full(t.size, qi, dtype=np.int64))
         arrival = np.concatenate(times)
@@ -81,16 +86,13 @@ class Workload:
         n = arrival.size
         customer = np.random.default_rng(ss["customers"]).integers(
             0, scenario.n_customers, n, dtype=np.int64)
-        # Handle and patience: one draw per queue's distribution for every contact,
-        # then each contact takes its queue's (so a queue's draws never shift
-        # another's).
+        # Arrivals, handle and patience times: a sub-stream per queue, so that one
+        # queue's settings never shift another queue's draws.
         handle = np.empty(n)
         patience = np.empty(n)
-        h_rng = np.random.default_rng(ss["handle"])
-        p_rng = np.random.default_rng(ss["patience"])
         for qi, q in enumerate(scenario.queues):
             mine = queue == qi
-            handle[mine] = q.handle.sample(h_rng, int(mine.sum()))
-            patience[mine] = q.patience.sample(p_rng, int(mine.sum()))
+            handle[mine] = q.handle.sample(child(ss["handle"], qi), int(mine.sum()))
+            patience[mine] = q.patience.sample(child(ss["patience"], qi), int(mine.sum()))
         outcome_u = np.random.default_rng(ss["outcome"]).random(n)
         return cls(arrival, queue, customer, handle, patience, outcome_u)

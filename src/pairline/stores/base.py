@@ -33,6 +33,7 @@ class DecisionRecord:
     customer_digest: str
     outcomes: dict[str, float] = field(default_factory=dict)
     expires_at: float = 0.0
+    context: tuple[tuple[str, float], ...] = ()
 
 
 class Store(Protocol):

@@ -25,27 +25,35 @@ _sym_db = _symbol_database.Default()
 from pairline._proto.pairline.v1 import common_pb2 as pairline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apairline/v1/insights.proto\x12\x0bpairline.v1\x1a\x18pairline/v1/common.proto\";\n\x19GetBenchmarkReportRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"v\n\rStratumReport\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08on_count\x18\x03 \x01(\x03\x12\x11\n\toff_count\x18\x04 \x01(\x03\x12\x0f\n\x07on_mean\x18\x05 \x01(\x01\x12\x10\n\x08off_mean\x18\x06 \x01(\x01\"\x8d\x02\n\x0f\x42\x65nchmarkReport\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12*\n\x06strata\x18\x02 \x03(\x0b\x32\x1a.pairline.v1.StratumReport\x12\x0f\n\x07on_mean\x18\x03 \x01(\x01\x12\x10\n\x08off_mean\x18\x04 \x01(\x01\x12\x15\n\rrelative_gain\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\x10\n\x08on_count\x18\x08 \x01(\x03\x12\x11\n\toff_count\x18\t \x01(\x03\x12\x1d\n\x15on_utilisation_spread\x18\n \x01(\x01\x12\x1e\n\x16off_utilisation_spread\x18\x0b \x01(\x01\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"^\n\x0c\x43hannelStats\x12%\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x14.pairline.v1.Channel\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\"\xdb\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\x12\x18\n\x10\x61gents_logged_in\x18\x04 \x01(\x05\x12\x18\n\x10\x61gents_available\x18\x05 \x01(\x05\x12\x17\n\x0f\x61gents_reserved\x18\x06 \x01(\x05\x12\x1b\n\x13\x63ontacts_in_service\x18\x07 \x01(\x05\x12+\n\x08\x63hannels\x18\x08 \x03(\x0b\x32\x19.pairline.v1.ChannelStats\"O\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.pairline.v1.QueueStats\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x32\xbe\x01\n\x08Insights\x12Z\n\x12GetBenchmarkReport\x12&.pairline.v1.GetBenchmarkReportRequest\x1a\x1c.pairline.v1.BenchmarkReport\x12V\n\rGetQueueStats\x12!.pairline.v1.GetQueueStatsRequest\x1a\".pairline.v1.GetQueueStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apairline/v1/insights.proto\x12\x0bpairline.v1\x1a\x18pairline/v1/common.proto\"9\n\x14\x45xportHistoryRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x03\"\x81\x02\n\nHistoryRow\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.pairline.v1.Mode\x12\x15\n\rdecided_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\x01\x12\x10\n\x08\x63ustomer\x18\x06 \x03(\x02\x12\r\n\x05\x61gent\x18\x07 \x03(\x02\x12\x35\n\x07\x63ontext\x18\x08 \x03(\x0b\x32$.pairline.v1.HistoryRow.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x19GetBenchmarkReportRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"v\n\rStratumReport\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08on_count\x18\x03 \x01(\x03\x12\x11\n\toff_count\x18\x04 \x01(\x03\x12\x0f\n\x07on_mean\x18\x05 \x01(\x01\x12\x10\n\x08off_mean\x18\x06 \x01(\x01\"\x8d\x02\n\x0f\x42\x65nchmarkReport\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12*\n\x06strata\x18\x02 \x03(\x0b\x32\x1a.pairline.v1.StratumReport\x12\x0f\n\x07on_mean\x18\x03 \x01(\x01\x12\x10\n\x08off_mean\x18\x04 \x01(\x01\x12\x15\n\rrelative_gain\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\x10\n\x08on_count\x18\x08 \x01(\x03\x12\x11\n\toff_count\x18\t \x01(\x03\x12\x1d\n\x15on_utilisation_spread\x18\n \x01(\x01\x12\x1e\n\x16off_utilisation_spread\x18\x0b \x01(\x01\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"^\n\x0c\x43hannelStats\x12%\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x14.pairline.v1.Channel\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\"\xdb\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\x12\x18\n\x10\x61gents_logged_in\x18\x04 \x01(\x05\x12\x18\n\x10\x61gents_available\x18\x05 \x01(\x05\x12\x17\n\x0f\x61gents_reserved\x18\x06 \x01(\x05\x12\x1b\n\x13\x63ontacts_in_service\x18\x07 \x01(\x05\x12+\n\x08\x63hannels\x18\x08 \x03(\x0b\x32\x19.pairline.v1.ChannelStats\"O\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.pairline.v1.QueueStats\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x32\x8d\x02\n\x08Insights\x12Z\n\x12GetBenchmarkReport\x12&.pairline.v1.GetBenchmarkReportRequest\x1a\x1c.pairline.v1.BenchmarkReport\x12V\n\rGetQueueStats\x12!.pairline.v1.GetQueueStatsRequest\x1a\".pairline.v1.GetQueueStatsResponse\x12M\n\rExportHistory\x12!.pairline.v1.ExportHistoryRequest\x1a\x17.pairline.v1.HistoryRow0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pairline.v1.insights_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_start=69
-  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_end=128
-  _globals['_STRATUMREPORT']._serialized_start=130
-  _globals['_STRATUMREPORT']._serialized_end=248
-  _globals['_BENCHMARKREPORT']._serialized_start=251
-  _globals['_BENCHMARKREPORT']._serialized_end=520
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=522
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=559
-  _globals['_CHANNELSTATS']._serialized_start=561
-  _globals['_CHANNELSTATS']._serialized_end=655
-  _globals['_QUEUESTATS']._serialized_start=658
-  _globals['_QUEUESTATS']._serialized_end=877
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=879
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=958
-  _globals['_INSIGHTS']._serialized_start=961
-  _globals['_INSIGHTS']._serialized_end=1151
+  _globals['_HISTORYROW_CONTEXTENTRY']._loaded_options = None
+  _globals['_HISTORYROW_CONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_EXPORTHISTORYREQUEST']._serialized_start=69
+  _globals['_EXPORTHISTORYREQUEST']._serialized_end=126
+  _globals['_HISTORYROW']._serialized_start=129
+  _globals['_HISTORYROW']._serialized_end=386
+  _globals['_HISTORYROW_CONTEXTENTRY']._serialized_start=340
+  _globals['_HISTORYROW_CONTEXTENTRY']._serialized_end=386
+  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_start=388
+  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_end=447
+  _globals['_STRATUMREPORT']._serialized_start=449
+  _globals['_STRATUMREPORT']._serialized_end=567
+  _globals['_BENCHMARKREPORT']._serialized_start=570
+  _globals['_BENCHMARKREPORT']._serialized_end=839
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=841
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=878
+  _globals['_CHANNELSTATS']._serialized_start=880
+  _globals['_CHANNELSTATS']._serialized_end=974
+  _globals['_QUEUESTATS']._serialized_start=977
+  _globals['_QUEUESTATS']._serialized_end=1196
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1198
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1277
+  _globals['_INSIGHTS']._serialized_start=1280
+  _globals['_INSIGHTS']._serialized_end=1549
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,41 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExportHistoryRequest(_message.Message):
+    __slots__ = ("outcome", "since_ms")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    since_ms: int
+    def __init__(self, outcome: _Optional[str] = ..., since_ms: _Optional[int] = ...) -> None: ...
+
+class HistoryRow(_message.Message):
+    __slots__ = ("decision_id", "queue", "mode", "decided_at_ms", "outcome", "customer", "agent", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    queue: str
+    mode: _common_pb2.Mode
+    decided_at_ms: int
+    outcome: float
+    customer: _containers.RepeatedScalarFieldContainer[float]
+    agent: _containers.RepeatedScalarFieldContainer[float]
+    context: _containers.ScalarMap[str, float]
+    def __init__(self, decision_id: _Optional[str] = ..., queue: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.Mode, str]] = ..., decided_at_ms: _Optional[int] = ..., outcome: _Optional[float] = ..., customer: _Optional[_Iterable[float]] = ..., agent: _Optional[_Iterable[float]] = ..., context: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class GetBenchmarkReportRequest(_message.Message):
     __slots__ = ("outcome", "queue")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]

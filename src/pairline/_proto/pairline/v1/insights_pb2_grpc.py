@@ -44,6 +44,11 @@ class InsightsStub:
                 request_serializer=pairline_dot_v1_dot_insights__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=pairline_dot_v1_dot_insights__pb2.GetQueueStatsResponse.FromString,
                 _registered_method=True)
+        self.ExportHistory = channel.unary_stream(
+                '/pairline.v1.Insights/ExportHistory',
+                request_serializer=pairline_dot_v1_dot_insights__pb2.ExportHistoryRequest.SerializeToString,
+                response_deserializer=pairline_dot_v1_dot_insights__pb2.HistoryRow.FromString,
+                _registered_method=True)
 
 
 class InsightsServicer:
@@ -63,6 +68,14 @@ class InsightsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportHistory(self, request, context):
+        """The kept decisions that have the given outcome, with the profiles they
+        pair, for training (`pairline export` writes them as `pairline train`'s CSV).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InsightsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_InsightsServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=pairline_dot_v1_dot_insights__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=pairline_dot_v1_dot_insights__pb2.GetQueueStatsResponse.SerializeToString,
+            ),
+            'ExportHistory': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportHistory,
+                    request_deserializer=pairline_dot_v1_dot_insights__pb2.ExportHistoryRequest.FromString,
+                    response_serializer=pairline_dot_v1_dot_insights__pb2.HistoryRow.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class Insights:
             '/pairline.v1.Insights/GetQueueStats',
             pairline_dot_v1_dot_insights__pb2.GetQueueStatsRequest.SerializeToString,
             pairline_dot_v1_dot_insights__pb2.GetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pairline.v1.Insights/ExportHistory',
+            pairline_dot_v1_dot_insights__pb2.ExportHistoryRequest.SerializeToString,
+            pairline_dot_v1_dot_insights__pb2.HistoryRow.FromString,
             options,
             channel_credentials,
             insecure,
