@@ -16,6 +16,7 @@ from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline.benchmark import Report
 from pairline.domain import (
     N_CHANNELS,
     AgentStateRequest,
@@ -29,11 +30,10 @@ from pairline.domain import (
     QueueStats,
     ReleaseReason,
 )
-from pairline.benchmark import Report
 from pairline.errors import InvalidArgument
-from pairline.stores.base import DecisionRecord
 from pairline.model import Model
 from pairline.service import ProfileIn
+from pairline.stores.base import DecisionRecord
 
 MAX_ID = 128
 MAX_KEY = 256

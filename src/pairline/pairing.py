@@ -60,7 +60,7 @@ class Scorer:
     """One model folded for the kernels. Immutable: a decision holds one Scorer
     from start to end, so it never mixes two models."""
 
-    __slots__ = ("_ctx_index", "b", "dc", "logistic", "model", "version", "W", "wa", "wc")
+    __slots__ = ("W", "_ctx_index", "b", "dc", "logistic", "model", "version", "wa", "wc")
 
     def __init__(self, model: Model) -> None:
         self.model = model
@@ -69,7 +69,9 @@ class Scorer:
         self.b = np.float32(model.b)
         self.dc = model.customer_dim
         self.logistic = model.link == "logistic"
-        self._ctx_index = {name: model.customer_dim + i for i, name in enumerate(model.context_features)}
+        self._ctx_index = {
+            name: model.customer_dim + i for i, name in enumerate(model.context_features)
+        }
 
     def x_of(self, profile: np.ndarray, context: Sequence[tuple[str, float]]) -> np.ndarray:
         """The model input: the profile followed by the named context features."""

@@ -24,6 +24,7 @@ from enum import IntEnum
 import numpy as np
 from sortedcontainers import SortedList
 
+from pairline import kernels
 from pairline.domain import (
     N_CHANNELS,
     AgentStatus,
@@ -36,7 +37,6 @@ from pairline.domain import (
     QueueStats,
     ReleaseReason,
 )
-from pairline import kernels
 from pairline.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 _SETTABLE_PRESENCE = (
@@ -128,10 +128,10 @@ class QueueIndex:
         "free_rows",
         "has_vec",
         "hi",
-        "ids",
         "idle_since",
-        "load",
+        "ids",
         "lo",
+        "load",
         "logged_in",
         "name",
         "prof",

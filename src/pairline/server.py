@@ -11,12 +11,12 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pairline import kernels
 from pairline._proto.pairline.v1 import insights_pb2, privacy_pb2, profiles_pb2, router_pb2
 from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
 from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
 from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
-from pairline import kernels
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import ServerInterceptor

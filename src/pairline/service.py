@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from pairline import kernels
+from pairline.benchmark import Observation, Report, SlotSchedule, estimate
 from pairline.clock import Clock
 from pairline.config import Settings, TenantConfig
 from pairline.domain import (
@@ -32,9 +34,6 @@ from pairline.domain import (
 )
 from pairline.errors import AlreadyExists, InvalidArgument, NotFound
 from pairline.model import Model, load_model
-from pairline.privacy import Pseudonymiser
-from pairline import kernels
-from pairline.benchmark import Observation, Report, SlotSchedule, estimate
 from pairline.pairing import (
     NO_PAIR,
     WAIT_UNIT_S,
@@ -47,6 +46,7 @@ from pairline.pairing import (
     contact_value,
     refresh_bands,
 )
+from pairline.privacy import Pseudonymiser
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 
@@ -94,14 +94,11 @@ class TenantRuntime:
         )
         # The active model; replaced whole on activation (a decision reads it once).
         self.scorer: Scorer | None = None
-        knobs = {
-            "skew": config.skew,
-            "wait_weight": config.wait_weight,
-            "window": config.window,
-            "batch": config.batch,
-        }
-        self._default = PolicyConfig(name=config.policy, **knobs)
-        self._policies = {q: PolicyConfig(name=p, **knobs) for q, p in config.queue_policies}
+        def policy(name: str) -> PolicyConfig:
+            return PolicyConfig(name, config.skew, config.wait_weight, config.window, config.batch)
+
+        self._default = policy(config.policy)
+        self._policies = {q: policy(p) for q, p in config.queue_policies}
         self._pairings: dict[str, QueuePairing] = {}
         # Draws within ties of contact percentiles (diagonal).
         self.rng = rng if rng is not None else np.random.default_rng()

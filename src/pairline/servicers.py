@@ -51,7 +51,8 @@ class RouterServicer(rpb_grpc.RouterServicer):
         return convert.decision(await self._s.route_contact(tenant, convert.route_contact(req, at)))
 
     async def _ready(self, req: rpb.AgentReadyRequest, tenant: str, at: str = "") -> cpb.Decision:
-        return convert.decision(await self._s.agent_ready(tenant, convert.agent_id(req.agent_id, at)))
+        agent_id = convert.agent_id(req.agent_id, at)
+        return convert.decision(await self._s.agent_ready(tenant, agent_id))
 
     async def _state(
         self, req: rpb.SetAgentStateRequest, tenant: str, at: str = ""

@@ -72,7 +72,9 @@ class Store(Protocol):
     async def record_decision(self, tenant: str, record: DecisionRecord) -> None:
         ...
 
-    async def get_decision(self, tenant: str, decision_id: str, now: float) -> DecisionRecord | None:
+    async def get_decision(
+        self, tenant: str, decision_id: str, now: float
+    ) -> DecisionRecord | None:
         ...
 
     async def record_outcome(

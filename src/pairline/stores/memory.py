@@ -104,7 +104,9 @@ class MemoryStore:
         if len(decisions) > self.max_decisions:
             del decisions[next(iter(decisions))]
 
-    async def get_decision(self, tenant: str, decision_id: str, now: float) -> DecisionRecord | None:
+    async def get_decision(
+        self, tenant: str, decision_id: str, now: float
+    ) -> DecisionRecord | None:
         record = self._t(tenant).decisions.get(decision_id)
         if record is None or record.expires_at <= now:
             return None
