@@ -11,15 +11,15 @@ import itertools
 
 import numpy as np
 import pytest
-
 from _util import percentiles_us, run_now
+from support import tenant
+
 from pairline.config import Settings
 from pairline.domain import AgentStateRequest, AgentStatus, Channel, ContactRequest, EndReason
 from pairline.model import dump_model
 from pairline.service import ProfileIn, Service
 from pairline.stores import MemoryStore
 from pairline.testing import FakeClock
-from support import tenant
 
 DIM = 64
 SIZES = [100, 1_000, 10_000]

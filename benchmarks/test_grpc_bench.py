@@ -23,16 +23,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from _util import percentiles_us
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import free_port
+
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
-from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline.model import dump_model
-from support import free_port
 
 KEY = "bench-key-0123456789"
 META = (("authorization", f"Bearer {KEY}"),)

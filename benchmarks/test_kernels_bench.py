@@ -3,10 +3,10 @@ agents x 64 dims (seeded). Ratios are in extra_info of the Numba runs."""
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
 
-import naive
 from pairline import kernels
 
 DIM = 64

@@ -15,13 +15,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import KEYS, Client, Running, contact, login
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import privacy_pb2 as xpb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
-from support import KEYS, Client, Running, contact, login
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -6,13 +6,13 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from support import contact, error_field, login, running, settings
+from test_pairing import setup_pairing
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.benchmark import Observation, SlotSchedule, estimate
-from support import contact, error_field, login, running, settings
-from test_pairing import setup_pairing
 
 M = cpb
 
@@ -158,8 +158,9 @@ class TestReportCommand:
         import asyncio
         import json
 
-        from pairline.cli import main
         from support import KEYS
+
+        from pairline.cli import main
 
         cfg = settings(policy="greedy", benchmark=True, slot_s=60.0, stabilise_s=0.0)
         async with running(cfg) as srv:

@@ -25,13 +25,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from support import Client, Running, running, settings
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.model import dump_model
-from support import Client, Running, running, settings
 
 OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
+from support import Client, Running, bad_request_field, contact, error_field, login
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
-from support import Client, Running, bad_request_field, contact, error_field, login
 
 M = cpb
 CODE = {c.value[0]: c for c in grpc.StatusCode}

@@ -6,6 +6,8 @@ import asyncio
 
 import numpy as np
 import pytest
+from support import KEYS, contact, login, running, settings
+from test_pairing import model_bytes, setup_pairing
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
@@ -13,8 +15,6 @@ from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.cli import main
 from pairline.model import load_model
 from pairline.train import read_history
-from support import KEYS, contact, login, running, settings
-from test_pairing import model_bytes, setup_pairing
 
 
 class TestExport:

@@ -4,7 +4,6 @@ suite itself, on a free port, never the machine's shared one."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-
 from support import RedisProcess
 
 

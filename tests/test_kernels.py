@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from naive import (
     naive_band_distance,
     naive_eligible_rows,
@@ -20,6 +19,7 @@ from naive import (
     naive_score_contacts,
     naive_score_rows,
 )
+
 from pairline import kernels
 
 SIZES = (0, 1, 2, 100, 1000)

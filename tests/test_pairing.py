@@ -8,18 +8,18 @@ import heapq
 
 import numpy as np
 import pytest
+from support import Running, contact, login, running, settings
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.domain import AgentStateRequest, AgentStatus, Channel, ContactRequest, EndReason, Mode
 from pairline.model import dump_model
-from pairline.pairing import PolicyConfig, QueuePairing, choose_agent, refresh_bands, Scorer
+from pairline.pairing import PolicyConfig, QueuePairing, Scorer, choose_agent, refresh_bands
 from pairline.routing import Agent, QueueIndex
 from pairline.service import ProfileIn, Service
 from pairline.stores import MemoryStore
 from pairline.testing import FakeClock
-from support import Running, contact, login, running, settings
 
 M = cpb
 

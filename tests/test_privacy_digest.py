@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import structlog
 from structlog.testing import capture_logs
+from support import Running, contact, login, running, settings, tenant
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
@@ -23,7 +24,6 @@ from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.logs import configure
 from pairline.model import dump_model
 from pairline.privacy import Pseudonymiser
-from support import Running, contact, login, running, settings, tenant
 
 RAW_KEY = "+15550123456"
 DIGITS = "15550123456"  # the key without its '+': must not appear either

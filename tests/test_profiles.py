@@ -21,12 +21,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from support import Client, Running, contact, error_field, login, running, settings
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.model import dump_model
-from support import Client, Running, contact, error_field, login, running, settings
 
 M = cpb
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

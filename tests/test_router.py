@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from support import Running, contact, login
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
-from support import Running, contact, login
 
 M = cpb
 

@@ -20,11 +20,11 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import Client, Running, contact, free_port, login, running, settings
 
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.config import DEMO_API_KEY, Settings, hash_api_key, load_settings
-from support import Client, Running, contact, free_port, login, running, settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -18,13 +18,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
+from support import Running, bad_request_field, contact, error_field, login
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.model import dump_model
-from support import Running, bad_request_field, contact, error_field, login
 
 NAN = math.nan
 INF = math.inf
