@@ -203,6 +203,47 @@ async def _stream_rate(address: str, total: int, streams: int, window: int) -> f
         return sum(counts) / (time.perf_counter() - t0)
 
 
+async def _batch_rate(address: str, total: int, streams: int, batch: int, window: int) -> float:
+    """Routed contacts per second over ConnectBatch: `window` batches in flight per stream."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = rpb_grpc.RouterStub(ch)
+        per = total // streams // batch
+
+        async def one_stream() -> int:
+            sem = asyncio.Semaphore(window)
+            batches = [rpb.SwitchEventBatch(events=[
+                rpb.SwitchEvent(request_id=str(i), route_contact=_route_req())
+                for i in range(batch)]) for _ in range(per)]
+
+            async def gen():  # type: ignore[no-untyped-def]
+                for b in batches:
+                    await sem.acquire()
+                    yield b
+
+            got = 0
+            async for reply in stub.ConnectBatch(gen(), metadata=META):
+                assert all(r.WhichOneof("reply") == "decision" for r in reply.replies)
+                got += len(reply.replies)
+                sem.release()
+                if got == per * batch:
+                    break
+            return got
+
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(one_stream() for _ in range(streams)))
+        return sum(counts) / (time.perf_counter() - t0)
+
+
+@pytest.mark.benchmark(group="grpc-throughput")
+def test_connect_batch_throughput(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
+    """Routed contacts per second over 2 ConnectBatch streams, batches of 32, 4 in flight."""
+    rate = benchmark.pedantic(lambda: asyncio.run(_batch_rate(address, 16384, 2, 32, 4)),
+                              rounds=1, iterations=1)
+    benchmark.extra_info["routed_per_s"] = round(rate)
+    print(f"\nConnectBatch {rate:8.0f} routed contacts/s")
+    assert rate > 0
+
+
 @pytest.mark.benchmark(group="grpc-throughput")
 def test_unary_throughput(benchmark, address: str) -> None:  # type: ignore[no-untyped-def]
     """Routed contacts per second, unary, 64 calls in flight."""

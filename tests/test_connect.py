@@ -404,3 +404,38 @@ class TestViewsAgree:
         await conn.close()
         mine = await srv.acme.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
         assert mine.status == rpb.AGENT_STATUS_RESERVED and list(mine.contact_ids) == ["c1"]
+
+
+class TestConnectBatch:
+    async def test_batches_answered_in_order(self, srv: Running) -> None:
+        """Each batch gets one reply per event, in order; errors stay per event."""
+        call = srv.acme.router.ConnectBatch(timeout=10)
+        events = [rpb.SwitchEvent(request_id="login", set_agent_state=login("a1", "sales"))]
+        events += [rpb.SwitchEvent(request_id=f"r{i}", route_contact=contact(f"c{i}"))
+                   for i in range(5)]
+        events.append(rpb.SwitchEvent(request_id="bad", route_contact=contact("")))
+        await call.write(rpb.SwitchEventBatch(events=events))
+        reply = await call.read()
+        assert [r.request_id for r in reply.replies] == [e.request_id for e in events]
+        kinds = [r.WhichOneof("reply") for r in reply.replies]
+        assert kinds == ["agent_state"] + ["decision"] * 5 + ["error"]
+        assert reply.replies[1].decision.agent_id == "a1"
+        assert [r.decision.queue_position for r in reply.replies[2:6]] == [1, 2, 3, 4]
+        assert reply.replies[-1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        await call.write(rpb.SwitchEventBatch(events=[
+            rpb.SwitchEvent(request_id="x", agent_ready=rpb.AgentReadyRequest(agent_id="a1"))]))
+        again = await call.read()
+        assert again.replies[0].decision.agent_id == "a1"
+        await call.done_writing()
+
+    async def test_oversized_batch_is_refused_whole(self, srv: Running) -> None:
+        """A batch over 1,000 events changes nothing and gets one INVALID_ARGUMENT reply."""
+        call = srv.acme.router.ConnectBatch(timeout=10)
+        events = [rpb.SwitchEvent(request_id=f"r{i}", route_contact=contact(f"c{i}"))
+                  for i in range(1001)]
+        await call.write(rpb.SwitchEventBatch(events=events))
+        reply = await call.read()
+        assert len(reply.replies) == 1 and reply.replies[0].error.code == 3
+        stats = await srv.acme.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+        assert sum(q.waiting for q in stats.queues) == 0
+        await call.done_writing()

@@ -30,6 +30,7 @@ from pairline.service import Service
 log = structlog.get_logger()
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+MAX_EVENTS_PER_BATCH = 1000
 
 
 class RouterServicer(rpb_grpc.RouterServicer):
@@ -166,6 +167,17 @@ class RouterServicer(rpb_grpc.RouterServicer):
         tenant = current_tenant()
         async for event in request_iterator:
             yield await self._one(event, tenant)
+
+    async def ConnectBatch(
+        self, request_iterator: AsyncIterator[rpb.SwitchEventBatch], context: Ctx
+    ) -> AsyncIterator[rpb.SwitchReplyBatch]:
+        tenant = current_tenant()
+        async for batch in request_iterator:
+            if len(batch.events) > MAX_EVENTS_PER_BATCH:
+                exc = InvalidArgument("events", f"at most {MAX_EVENTS_PER_BATCH} per batch")
+                yield rpb.SwitchReplyBatch(replies=[rpb.SwitchReply(error=to_rpc_status(exc))])
+                continue
+            yield rpb.SwitchReplyBatch(replies=[await self._one(ev, tenant) for ev in batch.events])
 
 
 class ProfilesServicer(ppb_grpc.ProfilesServicer):

@@ -251,3 +251,15 @@ class SwitchReply(_message.Message):
     report_outcome: ReportOutcomeResponse
     error: _status_pb2.Status
     def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, _Mapping]] = ..., agent_state: _Optional[_Union[AgentState, _Mapping]] = ..., confirm_decision: _Optional[_Union[ConfirmDecisionResponse, _Mapping]] = ..., release_decision: _Optional[_Union[ReleaseDecisionResponse, _Mapping]] = ..., end_contact: _Optional[_Union[EndContactResponse, _Mapping]] = ..., report_outcome: _Optional[_Union[ReportOutcomeResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class SwitchEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[SwitchEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[SwitchEvent, _Mapping]]] = ...) -> None: ...
+
+class SwitchReplyBatch(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[SwitchReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[SwitchReply, _Mapping]]] = ...) -> None: ...

@@ -75,6 +75,11 @@ class RouterStub:
                 request_serializer=pairline_dot_v1_dot_router__pb2.SwitchEvent.SerializeToString,
                 response_deserializer=pairline_dot_v1_dot_router__pb2.SwitchReply.FromString,
                 _registered_method=True)
+        self.ConnectBatch = channel.stream_stream(
+                '/pairline.v1.Router/ConnectBatch',
+                request_serializer=pairline_dot_v1_dot_router__pb2.SwitchEventBatch.SerializeToString,
+                response_deserializer=pairline_dot_v1_dot_router__pb2.SwitchReplyBatch.FromString,
+                _registered_method=True)
         self.GetAgentState = channel.unary_unary(
                 '/pairline.v1.Router/GetAgentState',
                 request_serializer=pairline_dot_v1_dot_router__pb2.GetAgentStateRequest.SerializeToString,
@@ -154,6 +159,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConnectBatch(self, request_iterator, context):
+        """Connect with several events per message, for switches that see many
+        events per millisecond: each batch is answered by one batch holding one
+        reply per event, in order. Per-message cost is paid once per batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAgentState(self, request, context):
         """Read an agent's current state.
         """
@@ -203,6 +217,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=pairline_dot_v1_dot_router__pb2.SwitchEvent.FromString,
                     response_serializer=pairline_dot_v1_dot_router__pb2.SwitchReply.SerializeToString,
+            ),
+            'ConnectBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConnectBatch,
+                    request_deserializer=pairline_dot_v1_dot_router__pb2.SwitchEventBatch.FromString,
+                    response_serializer=pairline_dot_v1_dot_router__pb2.SwitchReplyBatch.SerializeToString,
             ),
             'GetAgentState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAgentState,
@@ -426,6 +445,33 @@ class Router:
             '/pairline.v1.Router/Connect',
             pairline_dot_v1_dot_router__pb2.SwitchEvent.SerializeToString,
             pairline_dot_v1_dot_router__pb2.SwitchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConnectBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pairline.v1.Router/ConnectBatch',
+            pairline_dot_v1_dot_router__pb2.SwitchEventBatch.SerializeToString,
+            pairline_dot_v1_dot_router__pb2.SwitchReplyBatch.FromString,
             options,
             channel_credentials,
             insecure,
