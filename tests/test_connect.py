@@ -439,3 +439,15 @@ class TestConnectBatch:
         stats = await srv.acme.insights.GetQueueStats(ipb.GetQueueStatsRequest())
         assert sum(q.waiting for q in stats.queues) == 0
         await call.done_writing()
+
+    async def test_batch_stream_needs_a_key(self, srv: Running) -> None:
+        """ConnectBatch without a known API key fails UNAUTHENTICATED; nothing is processed."""
+        for key in ("", "not-a-key"):
+            call = srv.client(key).router.ConnectBatch(timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.write(rpb.SwitchEventBatch(events=[
+                    rpb.SwitchEvent(request_id="r", route_contact=contact("sneaky"))]))
+                await call.read()
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        stats = await srv.acme.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+        assert sum(q.waiting for q in stats.queues) == 0
