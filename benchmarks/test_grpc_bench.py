@@ -60,6 +60,9 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"customer_dim = {DIM}\nagent_dim = {DIM}\n"
         'policy = "greedy"\n'
         "max_agents = 20000\n"
+        # Offers are never confirmed here: keep them from expiring mid-run (an
+        # expiry wave would be measured as routing latency).
+        "offer_timeout_s = 3600.0\n"
     )
     addr = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(

@@ -172,7 +172,7 @@ class TestReflection:
         [service] = [s for s in router.service if s.name == "Router"]
         methods = {m.name: m for m in service.method}
         assert {"RouteContact", "AgentReady", "SetAgentState", "ConfirmDecision",
-                "ReleaseDecision", "EndContact", "ReportOutcome", "Connect",
+                "ReleaseDecision", "EndContact", "ReportOutcome", "Connect", "ConnectBatch",
                 "GetAgentState"} == set(methods)
         assert methods["Connect"].client_streaming and methods["Connect"].server_streaming
         assert "pairline/v1/common.proto" in router.dependency

@@ -1,7 +1,7 @@
-"""Domain errors. Each carries the gRPC status it maps to; one interceptor maps them.
+"""Domain errors. Each carries the gRPC status it maps to; one guard maps them.
 
 This module imports no gRPC: codes are the canonical status code numbers
-(google.rpc.Code), which the interceptor turns into ``grpc.StatusCode``.
+(google.rpc.Code), which the guard turns into ``grpc.StatusCode``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Any
 
 import grpc
 import structlog
@@ -19,7 +20,7 @@ from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
-from pairline.interceptors import ServerInterceptor
+from pairline.interceptors import Guard, GuardedServer
 from pairline.service import Service
 from pairline.servicers import (
     InsightsServicer,
@@ -57,7 +58,7 @@ class PairlineServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         keys = {h: t.name for t in settings.tenants for h in t.api_key_sha256}
-        self.interceptor = ServerInterceptor(lambda: keys)
+        self.guard = Guard(lambda: keys)
 
     @property
     def address(self) -> str:
@@ -71,17 +72,17 @@ class PairlineServer:
     async def start(self) -> int:
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[self.interceptor],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        rpb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), server)
-        ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), server)
-        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), server)
-        ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), server)
+        guarded: Any = GuardedServer(server, self.guard)
+        rpb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), guarded)
+        ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), guarded)
+        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), guarded)
+        ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

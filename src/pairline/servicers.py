@@ -1,8 +1,8 @@
 """Thin grpc.aio servicers: decode, call the service, encode.
 
 The tenant comes from :func:`pairline.interceptors.current_tenant`, set by the
-auth interceptor from the caller's API key. Domain errors propagate to the
-interceptor, which maps them to status codes; on the ``Connect`` stream they
+guard (:mod:`pairline.interceptors`) from the caller's API key. Domain errors
+propagate to the guard, which maps them to status codes; on the ``Connect`` stream they
 become error replies and the stream stays open.
 """
 
