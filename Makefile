@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
 
-.PHONY: all venv run test bench proto check-proto redis-server clean
+.PHONY: all venv run test bench demo proto check-proto redis-server clean
 
 all: test
 
@@ -29,6 +29,11 @@ redis-server:
 test: $(STAMP) redis-server
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Simulate a history, train a model, run ON/OFF traffic through a real server,
+# print the benchmark report (about two minutes).
+demo: $(STAMP)
+	$(BIN)/python -m pairline.demo $(DEMO_ARGS)
 
 bench: $(STAMP) redis-server
 	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-only $(PYTEST_ARGS)

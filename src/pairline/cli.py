@@ -220,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pairline.sim.__main__ import main as simulate_main
 
         return simulate_main(args[1:])
+    if args[:1] == ["demo"]:
+        from pairline.demo import main as demo_main
+
+        return demo_main(args[1:])
     parser = argparse.ArgumentParser(prog="pairline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
@@ -249,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.set_defaults(run=_export)
     sub.add_parser("simulate", help="contact-center simulator: policies side by side "
                    "(pairline simulate --help)")
+    sub.add_parser("demo", help="history -> model -> server -> ON/OFF report, end to end "
+                   "(pairline demo --help)")
     from pairline.loadtest import add_loadtest_parser
     from pairline.train import add_train_parser
 

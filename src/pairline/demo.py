@@ -662,8 +662,9 @@ def run(ns: argparse.Namespace, out: IO[str], workdir: Path) -> dict[str, Any]:
             + ", ".join(f"{k} {v}" for k, v in sorted(modes.items()))
             + f"; {wall:.0f} s ({sim_s / wall:.0f}x achieved)")
         if cut:
+            why = " (the machine could not keep the pace)" if limit_s > planned_s else ""
             say(f"      stopped at {_clock(sim_s)} simulated: the {limit_s / 60:.1f} min "
-                "limit passed (the machine could not keep the pace)")
+                f"limit passed{why}")
 
         # 6. Report -----------------------------------------------------------------
         say()
@@ -700,7 +701,7 @@ def run(ns: argparse.Namespace, out: IO[str], workdir: Path) -> dict[str, Any]:
     if estimated:
         say(f"        (the report's {_pct(rep.relative_gain)} is that plus the noise of the "
             f"drawn outcomes, 95% CI [{rep.ci_low:+.2%}, {rep.ci_high:+.2%}])")
-    say(f"      - the same {len(workload)} contacts in process, all baseline vs all diagonal "
+    say(f"      - the day's {len(workload)} contacts in process, all baseline vs all diagonal "
         f"with this model: {_f4(reference['baseline_expected_rate'])} vs "
         f"{_f4(reference['diagonal_expected_rate'])}: {_pct(reference['expected_gain'])}")
     gain = known["expected_gain"]
@@ -768,6 +769,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_unwinds(), _workdir(ns.workdir) as workdir:
             summary = run(ns, out, workdir)
+            summary["workdir_kept"] = bool(ns.workdir)
+            if not ns.workdir:
+                print(f"(the files in {workdir} are removed now: --workdir DIR keeps them)",
+                      file=out)
     except (DemoError, OSError) as exc:
         print(f"pairline demo: {exc}", file=sys.stderr)
         return 1
