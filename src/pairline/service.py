@@ -40,8 +40,8 @@ from pairline.pairing import (
     PolicyConfig,
     QueuePairing,
     Scorer,
-    agent_keys,
     assign_batch,
+    choose_agent,
     contact_keys,
     contact_value,
     refresh_bands,
@@ -246,8 +246,7 @@ class Service:
             self._bands(rt, index, scorer, pol, now)
             u, c0 = contact.u, contact.c0
             assert u is not None
-            keys = agent_keys(pol, index, rows, u, c0, contact.pct)
-            k = int(kernels.pick_min(keys, rows, index.load, index.idle_since))
+            k = choose_agent(pol, index, rows, u, c0, contact.pct)
             choice = Choice(
                 mode=Mode.PAIRED,
                 policy=pol.name,
