@@ -583,3 +583,25 @@ class TestInvalidModels:
         got = await upload(srv.acme, model_file("after"), activate=True)
         assert got.active and got.version == "after"
         assert (await info(srv.acme)).active.version == "after"
+
+
+class TestProfileRetention:
+    async def test_profiles_expire_after_their_ttl(self) -> None:
+        """A customer profile past the tenant's profile_ttl_days is swept and no longer
+        used; a rewrite after expiry is accepted as new (not stale)."""
+        from support import running, settings
+
+        from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+
+        async with running(settings(profile_ttl_days=1.0)) as srv:
+            p = srv.acme.profiles
+            prof = ppb.CustomerProfile(customer_key="+1", vector=[1, 0, 0, 0], source_time_ms=5)
+            assert (await p.UpsertCustomerProfile(prof)).accepted == 1
+            assert (await p.UpsertCustomerProfile(prof)).stale == 1
+            store = srv.server.service.store
+            srv.clock.advance(86_400.0 - 1)
+            assert await srv.server.service.sweep_retention() == 0
+            srv.clock.advance(2)
+            assert await srv.server.service.sweep_retention() == 1
+            assert (await p.UpsertCustomerProfile(prof)).accepted == 1
+            assert await store.sweep(srv.clock.now()) == 0

@@ -12,7 +12,7 @@ from pairline.stores.base import DecisionRecord, ProfileRow
 
 
 class _Tenant:
-    __slots__ = ("active", "agents", "customers", "decisions", "models")
+    __slots__ = ("active", "agents", "customers", "decisions", "models", "next_expiry")
 
     def __init__(self) -> None:
         self.customers: dict[str, tuple[ProfileRow, float]] = {}  # digest -> (row, expires_at)
@@ -21,6 +21,8 @@ class _Tenant:
         self.active = ""
         # Insertion order is decision time order, so expiry pops from the front.
         self.decisions: dict[str, DecisionRecord] = {}
+        # No customer profile expires before this: the sweep skips the O(n) scan.
+        self.next_expiry = float("inf")
 
 
 class MemoryStore:
@@ -59,6 +61,8 @@ class MemoryStore:
         stale, winners = self._upsert(table, rows)
         for key, row in winners.items():
             t.customers[key] = (row, now + ttl_s)
+        if winners:
+            t.next_expiry = min(t.next_expiry, now + ttl_s)
         return stale
 
     @staticmethod
@@ -133,8 +137,11 @@ class MemoryStore:
                     break
                 del t.decisions[first.decision.decision_id]
                 dropped += 1
+            if t.next_expiry > now:
+                continue
             gone = [k for k, (_, exp) in t.customers.items() if exp <= now]
             for k in gone:
                 del t.customers[k]
             dropped += len(gone)
+            t.next_expiry = min((exp for _, exp in t.customers.values()), default=float("inf"))
         return dropped
