@@ -594,3 +594,23 @@ class TestLoad:
             sl.append(row["service_level"])
         assert abandon[0] < abandon[1] < abandon[2]
         assert sl[0] > sl[1] > sl[2]
+
+
+class TestCommandLine:
+    def test_simulate_prints_json_and_draws_a_plot(self, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+        """`pairline simulate --json --plot` prints the JSON contract and writes a PNG."""
+        import json
+
+        from pairline.cli import main
+
+        png = tmp_path / "sim.png"
+        rc = main(["simulate", "--hours", "2", "--json", "--plot", str(png), "--no-oracle"])
+        out = json.loads(capsys.readouterr().out)
+        assert rc == 0
+        assert [p["policy"] for p in out["policies"]] == ["baseline", "greedy", "diagonal"]
+        for row in out["policies"]:
+            for key in ("contacts", "outcome_rate", "gain_vs_baseline", "service_level", "asa_s",
+                        "abandon_rate", "occupancy_mean", "occupancy_spread"):
+                assert key in row
+        assert out["fair_ceiling_outcome_rate"] > 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

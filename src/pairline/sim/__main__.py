@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=60.0,
                    help="with --target: simulated seconds per real second (default 60)")
     p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the result as a PNG")
     ns = p.parse_args(argv)
     from pairline.logs import configure
 
@@ -70,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     else:
         print(render_table(result))
+    if ns.plot:
+        from pairline.sim.plot import plot_result
+
+        plot_result(result, ns.plot)
+        print(f"plot written to {ns.plot}", file=sys.stderr)
     return 0
 
 
