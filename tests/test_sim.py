@@ -614,3 +614,13 @@ class TestCommandLine:
                 assert key in row
         assert out["fair_ceiling_outcome_rate"] > 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_progress_names_every_step(self) -> None:
+        """The progress hook hears each policy, the fair ceiling and the oracle, in order."""
+        from pairline.sim.run import simulate
+        from pairline.sim.scenario import default_scenario
+
+        steps: list[str] = []
+        simulate(default_scenario(horizon_s=1800), ["baseline", "diagonal"], 0,
+                 progress=steps.append)
+        assert steps == ["policy baseline", "policy diagonal", "fair ceiling", "unfair oracle"]

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pairline.sim.run import DEFAULT_POLICIES, SwitchFactory, render_table, simulate
 from pairline.sim.scenario import PolicySpec, default_scenario
@@ -28,6 +29,12 @@ def _policy(text: str) -> PolicySpec:
         else:
             raise argparse.ArgumentTypeError(f"unknown policy knob {key!r}")
     return PolicySpec(name, **kw)  # type: ignore[arg-type]
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         policies = ns.policies or [PolicySpec("baseline", label="server")]
         if len(policies) != 1:
             p.error("with --target give at most one --policy (the server's, to name the row)")
-    result = simulate(scenario, policies, ns.seed, switch=switch, oracle=not ns.no_oracle)
+    from rich.progress import Progress
+
+    steps = len(policies) + 1 + (not ns.no_oracle)
+    with Progress(console=_stderr_console(), transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("simulating", total=steps)
+
+        started: list[str] = []
+
+        def progress(name: str) -> None:  # a step starts: the one before it is done
+            bar.update(task, description=name, advance=1 if started else 0)
+            started.append(name)
+
+        result = simulate(scenario, policies, ns.seed, switch=switch, oracle=not ns.no_oracle,
+                          progress=progress)
     if ns.json:
         json.dump(result, sys.stdout, indent=2)
         print()

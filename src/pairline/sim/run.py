@@ -135,6 +135,7 @@ def simulate(
     switch: str | SwitchFactory = "service",
     oracle: bool = True,
     ceiling: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``policies`` side by side on one pre-drawn workload; returns the JSON
     contract described in the module docstring.
@@ -145,8 +146,10 @@ def simulate(
     :class:`~pairline.sim.remote.GrpcSwitch` on a running server, whose tenant
     configuration then decides the policy: the spec only names the row).
     ``oracle`` adds the unfair oracle's run (always in process), ``ceiling`` the
-    fair ceiling.
+    fair ceiling. ``progress`` is told the name of each step as it starts
+    (a progress bar on long runs).
     """
+    step = progress or (lambda name: None)
     started = time.perf_counter()
     scenario = scenario or default_scenario()
     specs = [as_policy(p) for p in policies]
@@ -158,11 +161,17 @@ def simulate(
     truth = GroundTruth.for_scenario(scenario, ss["truth"], ss["profiles"])
     service_seed = int(ss["service"].generate_state(1)[0])
     setup = switch_setup(scenario, truth)
-    rows = [run_policy(scenario, workload, truth, p, setup=setup, switch=switch,
-                       service_seed=service_seed) for p in specs]
+    rows = []
+    for p in specs:
+        step(f"policy {p.key}")
+        rows.append(run_policy(scenario, workload, truth, p, setup=setup, switch=switch,
+                               service_seed=service_seed))
+    if ceiling:
+        step("fair ceiling")
     ceil = fair_ceiling(truth, scenario, ss["ceiling"]) if ceiling else None
     oracle_row = None
     if oracle:
+        step("unfair oracle")
         oracle_row = run_policy(scenario, workload, truth,
                                 PolicySpec("greedy", label="unfair_oracle"),
                                 setup=switch_setup(scenario, truth, exact=True),
