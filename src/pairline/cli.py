@@ -93,24 +93,33 @@ def _try(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _report(ns: argparse.Namespace) -> int:
-    """Fetch the ON/OFF benchmark report from a running server; print and plot it."""
+def _insights_call(ns: argparse.Namespace, call: Any) -> Any:
+    """``call(InsightsStub, metadata)`` against ``ns.target`` with ``ns.key``; on a
+    gRPC error print ``CODE: details`` and return None."""
     import grpc
-    from google.protobuf import json_format
 
-    from pairline._proto.pairline.v1 import insights_pb2 as ipb
     from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
 
     with grpc.insecure_channel(ns.target) as channel:
         try:
-            rep = ipb_grpc.InsightsStub(channel).GetBenchmarkReport(
-                ipb.GetBenchmarkReportRequest(outcome=ns.outcome, queue=ns.queue or ""),
-                metadata=(("authorization", f"Bearer {ns.key}"),),
-                timeout=30,
-            )
+            return call(ipb_grpc.InsightsStub(channel), (("authorization", f"Bearer {ns.key}"),))
         except grpc.RpcError as err:
             print(f"{err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+            return None
+
+
+def _report(ns: argparse.Namespace) -> int:
+    """Fetch the ON/OFF benchmark report from a running server; print and plot it."""
+    from google.protobuf import json_format
+
+    from pairline._proto.pairline.v1 import insights_pb2 as ipb
+
+    rep = _insights_call(ns, lambda stub, meta: stub.GetBenchmarkReport(
+        ipb.GetBenchmarkReportRequest(outcome=ns.outcome, queue=ns.queue or ""),
+        metadata=meta, timeout=30,
+    ))
+    if rep is None:
+        return 1
     if ns.json:
         print(json.dumps(json_format.MessageToDict(rep, always_print_fields_with_no_presence=True),
                          indent=2))
@@ -126,22 +135,15 @@ def _export(ns: argparse.Namespace) -> int:
     """Write the server's decision history as `pairline train`'s CSV."""
     import csv
 
-    import grpc
-
     from pairline._proto.pairline.v1 import common_pb2 as cpb
     from pairline._proto.pairline.v1 import insights_pb2 as ipb
-    from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
 
-    with grpc.insecure_channel(ns.target) as channel:
-        try:
-            rows = list(ipb_grpc.InsightsStub(channel).ExportHistory(
-                ipb.ExportHistoryRequest(outcome=ns.outcome, since_ms=ns.since_ms),
-                metadata=(("authorization", f"Bearer {ns.key}"),),
-                timeout=600,
-            ))
-        except grpc.RpcError as err:
-            print(f"{err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+    rows = _insights_call(ns, lambda stub, meta: list(stub.ExportHistory(
+        ipb.ExportHistoryRequest(outcome=ns.outcome, since_ms=ns.since_ms),
+        metadata=meta, timeout=600,
+    )))
+    if rows is None:
+        return 1
     dc = max((len(r.customer) for r in rows), default=0)
     da = max((len(r.agent) for r in rows), default=0)
     features = sorted({name for r in rows for name in r.context})
