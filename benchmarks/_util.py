@@ -1,25 +1,15 @@
-"""Shared benchmark helpers: run a non-suspending coroutine without an event
-loop, and percentiles from pytest-benchmark's raw timings."""
+"""Shared benchmark helpers: ``run_now`` (from the service) and percentiles from
+pytest-benchmark's raw timings."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-T = TypeVar("T")
+from pairline.service import run_now
 
-
-def run_now(coro: Coroutine[Any, Any, T]) -> T:
-    """Drive a coroutine that never suspends (the embedded store's path) to its
-    result, with no event-loop overhead in the measurement."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("the coroutine suspended: it is not on the embedded path")
+__all__ = ["percentiles_us", "run_now"]
 
 
 def percentiles_us(benchmark: Any) -> dict[str, float]:

@@ -188,26 +188,6 @@ def _neutral(scores: np.ndarray, known: np.ndarray) -> np.ndarray:
     return scores
 
 
-def agent_keys(
-    policy: PolicyConfig,
-    index: QueueIndex,
-    rows: np.ndarray,
-    u: np.ndarray | None,
-    c0: float,
-    pct: float,
-) -> np.ndarray:
-    """L1 keys (lower is better) of the eligible ``rows`` for one contact (folded
-    into the model as ``u``, ``c0``; ``pct`` its percentile)."""
-    if policy.name == "greedy" and u is not None:
-        keys = np.empty(rows.size, dtype=np.float64)
-        kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
-        return keys
-    keys = np.zeros(rows.size, dtype=np.float64)
-    if policy.name == "diagonal":
-        kernels.band_distance(rows, index.lo, index.hi, pct, keys)
-    return keys
-
-
 def choose_agent(
     policy: PolicyConfig,
     index: QueueIndex,
@@ -216,8 +196,16 @@ def choose_agent(
     c0: float,
     pct: float,
 ) -> int:
-    """The chosen position in ``rows`` (ties broken by the baseline's order)."""
-    keys = agent_keys(policy, index, rows, u, c0, pct)
+    """L1: the chosen position in the eligible ``rows`` for one contact (folded into
+    the model as ``u``, ``c0``; ``pct`` its percentile). Each policy turns the rows
+    into keys, lower is better; ties go by the baseline's order."""
+    if policy.name == "greedy" and u is not None:
+        keys = np.empty(rows.size, dtype=np.float64)
+        kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
+    else:
+        keys = np.zeros(rows.size, dtype=np.float64)
+        if policy.name == "diagonal":
+            kernels.band_distance(rows, index.lo, index.hi, pct, keys)
     return int(kernels.pick_min(keys, rows, index.load, index.idle_since))
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -51,6 +52,19 @@ from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRou
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a service call that never suspends (every call on the embedded store)
+    to its result without an event loop: for in-process simulation and benchmarks."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("the coroutine suspended: it is not on the embedded-store path")
 
 DAY_S = 86_400.0
 MAX_BATCH = 10_000

@@ -22,9 +22,9 @@ A remote switch (a real server over gRPC) fits the same protocol; see
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -39,28 +39,16 @@ from pairline.domain import (
     EndReason,
     Mode,
 )
-from pairline.service import MAX_BATCH, ProfileIn, Service
+from pairline.service import MAX_BATCH, ProfileIn, Service, run_now
 from pairline.sim.scenario import PolicySpec
 from pairline.stores import MemoryStore
 from pairline.testing import FakeClock
-
-T = TypeVar("T")
 
 TENANT = "sim"
 # In process the service's clock reads the simulation time itself (t = 0 at the
 # start): absolute times computed by the service (wrap-up ends) are then the very
 # floats the engine computes, with no rounding at Unix-time magnitudes.
 CLOCK_START = 0.0
-
-
-def run_now(coro: Coroutine[Any, Any, T]) -> T:
-    """Drive a coroutine that never suspends (the memory store's path) to its result."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("the coroutine suspended: it is not on the in-process path")
 
 
 class Offer(NamedTuple):
