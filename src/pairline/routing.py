@@ -20,6 +20,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from sortedcontainers import SortedList
@@ -282,6 +283,18 @@ class TenantRouting:
         self.reservations: dict[str, Decision] = {}
         self._expiry: list[tuple[float, str]] = []
         self._seq = itertools.count()
+        # Shared state (Redis): while ``recording``, the ids of agents and contacts
+        # an operation changed, so they can be committed; the version of each as
+        # last committed or applied (see :mod:`pairline.replica`).
+        self.recording = False
+        self.touched_agents: set[str] = set()
+        self.touched_contacts: set[str] = set()
+        self.agent_v: dict[str, int] = {}
+        self.contact_v: dict[str, int] = {}
+
+    def _tc(self, contact_id: str) -> None:
+        if self.recording:
+            self.touched_contacts.add(contact_id)
 
     # ----------------------------------------------------------------- agents
     def _agent(self, agent_id: str) -> Agent:
@@ -291,6 +304,8 @@ class TenantRouting:
         return agent
 
     def _sync(self, agent: Agent) -> None:
+        if self.recording:
+            self.touched_agents.add(agent.agent_id)
         vector = self.agent_vectors.get(agent.agent_id)
         for queue, prof in agent.queues.items():
             self.queue(queue).sync(agent, prof, vector)
@@ -461,6 +476,7 @@ class TenantRouting:
         return self._wait(contact)
 
     def _wait(self, contact: Contact) -> int:
+        self._tc(contact.contact_id)
         contact.state = ContactState.WAITING
         contact.decision = None
         pool = self.waiting.get((contact.queue, contact.channel))
@@ -471,6 +487,7 @@ class TenantRouting:
         return int(pool.index(contact.key)) + 1
 
     def _unwait(self, contact: Contact) -> None:
+        self._tc(contact.contact_id)
         self.waiting[(contact.queue, contact.channel)].remove(contact.key)
         self.n_waiting -= 1
 
@@ -518,6 +535,7 @@ class TenantRouting:
             self._unwait(contact)
         else:
             self.contacts[contact.contact_id] = contact
+        self._tc(contact.contact_id)
         contact.state = ContactState.RESERVED
         contact.decision = decision
         agent.in_use[c] += 1
@@ -534,6 +552,7 @@ class TenantRouting:
         agent = self.agents[decision.agent_id]
         del agent.reservations[decision_id]
         agent.connected[contact.contact_id] = decision_id
+        self._tc(contact.contact_id)
         contact.state = ContactState.CONNECTED
         self._sync(agent)
         return decision
@@ -560,6 +579,10 @@ class TenantRouting:
         self._wait(contact)
         return contact.contact_id
 
+    def next_expiry(self) -> float:
+        """When the next offer may time out (inf when none is pending)."""
+        return self._expiry[0][0] if self._expiry else float("inf")
+
     def expire(self, now: float) -> list[Decision]:
         """Release every reservation whose offer timed out. Cheap when none did."""
         expired: list[Decision] = []
@@ -584,7 +607,7 @@ class TenantRouting:
                 )
             self._unwait(contact)
             del self.contacts[contact_id]
-            return EndResult(contact_id, "", 0.0)
+            return EndResult(contact_id, "", 0.0)  # _unwait recorded it
         decision = contact.decision
         assert decision is not None
         agent = self.agents[decision.agent_id]
@@ -595,6 +618,7 @@ class TenantRouting:
                 del agent.reservations[decision.decision_id]
                 agent.in_use[contact.channel - 1] -= 1
                 self._sync(agent)
+                self._tc(contact_id)
                 del self.contacts[contact_id]
                 return EndResult(contact_id, agent.agent_id, 0.0)
             self.confirm(decision.decision_id)
@@ -604,8 +628,94 @@ class TenantRouting:
             agent.wrap_until = max(agent.wrap_until, now + wrap_up_s)
             agent.idle_since = agent.wrap_until
         self._sync(agent)
+        self._tc(contact_id)
         del self.contacts[contact_id]
         return EndResult(contact_id, agent.agent_id, agent.wrap_until if wrap_up_s > 0 else 0.0)
+
+    # ------------------------------------------------------ replica snapshots
+    # Shared state (Redis) travels as whole snapshots of one agent or contact;
+    # applying one makes this mirror's copy equal to it, derived indexes included.
+    def agent_snapshot(self, agent_id: str) -> dict[str, object]:
+        a = self.agents[agent_id]
+        return {
+            "p": int(a.presence), "q": sorted(a.queues.items()), "cap": a.capacity,
+            "use": a.in_use, "wu": a.wrap_until, "idle": a.idle_since,
+            "res": a.reservations, "con": a.connected,
+        }
+
+    def contact_snapshot(self, contact_id: str) -> dict[str, object] | None:
+        """None when the contact has ended (is gone)."""
+        c = self.contacts.get(contact_id)
+        if c is None:
+            return None
+        return {
+            "q": c.queue, "ch": int(c.channel), "pr": c.priority, "arr": c.arrival,
+            "seq": c.seq, "dg": c.digest, "ctx": [list(kv) for kv in c.context],
+            "mp": c.min_proficiency, "ex": sorted(c.excluded), "pf": sorted(c.preferred),
+            "st": int(c.state), "d": c.decision.as_dict() if c.decision else None,
+        }
+
+    def apply_agent(self, agent_id: str, snap: dict[str, Any] | None) -> None:
+        if snap is None:  # never committed: drop what this mirror made up
+            agent = self.agents.pop(agent_id, None)
+            if agent is not None:
+                for queue in agent.queues:
+                    self.queues[queue].remove(agent_id)
+            return
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = self.agents[agent_id] = Agent(
+                agent_id=agent_id, presence=AgentStatus.LOGGED_OUT, queues={},
+                capacity=list(_DEFAULT_CAPACITY),
+            )
+        queues = {q: int(p) for q, p in snap["q"]}
+        for gone in set(agent.queues) - set(queues):
+            self.queues[gone].remove(agent_id)
+        agent.presence = AgentStatus(snap["p"])
+        agent.queues = queues
+        agent.capacity = [int(x) for x in snap["cap"]]
+        agent.in_use = [int(x) for x in snap["use"]]
+        agent.wrap_until = float(snap["wu"])
+        agent.idle_since = float(snap["idle"])
+        agent.reservations = dict(snap["res"])
+        agent.connected = dict(snap["con"])
+        self._sync(agent)
+
+    def apply_contact(self, contact_id: str, snap: dict[str, Any] | None) -> None:
+        old = self.contacts.get(contact_id)
+        if old is not None:
+            if old.state is ContactState.WAITING:
+                pool = self.waiting.get((old.queue, old.channel))
+                if pool is not None and old.key in pool:
+                    pool.remove(old.key)
+                    self.n_waiting -= 1
+            elif old.state is ContactState.RESERVED and old.decision is not None:
+                self.reservations.pop(old.decision.decision_id, None)
+        if snap is None:
+            self.contacts.pop(contact_id, None)
+            return
+        c = old or Contact(
+            contact_id=contact_id, queue="", channel=Channel.VOICE, priority=0, arrival=0.0,
+            seq=0, digest="", context=(), min_proficiency=0, excluded=frozenset(),
+        )
+        c.queue, c.channel, c.priority = snap["q"], Channel(snap["ch"]), int(snap["pr"])
+        c.arrival, c.seq, c.digest = float(snap["arr"]), int(snap["seq"]), snap["dg"]
+        c.context = tuple((str(k), float(v)) for k, v in snap["ctx"])
+        c.min_proficiency = int(snap["mp"])
+        c.excluded, c.preferred = frozenset(snap["ex"]), frozenset(snap["pf"])
+        c.state = ContactState(snap["st"])
+        c.decision = Decision.of(snap["d"]) if snap["d"] else None
+        self.contacts[contact_id] = c
+        if c.state is ContactState.WAITING:
+            c.decision = None
+            pool = self.waiting.get((c.queue, c.channel))
+            if pool is None:
+                pool = self.waiting[(c.queue, c.channel)] = SortedList()
+            pool.add(c.key)
+            self.n_waiting += 1
+        elif c.state is ContactState.RESERVED and c.decision is not None:
+            self.reservations[c.decision.decision_id] = c.decision
+            heapq.heappush(self._expiry, (c.decision.expires_at, c.decision.decision_id))
 
     # ------------------------------------------------------------------ stats
     def queue_stats(self, queue: str | None, now: float) -> list[QueueStats]:

@@ -112,7 +112,7 @@ class PairlineServer:
         await self.service.start()
 
     async def _expire(self) -> int:
-        return self.service.expire_all()
+        return await self.service.expire_all()
 
     @staticmethod
     async def _every(period_s: float, job: object) -> None:

@@ -40,7 +40,6 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,7 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from pairline.domain import Decision, Mode
+from pairline.domain import Decision
 from pairline.model import Model, load_model
 from pairline.stores.base import DecisionRecord, ProfileRow
 
@@ -169,8 +168,7 @@ return 1
 
 
 def _record_json(record: DecisionRecord) -> bytes:
-    d = asdict(record.decision)
-    d["mode"] = int(record.decision.mode)
+    d = record.decision.as_dict()
     return json.dumps(
         {
             "d": d,
@@ -186,12 +184,10 @@ def _record_json(record: DecisionRecord) -> bytes:
 
 def _record_of(raw: bytes) -> DecisionRecord:
     rec = json.loads(raw)
-    d = rec["d"]
-    d["mode"] = Mode(d["mode"])
     outcomes = rec["o"] if isinstance(rec["o"], dict) else {}
     outcomes.pop("", None)
     return DecisionRecord(
-        decision=Decision(**d),
+        decision=Decision.of(rec["d"]),
         customer_digest=rec["c"],
         outcomes={k: float(v) for k, v in outcomes.items()},
         expires_at=rec["x"] / 1000.0,
@@ -199,7 +195,7 @@ def _record_of(raw: bytes) -> DecisionRecord:
     )
 
 
-Listener = Callable[[str, str, list[str]], Awaitable[None] | None]
+Listener = Callable[[str, str, Mapping[bytes, bytes]], Awaitable[None] | None]
 
 
 class RedisStore:
@@ -419,7 +415,8 @@ class RedisStore:
 
 class FeedFollower:
     """Follows every tenant's change feed and hands each event to ``listener``
-    (tenant, kind, ids), in order, from the last id applied. Reconnects by itself;
+    (tenant, kind, fields; profile and model events list their ids in ``ids``,
+    joined by newlines), in order, from the last id applied. Reconnects by itself;
     ``lag_s`` is the age of the newest event applied when it was applied."""
 
     def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200) -> None:
@@ -475,9 +472,8 @@ class FeedFollower:
 
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         kind = fields.get(b"k", b"").decode()
-        ids = fields.get(b"ids", b"").decode().split("\n")
         try:
-            result = self.listener(tenant, kind, ids)
+            result = self.listener(tenant, kind, fields)
             if result is not None:
                 await result
         except (RedisError, OSError):
