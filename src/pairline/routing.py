@@ -291,6 +291,14 @@ class TenantRouting:
         self.touched_contacts: set[str] = set()
         self.agent_v: dict[str, int] = {}
         self.contact_v: dict[str, int] = {}
+        # Two tenant-wide counters make "nothing is free" decisions safe across
+        # replicas: ``av`` counts changes that may free an agent, ``wv`` contacts
+        # that started waiting. An operation that found no agent (no contact)
+        # commits only if no other replica changed that meanwhile. ``needs_*``:
+        # this operation relied on the counter; ``bumps_*``: it moves it.
+        self.av = 0
+        self.wv = 0
+        self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
 
     def _tc(self, contact_id: str) -> None:
         if self.recording:
@@ -396,6 +404,7 @@ class TenantRouting:
             elif status is AgentStatus.LOGGED_OUT:
                 agent.wrap_until = 0.0
         self._sync(agent)
+        self.bumps_av = self.recording
         return returned
 
     def agent_ready(self, agent_id: str, now: float) -> Agent:
@@ -411,6 +420,7 @@ class TenantRouting:
         elif not was_routable:
             agent.idle_since = now
         self._sync(agent)
+        self.bumps_av = self.recording
         return agent
 
     def view(self, agent_id: str, now: float) -> AgentView:
@@ -473,10 +483,12 @@ class TenantRouting:
                 f"tenant has the maximum of {self.max_waiting} waiting contacts"
             )
         self.contacts[contact.contact_id] = contact
+        self.needs_av = self.recording  # queued because no agent was free
         return self._wait(contact)
 
     def _wait(self, contact: Contact) -> int:
         self._tc(contact.contact_id)
+        self.bumps_wv = self.recording
         contact.state = ContactState.WAITING
         contact.decision = None
         pool = self.waiting.get((contact.queue, contact.channel))
@@ -490,6 +502,14 @@ class TenantRouting:
         self._tc(contact.contact_id)
         self.waiting[(contact.queue, contact.channel)].remove(contact.key)
         self.n_waiting -= 1
+
+    def still_waiting(self, contact: Contact) -> int:
+        """A waiting contact routed again found no agent: its position. (Shared state:
+        the answer rests on the contact being unchanged and no agent freed
+        meanwhile, so both are checked at commit.)"""
+        self._tc(contact.contact_id)
+        self.needs_av = self.recording
+        return self.position(contact)
 
     def position(self, contact: Contact) -> int:
         if contact.state is not ContactState.WAITING:
@@ -522,6 +542,8 @@ class TenantRouting:
                     if taken >= limit:
                         break
         found.sort(key=lambda kc: kc[0])
+        if not found:
+            self.needs_wv = self.recording  # idle because no contact waited
         return [c for _, c in found[:limit]]
 
     # ----------------------------------------------------------- reservations
@@ -576,6 +598,7 @@ class TenantRouting:
         del agent.reservations[decision_id]
         agent.in_use[contact.channel - 1] -= 1
         self._sync(agent)
+        self.bumps_av = self.recording
         self._wait(contact)
         return contact.contact_id
 
@@ -618,6 +641,7 @@ class TenantRouting:
                 del agent.reservations[decision.decision_id]
                 agent.in_use[contact.channel - 1] -= 1
                 self._sync(agent)
+                self.bumps_av = self.recording
                 self._tc(contact_id)
                 del self.contacts[contact_id]
                 return EndResult(contact_id, agent.agent_id, 0.0)
@@ -628,6 +652,7 @@ class TenantRouting:
             agent.wrap_until = max(agent.wrap_until, now + wrap_up_s)
             agent.idle_since = agent.wrap_until
         self._sync(agent)
+        self.bumps_av = self.recording
         self._tc(contact_id)
         del self.contacts[contact_id]
         return EndResult(contact_id, agent.agent_id, agent.wrap_until if wrap_up_s > 0 else 0.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ from pairline.pairing import (
 from pairline.privacy import Pseudonymiser
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
+from pairline.stores.redis import FeedFollower
 from pairline.stores.shared import SharedRouting
 
 log = structlog.get_logger()
@@ -203,6 +204,7 @@ class Service:
         self.clock = clock
         self.shared = shared
         self.coord: SharedRouting | _Local = shared or _Local()
+        self._feed: FeedFollower | None = None
         seeds = np.random.SeedSequence(seed).spawn(len(settings.tenants))
         self.tenants = {
             t.name: TenantRuntime(t, np.random.default_rng(s))
@@ -395,7 +397,7 @@ class Service:
             decision = self._route(rt, contact, now)  # a waiting contact: try again
             if decision is None:
                 return self._queued(contact.contact_id, "", contact.queue, contact.channel,
-                                    routing.position(contact), now), None, _nothing
+                                    routing.still_waiting(contact), now), None, _nothing
             return decision, contact, _nothing
         contact = routing.new_contact(
             req.contact_id,
@@ -739,15 +741,29 @@ class Service:
 
     async def _activate(self, tenant: str, model: Model) -> None:
         await self.store.set_active_model(tenant, model.version)
-        rt = self._rt(tenant)
+        self._use_model(self._rt(tenant), model)
+        log.info("model_activated", tenant=tenant, version=model.version)
+
+    @staticmethod
+    def _use_model(rt: TenantRuntime, model: Model) -> None:
         rt.scorer = Scorer(model)  # one reference swap: atomic for every decision
         for index in rt.routing.queues.values():
             index.bands_dirty = True
             index.bands_at = -1.0
-        log.info("model_activated", tenant=tenant, version=model.version)
 
     async def start(self) -> None:
-        """Load models named in the configuration; restore the active ones."""
+        """Load models named in the configuration; restore the active ones. With
+        shared state, also rebuild every tenant's routing mirror from Redis and
+        follow the change feed (started first, so nothing changed meanwhile is
+        missed: older snapshots are ignored by version)."""
+        if self.shared is not None:
+            self._feed = FeedFollower(self.shared.store, self.on_feed)
+            await self._feed.start()
+            self.shared.catch_up = self._feed.catch_up
+            for name, rt in self.tenants.items():
+                for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
+                    rt.routing.set_agent_vector(agent_id, row.vector)
+                await self.shared.load(name, rt.routing)
         for name, rt in self.tenants.items():
             if rt.config.model_path:
                 with open(rt.config.model_path, "rb") as fh:
@@ -756,7 +772,54 @@ class Service:
             version = await self.store.active_model_version(name)
             model = await self.store.get_model(name, version) if version else None
             if model is not None:
-                rt.scorer = Scorer(model)
+                self._use_model(rt, model)
+        if self.shared is not None:
+            for name, rt in self.tenants.items():
+                for contact_id in list(rt.routing.contacts):
+                    await self._adopt(name, rt, contact_id)
+
+    async def stop(self) -> None:
+        if self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
+
+    @property
+    def feed_connected(self) -> bool:
+        return self._feed is None or self._feed.connected
+
+    async def on_feed(self, tenant: str, kind: str, fields: Mapping[bytes, bytes]) -> None:
+        """Apply one change made through another replica (or this one)."""
+        rt = self.tenants.get(tenant)
+        if rt is None or self.shared is None:
+            return
+        if kind == "snap":
+            for contact_id in self.shared.apply_feed(rt.routing, fields):
+                await self._adopt(tenant, rt, contact_id)
+            return
+        ids = fields.get(b"ids", b"").decode().split("\n")
+        if kind == "cp":
+            self.shared.store.forget(tenant, ids)
+        elif kind == "ap":
+            rows = await self.shared.store.agent_profiles(tenant, ids)
+            for agent_id in ids:
+                row = rows.get(agent_id)
+                rt.routing.set_agent_vector(agent_id, row.vector if row else None)
+        elif kind == "model" and (rt.scorer is None or rt.scorer.version != ids[0]):
+            model = await self.store.get_model(tenant, ids[0])
+            if model is not None:
+                self._use_model(rt, model)
+
+    async def _adopt(self, tenant: str, rt: TenantRuntime, contact_id: str) -> None:
+        """A contact routed through another replica that waits here too: load its
+        profile, so this replica pairs it as the first would have."""
+        contact = rt.routing.contacts.get(contact_id)
+        if (contact is None or contact.state is not ContactState.WAITING or not contact.digest
+                or rt.scorer is None or not rt.wants_profiles(contact.queue)):
+            return
+        row = await self.store.get_customer_profile(tenant, contact.digest, self.clock.now())
+        if row is not None and contact.profile is None:
+            contact.profile = row.vector
+            self._arrive(rt, contact, self.clock.now())  # its percentile, not counted again
 
     async def model_info(self, tenant: str) -> tuple[str, list[Model]]:
         active = await self.store.active_model_version(tenant)

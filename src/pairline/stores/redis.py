@@ -103,12 +103,13 @@ def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
     return row, int(head[40:60]) / 1000.0
 
 
-# KEYS: profile keys..., feed. ARGV: now (20 digits), feed kind, ids joined by
-# \n, then per key: blob, ttl ms (0 = none). Writes every row that is newer than
-# the live stored one; returns the 1-based positions of the stale rows. One feed
-# event lists the ids written.
+# KEYS: profile keys..., feed, id index (agent profiles: a set of their ids; the
+# feed again for customers, who get no index). ARGV: now (20 digits), feed kind,
+# ids joined by \n, then per key: blob, ttl ms (0 = none). Writes every row that
+# is newer than the live stored one; returns the 1-based positions of the stale
+# rows. One feed event lists the ids written.
 _UPSERT = """
-local n = #KEYS - 1
+local n = #KEYS - 2
 local now = ARGV[1]
 local stale = {}
 local written = {}
@@ -139,6 +140,9 @@ for key, i in pairs(written) do
     redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
   end
   changed[#changed + 1] = ids[i]
+end
+if #changed > 0 and KEYS[n + 2] ~= KEYS[n + 1] then
+  redis.call('SADD', KEYS[n + 2], unpack(changed))
 end
 if #changed > 0 then
   redis.call('XADD', KEYS[n + 1], 'MAXLEN', '~', %d, '*', 'k', ARGV[2],
@@ -248,7 +252,9 @@ class RedisStore:
         argv: list[bytes | str] = [_ms(now), kind, "\n".join(r.key for r in rows)]
         for row in rows:
             argv += [pack_profile(row, expires), ttl_ms]
-        keys = [self.key(tenant, kind, r.key) for r in rows] + [self.key(tenant, "feed")]
+        feed = self.key(tenant, "feed")
+        keys = [self.key(tenant, kind, r.key) for r in rows] + [
+            feed, self.key(tenant, "aps") if kind == "ap" else feed]
         stale = await self._upsert(keys=keys, args=argv)
         if kind == "cp":
             cache = self._cache.get(tenant)
@@ -307,25 +313,11 @@ class RedisStore:
         }
 
     async def all_agent_profiles(self, tenant: str) -> dict[str, ProfileRow]:
-        prefix = self.key(tenant, "ap", "")
-        ids = [k.decode()[len(prefix):] async for k in self._scan(prefix + "*")]
-        return await self.agent_profiles(tenant, ids)
-
-    async def _scan(self, pattern: str) -> Any:
-        if isinstance(self.r, RedisCluster):
-            # Every key of the pattern shares the tenant's slot: ask its node.
-            node = self.r.get_node_from_key(pattern.replace("*", ""))
-            cursor = 0
-            while True:
-                cursor, keys = await self.r.scan(cursor, match=pattern, count=1000,
-                                                 target_nodes=node)
-                for k in keys:
-                    yield k
-                if cursor == 0:
-                    break
-        else:
-            async for k in self.r.scan_iter(match=pattern, count=1000):
-                yield k
+        ids = sorted(a.decode() for a in await self.r.smembers(self.key(tenant, "aps")))
+        out: dict[str, ProfileRow] = {}
+        for i in range(0, len(ids), 1000):
+            out.update(await self.agent_profiles(tenant, ids[i:i + 1000]))
+        return out
 
     # ----------------------------------------------------------------- models
     def _model(self, tenant: str, raw: bytes) -> Model:
@@ -470,6 +462,18 @@ class FeedFollower:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def catch_up(self, tenant: str) -> None:
+        """Apply every event of ``tenant`` up to now, without waiting for the loop
+        (an operation needs the latest state before it can conclude)."""
+        stream = self.store.key(tenant, "feed")
+        while True:
+            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
+            entries = got[0][1] if got else []
+            for entry_id, fields in entries:
+                await self._apply(tenant, entry_id.decode(), fields)
+            if len(entries) < 1000:
+                return
+
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         kind = fields.get(b"k", b"").decode()
         try:
@@ -480,8 +484,15 @@ class FeedFollower:
             raise  # retried from the same id
         except Exception:  # a bad event must not stop the feed
             log.exception("feed_event_failed", tenant=tenant, kind=kind)
-        self.last[tenant] = entry_id
+        self.last[tenant] = _later(self.last[tenant], entry_id)
         self.lag_s = max(0.0, time.time() - int(entry_id.split("-")[0]) / 1000.0)
+
+
+def _later(a: str, b: str) -> str:
+    """The later of two stream ids."""
+    ta, _, sa = a.partition("-")
+    tb, _, sb = b.partition("-")
+    return a if (int(ta), int(sa or 0)) >= (int(tb), int(sb or 0)) else b
 
 
 __all__ = ["FeedFollower", "RedisStore", "ResponseError", "connect"]

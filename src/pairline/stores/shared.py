@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -52,30 +52,38 @@ CONTACT_TTL_S = 86_400.0  # a live contact record outlives any real call
 GONE_TTL_S = 3_600.0  # an ended contact's version is remembered this long
 MAX_ATTEMPTS = 8
 
-# KEYS: feed, agents set, contacts set, then per entity its key and its decision
-# key (pl:{T}:dc:<id>, or the entity key again when it has none).
-# ARGV: n, contact ttl ms, gone ttl ms, then per entity: kind (a/c), id, expected
-# version, snapshot ('' = gone), decision id ('' = none).
+# KEYS: feed, agents set, contacts set, av, wv, then per entity its key and its
+# decision key (pl:{T}:dc:<id>, or the entity key again when it has none).
+# ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any), expected wv,
+# bump av (0/1), bump wv, then per entity: kind (a/c), id, expected version,
+# snapshot ('' = gone), decision id ('' = none).
+# Returns {1, versions} | {0, current v/s of every entity} | {2} (a counter moved).
 _COMMIT = """
 local n = tonumber(ARGV[1])
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return {2} end
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return {2} end
 for i = 1, n do
-  local b = 3 + 5 * (i - 1)
-  local cur = tonumber(redis.call('HGET', KEYS[2 + 2 * i], 'v') or '0')
+  local b = 7 + 5 * (i - 1)
+  local cur = tonumber(redis.call('HGET', KEYS[4 + 2 * i], 'v') or '0')
   if cur ~= tonumber(ARGV[b + 3]) then
     local out = {}
     for j = 1, n do
-      local h = redis.call('HMGET', KEYS[2 + 2 * j], 'v', 's')
+      local h = redis.call('HMGET', KEYS[4 + 2 * j], 'v', 's')
       out[#out + 1] = h[1] or '0'
       out[#out + 1] = h[2] or ''
     end
     return {0, out}
   end
 end
-local feed = {'k', 'snap'}
+local av = tonumber(redis.call('GET', KEYS[4]) or '0')
+local wv = tonumber(redis.call('GET', KEYS[5]) or '0')
+if ARGV[6] == '1' then av = redis.call('INCR', KEYS[4]) end
+if ARGV[7] == '1' then wv = redis.call('INCR', KEYS[5]) end
+local feed = {'k', 'snap', 'av', av, 'wv', wv}
 local versions = {}
 for i = 1, n do
-  local b = 3 + 5 * (i - 1)
-  local key = KEYS[2 + 2 * i]
+  local b = 7 + 5 * (i - 1)
+  local key = KEYS[4 + 2 * i]
   local kind, id, s, did = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
   local v = redis.call('HINCRBY', key, 'v', 1)
   redis.call('HSET', key, 's', s)
@@ -87,7 +95,7 @@ for i = 1, n do
   else
     redis.call('SADD', KEYS[3], id)
     redis.call('PEXPIRE', key, ARGV[2])
-    if did ~= '' then redis.call('SET', KEYS[3 + 2 * i], id, 'PX', ARGV[2]) end
+    if did ~= '' then redis.call('SET', KEYS[5 + 2 * i], id, 'PX', ARGV[2]) end
   end
   versions[#versions + 1] = v
   feed[#feed + 1] = kind .. ':' .. id
@@ -110,6 +118,8 @@ class SharedRouting:
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        # Set by the service once it follows the feed: reads the feed up to now.
+        self.catch_up: Callable[[str], Awaitable[None]] | None = None
         self.r = store.r
         self._commit = self.r.register_script(_COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -140,6 +150,8 @@ class SharedRouting:
             for _ in range(MAX_ATTEMPTS):
                 routing.touched_agents.clear()
                 routing.touched_contacts.clear()
+                routing.needs_av = routing.needs_wv = False
+                routing.bumps_av = routing.bumps_wv = False
                 routing.recording = True
                 try:
                     result = op()
@@ -153,8 +165,11 @@ class SharedRouting:
                     continue
                 finally:
                     routing.recording = False
-                if await self.commit(tenant, routing):
+                outcome = await self.commit(tenant, routing)
+                if outcome == 1:
                     return result
+                if outcome == 2 and self.catch_up is not None:
+                    await self.catch_up(tenant)
             raise Unavailable("routing state is too contended right now: retry")
 
     @staticmethod
@@ -164,16 +179,24 @@ class SharedRouting:
         routing.touched_agents.clear()
         routing.touched_contacts.clear()
 
-    async def commit(self, tenant: str, routing: TenantRouting) -> bool:
-        """Commit the recorded changes; False (mirror refreshed) on a conflict."""
+    async def commit(self, tenant: str, routing: TenantRouting) -> int:
+        """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
+        has its current state); 2 an agent was freed or a contact queued elsewhere
+        while this operation concluded nothing was (the caller catches up)."""
         entities: list[tuple[str, str]] = [("a", a) for a in sorted(routing.touched_agents)]
         entities += [("c", c) for c in sorted(routing.touched_contacts)]
         routing.touched_agents.clear()
         routing.touched_contacts.clear()
         if not entities:
-            return True
-        keys = [self._k(tenant, "feed"), self._k(tenant, "agents"), self._k(tenant, "contacts")]
-        argv: list[str | int] = [len(entities), int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000)]
+            return 1
+        keys = [self._k(tenant, "feed"), self._k(tenant, "agents"), self._k(tenant, "contacts"),
+                self._k(tenant, "av"), self._k(tenant, "wv")]
+        argv: list[str | int] = [
+            len(entities), int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
+            str(routing.av) if routing.needs_av else "",
+            str(routing.wv) if routing.needs_wv else "",
+            int(routing.bumps_av), int(routing.bumps_wv),
+        ]
         for kind, eid in entities:
             key = self._k(tenant, "ag" if kind == "a" else "ct", eid)
             if kind == "a":
@@ -188,16 +211,22 @@ class SharedRouting:
             keys += [key, self._k(tenant, "dc", did) if did else key]
             argv += [kind, eid, expected, json.dumps(snap, separators=(",", ":")) if snap else "",
                      did]
-        ok, payload = await self._commit(keys=keys, args=argv)
-        if ok:
+        reply = await self._commit(keys=keys, args=argv)
+        if reply[0] == 1:
             self.commits += 1
-            for (kind, eid), v in zip(entities, payload, strict=True):
+            for (kind, eid), v in zip(entities, reply[1], strict=True):
                 (routing.agent_v if kind == "a" else routing.contact_v)[eid] = int(v)
-            return True
+            return 1
         self.conflicts += 1
+        # Undo this attempt's local changes: every entity back to Redis's state
+        # (on a counter conflict, fetched; on a version conflict, returned).
+        if reply[0] == 2:
+            await self._fetch(tenant, routing, entities)
+            return 2
+        payload = reply[1]
         for i, (kind, eid) in enumerate(entities):
             self.apply(routing, kind, eid, int(payload[2 * i]), payload[2 * i + 1], force=True)
-        return False
+        return 0
 
     @staticmethod
     def apply(
@@ -259,8 +288,10 @@ class SharedRouting:
             self.apply(routing, kind, eid, int(v or 0), s or b"", force=True)
 
     async def load(self, tenant: str, routing: TenantRouting) -> None:
-        """Rebuild the mirror from Redis (a replica starting up): every agent, then
-        every live contact."""
+        """Rebuild the mirror from Redis (a replica starting up): the counters, every
+        agent, then every live contact."""
+        av, wv = await self.r.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
+        routing.av, routing.wv = int(av or 0), int(wv or 0)
         agents = [a.decode() for a in await self.r.smembers(self._k(tenant, "agents"))]
         contacts = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
         for i in range(0, len(agents), 1000):
@@ -272,8 +303,10 @@ class SharedRouting:
         """Apply one feed event of snapshots; returns ids of contacts that became
         (or stayed) waiting, whose profiles the caller may want to load."""
         waiting = []
+        routing.av = max(routing.av, int(fields.get(b"av", 0)))
+        routing.wv = max(routing.wv, int(fields.get(b"wv", 0)))
         for name, value in fields.items():
-            if name == b"k":
+            if name in (b"k", b"av", b"wv"):
                 continue
             kind, _, eid = name.decode().partition(":")
             v, _, raw = value.partition(b"|")
