@@ -129,6 +129,8 @@ class Settings:
     redis_url: str = ""
     # Customer profiles each replica keeps in memory (per tenant, LRU).
     profile_cache_size: int = 100_000
+    # A Redis call that takes longer fails (routing then degrades to the baseline).
+    redis_timeout_s: float = 0.25
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:
