@@ -319,6 +319,8 @@ class TenantRouting:
         # Changed while Redis could not be reached: written back when it returns.
         self.dirty_agents: set[str] = set()
         self.dirty_contacts: set[str] = set()
+        # Decision records to write with the commit: (id, JSON, ttl ms, expires at).
+        self.outbox: list[tuple[str, bytes, int, float]] = []
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
 
     def clear(self) -> None:

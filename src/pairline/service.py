@@ -333,18 +333,25 @@ class Service:
             compared=choice.compared,
         )
         rt.routing.reserve(contact, agent, decision, now)
+        if self.shared is not None:  # written by the same commit as the reservation
+            self.shared.stage_record(rt.config.name, rt.routing, self._record_of(rt, contact, decision))
         return decision
 
-    async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
+    @staticmethod
+    def _record_of(rt: TenantRuntime, contact: Contact, d: Decision) -> DecisionRecord:
         ttl_s = rt.config.decision_ttl_days * DAY_S
-        if self.degraded(tenant) and d.decision_id:
-            d.mode = Mode.DEGRADED  # decided while the shared state was out of reach
+        return DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
+                              context=contact.context)
+
+    async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
+        if self.shared is None:
+            await self.store.record_decision(tenant, self._record_of(rt, contact, d))
+        elif self.degraded(tenant) and d.decision_id:
+            # Decided while the shared state was out of reach (the record could not
+            # go with the commit): say so, and keep the record if Redis takes it.
+            d.mode = Mode.DEGRADED
             d.predicted_outcome = 0.0
-        await self._soft(self.store.record_decision(
-            tenant,
-            DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
-                           context=contact.context),
-        ))
+            await self._soft(self.store.record_decision(tenant, self._record_of(rt, contact, d)))
         log.debug(
             "contact_routed",
             tenant=tenant,

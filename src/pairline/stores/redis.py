@@ -179,7 +179,7 @@ return 1
 """ % FEED_MAXLEN
 
 
-def _record_json(record: DecisionRecord) -> bytes:
+def record_json(record: DecisionRecord) -> bytes:
     d = record.decision.as_dict()
     return json.dumps(
         {
@@ -224,6 +224,9 @@ class RedisStore:
     ) -> None:
         self.r = client
         self.dims = dict(dims)
+        # A bound on every call on the routing path, besides the socket timeout
+        # (a safety net: a call must never wait past it, whatever the client does).
+        self.timeout_s = 0.5
         self.cache_size = cache_size
         # Agent profiles live as long as the tenant's profile retention.
         self.profile_ttl_s = dict(profile_ttl_s or {})
@@ -241,7 +244,9 @@ class RedisStore:
     def from_url(
         cls, url: str, dims: Mapping[str, tuple[int, int]], *, timeout_s: float = 0.5, **kw: Any
     ) -> RedisStore:
-        return cls(connect(url, timeout_s), dims, **kw)
+        store = cls(connect(url, timeout_s), dims, **kw)
+        store.timeout_s = timeout_s
+        return store
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, RuntimeError):
@@ -363,7 +368,7 @@ class RedisStore:
         did = record.decision.decision_id
         index = self.key(tenant, "decs")
         async with self.r.pipeline(transaction=False) as p:
-            p.set(self.key(tenant, "dec", did), _record_json(record), px=ttl_ms)
+            p.set(self.key(tenant, "dec", did), record_json(record), px=ttl_ms)
             p.zadd(index, {did: record.expires_at})
             p.pexpire(index, ttl_ms)
             await p.execute()
@@ -452,11 +457,15 @@ class FeedFollower:
                     got = []
                     per = max(1, self.block_ms // max(1, len(self.last)))
                     for tenant, last in self.last.items():
-                        got += await r.xread({self.store.key(tenant, "feed"): last},
-                                             count=500, block=per) or []
+                        got += await asyncio.wait_for(
+                            r.xread({self.store.key(tenant, "feed"): last}, count=500,
+                                    block=per),
+                            per / 1000 + self.store.timeout_s) or []
                 else:
                     streams = {self.store.key(t, "feed"): last for t, last in self.last.items()}
-                    got = await r.xread(streams, count=500, block=self.block_ms) or []
+                    got = await asyncio.wait_for(
+                        r.xread(streams, count=500, block=self.block_ms),
+                        self.block_ms / 1000 + self.store.timeout_s) or []
                 self.connected = True
                 delay = 0.05
                 for stream, entries in got:
@@ -465,7 +474,7 @@ class FeedFollower:
                         await self._apply(tenant, entry_id.decode(), fields)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if self.connected:
                     log.warning("feed_disconnected", error=str(exc))
                 self.connected = False
@@ -477,7 +486,9 @@ class FeedFollower:
         (an operation needs the latest state before it can conclude)."""
         stream = self.store.key(tenant, "feed")
         while True:
-            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
+            got = await asyncio.wait_for(
+                self.store.r.xread({stream: self.last[tenant]}, count=1000),
+                self.store.timeout_s)
             entries = got[0][1] if got else []
             for entry_id, fields in entries:
                 await self._apply(tenant, entry_id.decode(), fields)
