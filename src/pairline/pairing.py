@@ -56,12 +56,15 @@ POLICIES = ("baseline", "greedy", "diagonal", "priced")
 # Waiting time is counted in units of this many seconds against pairing keys.
 WAIT_UNIT_S = 20.0
 _NO_PAIR = 1e9  # cost of an ineligible pair in a batch
-# Priced pairing: what one second of an agent's idle time is worth, in outcome
-# probability. An agent's price falls by this much for every second it waits
-# idle (see :func:`charge`), so an agent that strong contacts keep busy grows
-# dearer than one left idle until their occupancies meet: 1e-4 prices a strong
-# agent's edge of 5 points of probability at ~8 minutes of idle time.
-IDLE_WORTH = 1e-4
+# Priced pairing: what an agent's idle time is worth, in outcome probability per
+# *cycle* of the queue: the time in which each agent takes one contact on average
+# (agents / decisions per second; about handle time / occupancy). An agent's price
+# falls by this much for every cycle it waits idle (see :func:`charge`), so an
+# agent that strong contacts keep busy grows dearer than one left idle until their
+# occupancies meet. Measured in cycles, the knob is the same for 5-minute calls and
+# 30-second chats: 0.04 prices a strong agent's edge of 5 points of probability at
+# about one cycle and a quarter of idle time.
+IDLE_WORTH = 0.04
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,8 @@ class QueuePairing:
     contact percentiles), the running mean contact input (for agent performance)
     and the agents' performance axis (for contact values)."""
 
-    __slots__ = ("axis", "count", "n", "pos", "rng", "since_sort", "sorted", "values", "xbar")
+    __slots__ = ("axis", "count", "decided", "gap_s", "last_decision", "n", "pos", "rng",
+                 "since_sort", "sorted", "values", "xbar")
 
     def __init__(self, rng: np.random.Generator, capacity: int = 1024) -> None:
         self.values = np.zeros(capacity, dtype=np.float64)
@@ -135,6 +139,26 @@ class QueuePairing:
         self.rng = rng
         self.xbar: np.ndarray | None = None
         self.axis: np.ndarray | None = None
+        # Priced: running mean time between the policy's decisions in the queue.
+        self.decided = 0
+        self.gap_s = 0.0
+        self.last_decision = 0.0
+
+    def idle_worth(self, index: QueueIndex, per_cycle: float = IDLE_WORTH) -> float:
+        """Priced: what one second of idle time is worth now (``per_cycle`` over the
+        queue's cycle, see :data:`IDLE_WORTH`); 0 until two decisions were made."""
+        n = int(index.logged_in.sum())
+        if self.decided < 2 or self.gap_s <= 0 or n == 0:
+            return 0.0
+        return per_cycle / (n * self.gap_s)
+
+    def decision(self, now: float) -> None:
+        """Priced: one more decision at ``now`` (for the cycle's length)."""
+        if self.decided:
+            alpha = max(1.0 / self.decided, 1.0 / 256)
+            self.gap_s += alpha * (max(0.0, now - self.last_decision) - self.gap_s)
+        self.decided += 1
+        self.last_decision = now
 
     def percentile(self, value: float) -> float:
         """Where ``value`` falls among recent contacts, uniform within ties."""
@@ -216,13 +240,15 @@ def contact_price_value(index: QueueIndex, u: np.ndarray, c0: float, logistic: b
     return float((link(raw, logistic) - index.price[rows]).max())
 
 
-def charge(index: QueueIndex, row: int, now: float, idle_worth: float = IDLE_WORTH) -> None:
+def charge(index: QueueIndex, pairing: QueuePairing, row: int, now: float) -> None:
     """Priced: the agent at ``row`` takes a contact at ``now``; its price falls by
-    ``idle_worth`` per second of the idle spell this ends, then every logged-in
-    agent's price is shifted so that prices keep a mean of 0 (a newcomer's 0 is
-    the average). Prices are thus minus ``idle_worth`` times each agent's total
-    idle time, up to a common constant: an integral controller on occupancy."""
-    index.price[row] -= idle_worth * max(0.0, now - float(index.idle_since[row]))
+    the worth of the idle spell this ends (:meth:`QueuePairing.idle_worth`), then
+    every logged-in agent's price is shifted so that prices keep a mean of 0 (a
+    newcomer's 0 is the average). Prices are thus minus the worth of each agent's
+    total idle time, up to a common constant: an integral controller on occupancy."""
+    worth = pairing.idle_worth(index)
+    pairing.decision(now)
+    index.price[row] -= worth * max(0.0, now - float(index.idle_since[row]))
     live = index.logged_in
     if live.any():
         index.price[live] -= index.price[live].mean()
@@ -244,10 +270,12 @@ def choose_agent(
     c0: float,
     pct: float,
     logistic: bool = True,
+    idle_worth: float = 0.0,
 ) -> int:
     """L1: the chosen position in the eligible ``rows`` for one contact (folded into
-    the model as ``u``, ``c0``; ``pct`` its percentile). Each policy turns the rows
-    into keys, lower is better; ties go by the baseline's order."""
+    the model as ``u``, ``c0``; ``pct`` its percentile; ``idle_worth`` what a second
+    of idle time is worth, for priced). Each policy turns the rows into keys, lower
+    is better; ties go by the baseline's order."""
     if policy.name == "greedy" and u is not None:
         keys = np.empty(rows.size, dtype=np.float64)
         kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
@@ -255,7 +283,7 @@ def choose_agent(
         raw = c0 + index.vec[rows].astype(np.float64) @ u.astype(np.float64)
         # The current idle spell counts too: idle_worth * idle_since is, up to the
         # common -idle_worth * now, the part of the price not yet charged.
-        keys = index.price[rows] + IDLE_WORTH * index.idle_since[rows] - link(raw, logistic)
+        keys = index.price[rows] + idle_worth * index.idle_since[rows] - link(raw, logistic)
     else:
         keys = np.zeros(rows.size, dtype=np.float64)
         if policy.name == "diagonal":

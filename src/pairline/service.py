@@ -268,9 +268,11 @@ class Service:
             self._bands(rt, index, scorer, pol, now)
             u, c0 = contact.u, contact.c0
             assert u is not None
-            k = choose_agent(pol, index, rows, u, c0, contact.pct, scorer.logistic)
+            pairing = rt.pairing(index.name)
+            worth = pairing.idle_worth(index) if pol.name == "priced" else 0.0
+            k = choose_agent(pol, index, rows, u, c0, contact.pct, scorer.logistic, worth)
             if pol.name == "priced":
-                charge(index, int(rows[k]), now)
+                charge(index, pairing, int(rows[k]), now)
             choice = Choice(
                 mode=Mode.PAIRED,
                 policy=pol.name,
@@ -436,7 +438,7 @@ class Service:
         chosen = top[j]
         if pol.name == "priced":
             index = rt.routing.queue(chosen.queue)
-            charge(index, index.row_of[agent.agent_id], now)
+            charge(index, rt.pairing(chosen.queue), index.row_of[agent.agent_id], now)
         choice = Choice(
             mode=Mode.PAIRED if xs[j] is not None else Mode.NO_PROFILE,
             policy=pol.name,
