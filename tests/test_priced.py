@@ -36,6 +36,19 @@ class TestAgentSurplus:
             d = await srv.acme.router.RouteContact(contact("c1", customer_key="+1"))
             assert (d.mode, d.agent_id, d.policy) == (M.MODE_PAIRED, "strong", "priced")
 
+    async def test_monitor_mode_records_the_priced_choice(self) -> None:
+        """In monitor mode the decision follows the baseline (longest idle) and the
+        priced choice is the shadow."""
+        async with running(settings(policy="priced", monitor=True)) as srv:
+            await setup_pairing(srv, {"weak": [0, 0, 0], "strong": [1, 0.5, 0]},
+                                {"+1": [1, 0, 0, 0]})
+            await srv.acme.router.SetAgentState(login("weak", "sales"))
+            srv.clock.advance(1)
+            await srv.acme.router.SetAgentState(login("strong", "sales"))
+            d = await srv.acme.router.RouteContact(contact("c1", customer_key="+1"))
+            assert (d.mode, d.agent_id, d.policy) == (M.MODE_BASELINE, "weak", "monitor:priced")
+            assert d.shadow_agent_id == "strong"
+
     @pytest.mark.parametrize("policy", ["priced", "greedy"])
     async def test_idle_time_makes_an_agent_cheaper(self, policy: str) -> None:
         """A contact every 10 s, handled for 9 s: greedy gives every one to the strong
@@ -137,7 +150,7 @@ class TestUtilisation:
         """On a long random sequence priced keeps every agent's share within 25 % of the
         mean while raising the expected outcome over the baseline by more than diagonal."""
         priced, priced_out = await run_queue("priced")
-        diag, diag_out = await run_queue("diagonal")
+        _, diag_out = await run_queue("diagonal")
         base, base_out = await run_queue("baseline")
         assert priced.sum() == base.sum() == 3000
         assert priced.std() / priced.mean() < 0.1

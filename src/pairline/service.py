@@ -271,8 +271,6 @@ class Service:
             pairing = rt.pairing(index.name)
             worth = pairing.idle_worth(index) if pol.name == "priced" else 0.0
             k = choose_agent(pol, index, rows, u, c0, contact.pct, scorer.logistic, worth)
-            if pol.name == "priced":
-                charge(index, pairing, int(rows[k]), now)
             choice = Choice(
                 mode=Mode.PAIRED,
                 policy=pol.name,
@@ -286,6 +284,8 @@ class Service:
                 choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
                 choice.shadow_predicted = choice.predicted
                 choice.predicted = _predict(scorer, index, int(rows[k]), u, c0)
+            if pol.name == "priced":  # the agent that takes the contact ends its idle spell
+                charge(index, pairing, int(rows[k]), now)
         choice.slot_on, choice.compared = slot_on, compared
         agent_id = index.ids[int(rows[k])]
         assert agent_id is not None
