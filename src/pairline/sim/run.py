@@ -61,7 +61,7 @@ from pairline.sim.truth import GroundTruth, fair_ceiling
 from pairline.sim.workload import Workload, streams
 
 SWITCHES = ("service", "pure")
-DEFAULT_POLICIES = ("baseline", "greedy", "diagonal")
+DEFAULT_POLICIES = ("baseline", "greedy", "diagonal", "priced")
 # Builds the switch of one policy run: (policy, setup, seed) -> Switch.
 SwitchFactory = Callable[[PolicySpec, SwitchSetup, int], Switch]
 
