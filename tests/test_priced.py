@@ -97,6 +97,22 @@ class TestContactSurplus:
             assert (d.contact_id, d.mode, d.policy) == ("c2", M.MODE_PAIRED, "priced")
             assert d.predicted_outcome == pytest.approx(0.8, abs=1e-6)
 
+    @pytest.mark.parametrize(("policy", "expected"), [("greedy", "new"), ("priced", "old")])
+    async def test_pairs_within_the_queue_the_baseline_would_serve(
+            self, policy: str, expected: str) -> None:
+        """An agent of two queues: greedy takes the better contact of either queue;
+        priced (whose prices are per queue) pairs within the queue of the oldest
+        contact, so pairing never moves service from one queue to another."""
+        async with running(settings(policy=policy)) as srv:
+            await setup_pairing(srv, {"A": [1, 0, 0]}, {"+low": [0, 0, 0, 0], "+high": [2, 0, 0, 0]})
+            r = srv.acme.router
+            await r.RouteContact(contact("old", queue="support", customer_key="+low"))
+            srv.clock.advance(30)
+            await r.RouteContact(contact("new", queue="sales", customer_key="+high"))
+            await r.SetAgentState(login("A", "sales", "support"))
+            d = await r.AgentReady(rpb.AgentReadyRequest(agent_id="A"))
+            assert d.contact_id == expected
+
     def test_contacts_without_profile_are_indifferent(self) -> None:
         """Reduced costs are >= 0 for profiled contacts; one without a profile gets 0."""
         xs = [np.array([1, 0, 0, 0], np.float32), None]

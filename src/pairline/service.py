@@ -406,6 +406,9 @@ class Service:
         """Contact surplus: choose among ``candidates`` (best first by priority, age)."""
         top = [c for c in candidates if c.priority == candidates[0].priority]
         pol = rt.policy(top[0].queue)
+        if pol.name == "priced":
+            # Prices are per queue: pair within the queue the baseline would serve.
+            top = [c for c in top if c.queue == top[0].queue]
         scorer = rt.scorer
         a = rt.routing.agent_vectors.get(agent.agent_id)
         if pol.name == "baseline" and not rt.config.monitor:
