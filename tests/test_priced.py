@@ -104,7 +104,8 @@ class TestContactSurplus:
         priced (whose prices are per queue) pairs within the queue of the oldest
         contact, so pairing never moves service from one queue to another."""
         async with running(settings(policy=policy)) as srv:
-            await setup_pairing(srv, {"A": [1, 0, 0]}, {"+low": [0, 0, 0, 0], "+high": [2, 0, 0, 0]})
+            await setup_pairing(srv, {"A": [1, 0, 0]},
+                                {"+low": [0, 0, 0, 0], "+high": [2, 0, 0, 0]})
             r = srv.acme.router
             await r.RouteContact(contact("old", queue="support", customer_key="+low"))
             srv.clock.advance(30)

@@ -230,14 +230,22 @@ def link(raw: np.ndarray, logistic: bool) -> np.ndarray:
     return out
 
 
+def _predicted(index: QueueIndex, rows: np.ndarray, u: np.ndarray, c0: float,
+               logistic: bool) -> np.ndarray:
+    """Predicted outcomes of one contact with the agents at ``rows`` (the greedy
+    kernel's scores: agents without a profile get the mean of the others)."""
+    keys = np.empty(rows.size, dtype=np.float64)
+    kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
+    return link(-keys, logistic)
+
+
 def contact_price_value(index: QueueIndex, u: np.ndarray, c0: float, logistic: bool) -> float:
     """Priced: a contact's value, ``max_a (predicted(c, a) - price_a)`` over the
-    queue's logged-in agents (an agent without a profile scores as ``c0``)."""
-    rows = np.flatnonzero(index.logged_in)
+    queue's logged-in agents."""
+    rows = np.flatnonzero(index.logged_in).astype(np.int64)
     if rows.size == 0:
         return 0.0
-    raw = c0 + index.vec[rows].astype(np.float64) @ u.astype(np.float64)
-    return float((link(raw, logistic) - index.price[rows]).max())
+    return float((_predicted(index, rows, u, c0, logistic) - index.price[rows]).max())
 
 
 def charge(index: QueueIndex, pairing: QueuePairing, row: int, now: float) -> None:
@@ -280,10 +288,10 @@ def choose_agent(
         keys = np.empty(rows.size, dtype=np.float64)
         kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
     elif policy.name == "priced" and u is not None:
-        raw = c0 + index.vec[rows].astype(np.float64) @ u.astype(np.float64)
         # The current idle spell counts too: idle_worth * idle_since is, up to the
         # common -idle_worth * now, the part of the price not yet charged.
-        keys = index.price[rows] + idle_worth * index.idle_since[rows] - link(raw, logistic)
+        keys = (index.price[rows] + idle_worth * index.idle_since[rows]
+                - _predicted(index, rows, u, c0, logistic))
     else:
         keys = np.zeros(rows.size, dtype=np.float64)
         if policy.name == "diagonal":
