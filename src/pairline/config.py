@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-POLICIES = ("baseline", "greedy", "diagonal")
+POLICIES = ("baseline", "greedy", "diagonal", "priced")
 
 DEMO_TENANT = "demo"
 DEMO_API_KEY = "demo-key-change-me"

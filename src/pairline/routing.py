@@ -113,6 +113,9 @@ class Contact:
     u: np.ndarray | None = None
     c0: float = 0.0
     pct: float = 0.5
+    # Priced pairing: the contact's best price-adjusted predicted outcome over the
+    # queue's agents at arrival (its dual value; see pairing.contact_price_value).
+    value: float = 0.0
 
     @property
     def key(self) -> tuple[int, float, int, str]:
@@ -153,6 +156,7 @@ class QueueIndex:
         "load",
         "logged_in",
         "name",
+        "price",
         "prof",
         "ready_at",
         "routable",
@@ -178,6 +182,8 @@ class QueueIndex:
         # Diagonal-pairing percentile band of each agent (see pairing.refresh_bands).
         self.lo = np.full(rows, 0.5, dtype=np.float64)
         self.hi = np.full(rows, 0.5, dtype=np.float64)
+        # Priced pairing: each agent's price (see pairing.charge); 0 is the mean.
+        self.price = np.zeros(rows, dtype=np.float64)
         self.bands_dirty = True
         self.bands_at = -1.0
         self._buf = np.empty(rows, dtype=np.int64)
@@ -192,7 +198,7 @@ class QueueIndex:
         self.free_rows.extend(range(new - 1, old - 1, -1))
         for name in (
             "routable", "ready_at", "free", "load", "idle_since", "prof", "logged_in", "vec",
-            "has_vec", "lo", "hi",
+            "has_vec", "lo", "hi", "price",
         ):
             arr = getattr(self, name)
             grown = np.zeros((new, *arr.shape[1:]), dtype=arr.dtype)
@@ -232,6 +238,7 @@ class QueueIndex:
             self.vec[row] = vector
             self.has_vec[row] = True
         self.lo[row] = self.hi[row] = 0.5
+        self.price[row] = 0.0
         self.bands_dirty = True
 
     def remove(self, agent_id: str) -> None:

@@ -42,9 +42,12 @@ from pairline.pairing import (
     QueuePairing,
     Scorer,
     assign_batch,
+    charge,
     choose_agent,
     contact_keys,
+    contact_price_value,
     contact_value,
+    link,
     refresh_bands,
 )
 from pairline.privacy import Pseudonymiser
@@ -252,10 +255,15 @@ class Service:
         is accepted (so a refused request leaves the statistics as they were)."""
         scorer = rt.scorer
         pol = rt.policy(contact.queue)
-        if scorer is None or pol.name != "diagonal":
+        if scorer is None or pol.name not in ("diagonal", "priced"):
             return _nothing
         x = self._x(scorer, contact)
         if x is None:
+            return _nothing
+        if pol.name == "priced":
+            assert contact.u is not None
+            contact.value = contact_price_value(rt.routing.queue(contact.queue), contact.u,
+                                                contact.c0, scorer.logistic)
             return _nothing
         pairing = self._bands(rt, rt.routing.queue(contact.queue), scorer, pol, now)
         assert contact.u is not None
@@ -289,7 +297,9 @@ class Service:
             self._bands(rt, index, scorer, pol, now)
             u, c0 = contact.u, contact.c0
             assert u is not None
-            k = choose_agent(pol, index, rows, u, c0, contact.pct)
+            pairing = rt.pairing(index.name)
+            worth = pairing.idle_worth(index) if pol.name == "priced" else 0.0
+            k = choose_agent(pol, index, rows, u, c0, contact.pct, scorer.logistic, worth)
             choice = Choice(
                 mode=Mode.PAIRED,
                 policy=pol.name,
@@ -303,6 +313,8 @@ class Service:
                 choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
                 choice.shadow_predicted = choice.predicted
                 choice.predicted = _predict(scorer, index, int(rows[k]), u, c0)
+            if pol.name == "priced":  # the agent that takes the contact ends its idle spell
+                charge(index, pairing, int(rows[k]), now)
         choice.slot_on, choice.compared = slot_on, compared
         agent_id = index.ids[int(rows[k])]
         assert agent_id is not None
@@ -456,6 +468,9 @@ class Service:
         """Contact surplus: choose among ``candidates`` (best first by priority, age)."""
         top = [c for c in candidates if c.priority == candidates[0].priority]
         pol = rt.policy(top[0].queue)
+        if pol.name == "priced":
+            # Prices are per queue: pair within the queue the baseline would serve.
+            top = [c for c in top if c.queue == top[0].queue]
         scorer = rt.scorer
         a = rt.routing.agent_vectors.get(agent.agent_id)
         if self.degraded(rt.config.name):
@@ -473,18 +488,24 @@ class Service:
         v, c0 = scorer.fold_agent(a)
         lo = np.empty(len(top))
         hi = np.empty(len(top))
+        price = np.empty(len(top))
         for i, c in enumerate(top):
             index = rt.routing.queue(c.queue)
             self._bands(rt, index, scorer, pol, now)
             row = index.row_of[agent.agent_id]
-            lo[i], hi[i] = index.lo[row], index.hi[row]
+            lo[i], hi[i], price[i] = index.lo[row], index.hi[row], index.price[row]
         waits = [now - c.arrival for c in top]
-        keys, scores = contact_keys(pol, xs, [c.pct for c in top], waits, v, float(c0), (lo, hi))
+        keys, scores = contact_keys(pol, xs, [c.pct for c in top], waits, v, float(c0), (lo, hi),
+                                    values=[c.value for c in top], price=price,
+                                    logistic=scorer.logistic)
         j = int(np.argmin(keys))
         if pol.batch and len(top) > 1:
             j = self._batch(rt, agent, top, xs, keys, pol, scorer, now, j)
         assert scores is not None
         chosen = top[j]
+        if pol.name == "priced":
+            index = rt.routing.queue(chosen.queue)
+            charge(index, rt.pairing(chosen.queue), index.row_of[agent.agent_id], now)
         choice = Choice(
             mode=Mode.PAIRED if xs[j] is not None else Mode.NO_PROFILE,
             policy=pol.name,
@@ -534,7 +555,7 @@ class Service:
         cost[:, 0] = keys
         waits = np.array([now - c.arrival for c in top]) / WAIT_UNIT_S * pol.wait_weight
         scores = None
-        if pol.name == "greedy":
+        if pol.name in ("greedy", "priced"):
             # Contacts without a profile score as their key says; agents without
             # one as zeros (the model's baseline).
             X = np.stack([x if x is not None else np.zeros(scorer.W.shape[0], np.float32)
@@ -548,7 +569,15 @@ class Service:
             rows_ok = [i for i, ids in enumerate(eligible) if other in ids]
             if not rows_ok:
                 continue
-            if scores is not None:
+            if pol.name == "priced":
+                assert scores is not None
+                for i in rows_ok:
+                    index = rt.routing.queue(top[i].queue)
+                    # Reduced cost, as contact_keys gives it (0 without a profile).
+                    cost[i, col] = (top[i].value - float(link(scores[i, col], scorer.logistic))
+                                    + index.price[index.row_of[other]]
+                                    if xs[i] is not None else 0.0) - waits[i]
+            elif scores is not None:
                 for i in rows_ok:
                     s = float(scores[i, col]) if xs[i] is not None else float(-keys[i])
                     cost[i, col] = -s - waits[i]
