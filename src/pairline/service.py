@@ -34,6 +34,7 @@ from pairline.domain import (
     ReleaseReason,
 )
 from pairline.errors import AlreadyExists, InvalidArgument, NotFound
+from pairline.limits import check_deadline
 from pairline.model import Model, load_model
 from pairline.pairing import (
     NO_PAIR,
@@ -282,7 +283,9 @@ class Service:
     def _decide(
         self, rt: TenantRuntime, contact: Contact, agent: Agent, choice: Choice, now: float
     ) -> Decision:
-        """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
+        """Reserve ``agent`` for ``contact`` and build the decision (no awaits).
+        Nothing is reserved once the caller's deadline has passed."""
+        check_deadline("an agent was claimed")
         if not choice.model_version and rt.scorer is not None:
             choice.model_version = rt.scorer.version  # reported on every decision
         decision = Decision(
@@ -308,11 +311,17 @@ class Service:
 
     async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
         ttl_s = rt.config.decision_ttl_days * DAY_S
-        await self.store.record_decision(
-            tenant,
-            DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
-                           context=contact.context),
-        )
+        try:
+            await self.store.record_decision(
+                tenant,
+                DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
+                               context=contact.context),
+            )
+        except BaseException:
+            # Cancelled (caller gone) or the store failed: the decision will not
+            # reach the caller, so its reservation must not outlive this call.
+            self.abandon(tenant, d.decision_id)
+            raise
         log.debug(
             "contact_routed",
             tenant=tenant,
@@ -595,6 +604,18 @@ class Service:
         now = self.clock.now()
         rt.routing.expire(now)
         return rt.routing.queue_stats(queue or None, now)
+
+    def abandon(self, tenant: str, decision_id: str) -> bool:
+        """Undo a reservation whose caller is gone (cancelled, or its deadline passed
+        before the decision reached it): as if the offer had timed out at once, the
+        agent is free again and the contact waits in its place. False when the
+        decision holds no reservation (already confirmed, released or expired)."""
+        rt = self.tenants.get(tenant)
+        if rt is None or decision_id not in rt.routing.reservations:
+            return False
+        rt.routing.release(decision_id, ReleaseReason.NOT_CONNECTED, self.clock.now())
+        log.info("decision_abandoned", tenant=tenant, decision_id=decision_id)
+        return True
 
     def expire_all(self) -> int:
         """Release timed-out reservations of every tenant (the periodic sweep)."""
