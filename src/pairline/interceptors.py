@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from pairline.errors import (
+    Code,
     DeadlineExceeded,
     InvalidArgument,
     PairlineError,
@@ -62,6 +64,25 @@ def to_rpc_status(exc: PairlineError) -> status_pb2.Status:
 
 def internal_status() -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error (logged)")
+
+
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+# Refusals a flood produces are logged at most once per second per method and
+# code (with the number left out), so that logging does not amplify the flood.
+_FLOOD_CODES = frozenset({Code.RESOURCE_EXHAUSTED, Code.UNAUTHENTICATED})
+_last_logged: dict[tuple[str, int], list[float]] = {}
+
+
+def _sampled(method: str, code: int) -> int:
+    """-1 to skip this log line; else how many were skipped since the last one."""
+    now = time.monotonic()
+    seen = _last_logged.setdefault((method, code), [-1.0, 0.0])
+    if now - seen[0] < 1.0:
+        seen[1] += 1
+        return -1
+    skipped = int(seen[1])
+    seen[0], seen[1] = now, 0.0
+    return skipped
 
 
 def _bearer(metadata: Any) -> str | None:
@@ -174,7 +195,12 @@ class Guard:
 
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
             if isinstance(exc, PairlineError):
-                log.info("rpc_rejected", method=method, code=exc.code.name, error=exc.message)
+                n = _sampled(method, exc.code) if exc.code in _FLOOD_CODES else 0
+                if n >= 0:
+                    log.info("rpc_rejected", method=method, code=exc.code.name,
+                             error=exc.message, **({"suppressed": n} if n > 0 else {}))
+                if exc.field is None:  # no details to attach: the cheaper path
+                    await context.abort(_GRPC_CODES[exc.code], exc.message)
                 await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
             log.error("rpc_failed", method=method, exc_info=exc)
             await context.abort_with_status(rpc_status.to_status(internal_status()))
