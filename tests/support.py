@@ -28,6 +28,7 @@ from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.config import Settings, TenantConfig, hash_api_key
 from pairline.security import ApiKey
 from pairline.server import PairlineServer
+from pairline.stores import Store
 from pairline.testing import FakeClock
 
 KEYS = {"acme": "acme-key-0123456789", "globex": "globex-key-0123456789"}
@@ -117,9 +118,10 @@ class Running:
 
 
 @asynccontextmanager
-async def running(cfg: Settings | None = None, clock: FakeClock | None = None) -> AsyncIterator[Running]:
+async def running(cfg: Settings | None = None, clock: FakeClock | None = None,
+                  store: Store | None = None) -> AsyncIterator[Running]:
     clock = clock or FakeClock()
-    server = PairlineServer(cfg or settings(), clock=clock)
+    server = PairlineServer(cfg or settings(), clock=clock, store=store)
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
     try:
