@@ -28,7 +28,6 @@ import dataclasses
 import os
 import queue
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -197,8 +196,9 @@ def invariant_problems(r: TenantRouting) -> list[str]:
             counts[c.channel - 1] += 1
         for cid, did in a.connected.items():
             c = r.contacts.get(cid)
-            if c is None or c.state is not ContactState.CONNECTED:
-                out.append(f"{a.agent_id}: connected {cid} not a connected contact")
+            if c is None or c.state is not ContactState.CONNECTED or c.decision is None \
+                    or c.decision.decision_id != did:
+                out.append(f"{a.agent_id}: connected {cid} ({did}) does not match the contact")
                 continue
             if cid in held:
                 out.append(f"contact {cid} held by {held[cid]} and {a.agent_id}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any
 
 import grpc
@@ -290,10 +290,13 @@ def leaks(answer: Any, w: World, sent: list[Any]) -> list[str]:
 class TestEveryRpcOfAnotherTenant:
     def test_every_rpc_is_attacked(self) -> None:
         """Each pairline RPC appears in ATTACKS (so a new RPC cannot be forgotten)."""
-        from pairline.server import SERVICE_NAMES
         from pairline._proto.pairline.v1 import (
-            insights_pb2, privacy_pb2, profiles_pb2, router_pb2,
+            insights_pb2,
+            privacy_pb2,
+            profiles_pb2,
+            router_pb2,
         )
+        from pairline.server import SERVICE_NAMES
         methods = {f"{s.name}.{m.name}" for pb in (insights_pb2, privacy_pb2, profiles_pb2,
                                                    router_pb2)
                    for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
@@ -333,10 +336,8 @@ class TestEveryRpcOfAnotherTenant:
         """After globex has tried everything, acme confirms, ends and reports as before."""
         srv, w = shared
         for _, attack, _ in ATTACKS:
-            try:
+            with suppress(grpc.aio.AioRpcError):
                 await attack(srv.globex, w, [])
-            except grpc.aio.AioRpcError:
-                pass
         a = srv.acme.router
         ok = await a.ConfirmDecision(rpb.ConfirmDecisionRequest(decision_id=w.d_ringing))
         assert ok.agent_id == w.reserved
