@@ -13,7 +13,6 @@ answered INTERNAL without internals.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -157,22 +156,11 @@ class Guard:
 
     def __init__(
         self,
-        keys: KeyRing | Callable[[], dict[str, str]],
+        keys: KeyRing,
         limits: Limits | None = None,
         abandon: Callable[[str, Any], None] | None = None,
     ) -> None:
-        """``keys``: the key ring; or (older form) a callable mapping hex SHA-256
-        of each key to its tenant, whose keys get every role."""
-        if not isinstance(keys, KeyRing):
-            legacy = keys
-
-            class _Legacy:
-                def lookup(self, token: str) -> ApiKey | None:
-                    tenant = legacy().get(hashlib.sha256(token.encode()).hexdigest())
-                    return None if tenant is None else ApiKey("0" * 64, tenant,
-                                                              frozenset({"admin"}))
-
-            keys = _Legacy()  # type: ignore[assignment]
+        """``keys`` is consulted per request, so keys change without a restart."""
         self.keys = keys
         self.limits = limits or Limits(1 << 30, ())
         self._abandon = abandon
