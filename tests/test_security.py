@@ -314,3 +314,33 @@ class TestKeyRotation:
         path.write_text('[[keys]]\nsha256 = "nope"\n')
         with pytest.raises(ValueError):
             PairlineServer(dataclasses.replace(settings(), keys_file=str(path)))
+
+
+class TestServeProcess:
+    async def test_sighup_reloads_the_keys_file(self, tmp_path: Path) -> None:
+        """`pairline serve` with a keys_file takes a new key on SIGHUP (no restart), and
+        a revoked key stops working; the process keeps serving."""
+        import signal
+
+        from test_server_lifecycle import clean_env, serving, write_config
+
+        keys_file = tmp_path / "keys.toml"
+        TestKeyRotation.put(keys_file, ("old-key-0123456789", "switch"))
+        write_config(tmp_path / "pairline.toml", keys_file=str(keys_file), keys_reload_s=3600.0)
+        text = (tmp_path / "pairline.toml").read_text().replace('name = "plain"', 'name = "acme"')
+        (tmp_path / "pairline.toml").write_text(text)
+        async with serving(tmp_path, "--config", str(tmp_path / "pairline.toml"),
+                           "--listen", "127.0.0.1:0", env=clean_env()) as p:
+            async with grpc.aio.insecure_channel(p.address) as ch:
+                old, new = Client(ch, "old-key-0123456789"), Client(ch, "new-key-0123456789")
+                assert await TestKeyRotation.code_of(old) is grpc.StatusCode.NOT_FOUND
+                assert await TestKeyRotation.code_of(new) is UNAUTHENTICATED
+                TestKeyRotation.put(keys_file, ("new-key-0123456789", "switch"))
+                p.proc.send_signal(signal.SIGHUP)
+                for _ in range(100):
+                    if await TestKeyRotation.code_of(new) is grpc.StatusCode.NOT_FOUND:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await TestKeyRotation.code_of(new) is grpc.StatusCode.NOT_FOUND
+                assert await TestKeyRotation.code_of(old) is UNAUTHENTICATED
+            assert await p.terminate() == 0
