@@ -54,7 +54,14 @@ from pairline.testing import FakeClock
 
 SCALE = float(os.environ.get("PAIRLINE_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("PAIRLINE_FUZZ_RANDOM", "") not in ("", "0")
-SEQ_KEY = "seq-key-0123456789"
+# Tenants for event sequences, one per policy family; reset before each sequence.
+SEQ_TENANTS: dict[str, dict[str, Any]] = {
+    "seq": {"policy": "greedy", "batch": True},
+    "seqd": {"policy": "diagonal", "benchmark": True, "slot_s": 5.0, "stabilise_s": 1.0,
+             "relax_steps": ((2.0, 40), (10.0, 0)), "skew": 0.5, "wait_weight": 1.0},
+    "seqm": {"policy": "diagonal", "monitor": True, "batch": False},
+    "seqb": {"policy": "baseline"},
+}
 BAD = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 CASES: Counter[str] = Counter()  # hypothesis examples, by test
 EVENTS: Counter[str] = Counter()  # events sent on Connect streams
@@ -118,9 +125,10 @@ def fuzz_config() -> Settings:
         tenants=(
             tenant("acme", policy="diagonal", benchmark=True, slot_s=60.0, stabilise_s=0.0),
             tenant("globex", monitor=True, policy="greedy"),
-            dataclasses.replace(tenant("acme", policy="greedy", batch=True), name="seq",
-                                api_key_sha256=(hash_api_key(SEQ_KEY),),
-                                secret="seq-secret-0123456789", max_waiting=50),
+            *(dataclasses.replace(tenant("acme", **kw), name=name,
+                                  api_key_sha256=(hash_api_key(f"{name}-key-0123456789"),),
+                                  secret=f"{name}-secret-0123456789", max_waiting=50)
+              for name, kw in SEQ_TENANTS.items()),
         ),
     )
 
@@ -130,7 +138,7 @@ def ts() -> Iterator[ThreadServer]:
     configure("warning", json=True, cache=False)  # 10,000 rejections need no log lines
     server = ThreadServer(fuzz_config())
     try:
-        for name in ("acme", "globex", "seq"):
+        for name in ("acme", "globex", *SEQ_TENANTS):
             server.call(server.server.service.upload_model(name, model_file("m1"), True))
         yield server
     finally:
@@ -358,7 +366,8 @@ for _name, _cls in vars(_cpb).items():
 
 READS = {"GetAgentState", "GetQueueStats", "GetModelInfo", "GetBenchmarkReport",
          "ExportHistory", "GetDeletion", "ListDeletions"}
-TENANT_KEYS = {"acme": KEYS["acme"], "globex": KEYS["globex"], "seq": SEQ_KEY}
+TENANT_KEYS = {"acme": KEYS["acme"], "globex": KEYS["globex"],
+               **{name: f"{name}-key-0123456789" for name in SEQ_TENANTS}}
 
 
 def invoke(ts: ThreadServer, path: str, m: Any, requests: list[Any], key: str,
@@ -437,6 +446,46 @@ class TestEveryRpc:
         run()
 
 
+    def test_random_credentials(self, ts: ThreadServer) -> None:
+        """Random authorization headers (none, several, near-misses of a real key):
+        UNAUTHENTICATED or, for exactly a valid key, an answer; nothing changes when
+        refused."""
+        from pairline._proto.pairline.v1 import router_pb2_grpc
+
+        stub = router_pb2_grpc.RouterStub(ts.channel)
+        real = KEYS["acme"]
+        printable = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=60)
+
+        @fuzz_settings(300)
+        @given(values=st.lists(st.one_of(
+            printable, st.builds(lambda t: f"Bearer {t}", printable),
+            st.sampled_from([f"Bearer {real}", f"bearer {real}", f"Bearer  {real}",
+                             f"Bearer {real[:-1]}", f"Bearer {real}x", "Bearer", real,
+                             f"Basic {real}", f"Bearer {real.upper()}"])), max_size=3))
+        def run(values: list[str]) -> None:
+            md = tuple(("authorization", v) for v in values)
+            before = all_digests(ts)
+            try:
+                stub.SetAgentState(rpb.SetAgentStateRequest(
+                    agent_id="cred-probe", status=rpb.AGENT_STATUS_AWAY,
+                    queues=[rpb.QueueMembership(queue="cred", proficiency=1)],
+                    capacities=[rpb.ChannelCapacity(channel=1, capacity=1)]),
+                    metadata=md, timeout=10)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+            first = values[0] if values else ""
+            scheme, _, token = first.partition(" ")
+            valid = scheme.lower() == "bearer" and token.strip() == real
+            assert code is (grpc.StatusCode.OK if valid else grpc.StatusCode.UNAUTHENTICATED), \
+                (values, code)
+            if not valid:
+                assert all_digests(ts) == before
+            CASES["credentials"] += 1
+
+        run()
+
+
 # --------------------------------------------------------- Connect sequences
 AGENTS = ["a0", "a1", "a2", "a3"]
 CONTACTS = ["c0", "c1", "c2", "c3", "c4", "c5"]
@@ -452,7 +501,7 @@ def switch_steps(draw: Any) -> list[tuple[str, Any]]:
     for _ in range(draw(st.integers(1, 24))):
         kind = draw(st.sampled_from(
             ["route", "route", "route", "ready", "state", "state", "confirm", "release",
-             "end", "end", "outcome", "tick", "random"]))
+             "end", "end", "outcome", "tick", "random", "profiles"]))
         if kind == "route":
             steps.append((kind, dict(
                 contact_id=draw(st.sampled_from(CONTACTS)), queue=draw(st.sampled_from(QUEUES)),
@@ -475,6 +524,15 @@ def switch_steps(draw: Any) -> list[tuple[str, Any]]:
         elif kind == "end":
             steps.append((kind, (draw(st.sampled_from(CONTACTS)), draw(st.integers(1, 4)),
                                  draw(st.sampled_from([0, 0, 5000])))))
+        elif kind == "profiles":
+            unit = st.floats(-2, 2, width=32)
+            steps.append((kind, (
+                draw(st.lists(st.tuples(st.sampled_from(["k1", "k2"]),
+                                        st.lists(unit, min_size=4, max_size=4)), min_size=1,
+                              max_size=2, unique_by=lambda t: t[0])),
+                draw(st.lists(st.tuples(st.sampled_from(AGENTS),
+                                        st.lists(unit, min_size=3, max_size=3)), min_size=1,
+                              max_size=4, unique_by=lambda t: t[0])))))
         elif kind == "tick":
             steps.append((kind, draw(st.sampled_from([0.5, 3.0, 6.0, 20.0]))))
         else:
@@ -515,16 +573,16 @@ def event_of(kind: str, p: Any, decisions: list[str], i: int) -> rpb.SwitchEvent
     return ev
 
 
-def reset_seq(ts: ThreadServer) -> None:
-    """A fresh 'seq' tenant for each sequence (routing and store), model kept active."""
+def reset_seq(ts: ThreadServer, who: str = "seq") -> None:
+    """A fresh sequence tenant for each sequence (routing and store), model kept active."""
     service = ts.server.service
 
     def fresh() -> None:
-        old = service.tenants["seq"]
+        old = service.tenants[who]
         rt = TenantRuntime(old.config, np.random.default_rng(1))
         rt.scorer = old.scorer
-        service.tenants["seq"] = rt
-        store_t = service.store._tenants.get("seq")  # type: ignore[attr-defined]
+        service.tenants[who] = rt
+        store_t = service.store._tenants.get(who)  # type: ignore[attr-defined]
         if store_t is not None:
             store_t.customers.clear()
             store_t.agents.clear()
@@ -536,11 +594,12 @@ def reset_seq(ts: ThreadServer) -> None:
 class Lockstep:
     """A Connect stream where the test sends one event and reads its reply."""
 
-    def __init__(self, ts: ThreadServer) -> None:
+    def __init__(self, ts: ThreadServer, who: str = "seq") -> None:
         self._q: queue.Queue[Any] = queue.Queue()
         stub = router_pb2_grpc_stub(ts.channel)
         self._replies = stub.Connect(iter(self._q.get, None),
-                                     metadata=(("authorization", f"Bearer {SEQ_KEY}"),),
+                                     metadata=(("authorization",
+                                                f"Bearer {TENANT_KEYS[who]}"),),
                                      timeout=60)
 
     def send(self, event: rpb.SwitchEvent) -> rpb.SwitchReply:
@@ -568,11 +627,16 @@ class TestConnectSequences:
         invented; every decision recorded."""
         service = ts.server.service
 
+        from pairline._proto.pairline.v1 import profiles_pb2_grpc
+
+        profiles = profiles_pb2_grpc.ProfilesStub(ts.channel)
+
         @fuzz_settings(450)
-        @given(steps=switch_steps())
-        def run(steps: list[tuple[str, Any]]) -> None:
-            reset_seq(ts)
-            stream = Lockstep(ts)
+        @given(steps=switch_steps(), who=st.sampled_from(list(SEQ_TENANTS)))
+        def run(steps: list[tuple[str, Any]], who: str) -> None:
+            reset_seq(ts, who)
+            stream = Lockstep(ts, who)
+            md = (("authorization", f"Bearer {TENANT_KEYS[who]}"),)
             decisions: list[str] = []
             live: set[str] = set()
             try:
@@ -581,15 +645,26 @@ class TestConnectSequences:
                         ts.clock.advance(p)
                         ts.run(service.expire_all)
                         continue
+                    if kind == "profiles":
+                        customers, agents = p
+                        profiles.UpsertCustomerProfiles(iter([profiles_pb2.CustomerProfileBatch(
+                            profiles=[profiles_pb2.CustomerProfile(
+                                customer_key=k, vector=v, version=i, source_time_ms=i + 1)
+                                for k, v in customers])]), metadata=md, timeout=10)
+                        profiles.UpsertAgentProfiles(profiles_pb2.AgentProfileBatch(
+                            profiles=[profiles_pb2.AgentProfile(
+                                agent_id=a, vector=v, version=i, source_time_ms=i + 1)
+                                for a, v in agents]), metadata=md, timeout=10)
+                        continue
                     ev = event_of(kind, p, decisions, i)
-                    before = ts.run(lambda: digest(ts, "seq"))
+                    before = ts.run(lambda: digest(ts, who))
                     reply = stream.send(ev)
                     EVENTS["Connect"] += 1
                     assert reply.request_id == ev.request_id
                     which = reply.WhichOneof("reply")
                     if which == "error":
                         assert reply.error.code not in (13, 2), (ev, reply)
-                        after = ts.run(lambda: digest(ts, "seq"))
+                        after = ts.run(lambda: digest(ts, who))
                         assert after == before, (ev, reply.error)
                     else:
                         kind_sent = ev.WhichOneof("event")
@@ -603,20 +678,20 @@ class TestConnectSequences:
                             live.add(d.contact_id)
 
                             def spare(d: Any = d) -> bool:
-                                a = service.tenants["seq"].routing.agents[d.agent_id]
+                                a = service.tenants[who].routing.agents[d.agent_id]
                                 c = Channel(d.channel) - 1
                                 return a.in_use[c] <= a.capacity[c]
 
                             assert ts.run(spare), f"{d.agent_id} over capacity"
-                    problems = ts.run(lambda: invariant_problems(service.tenants["seq"].routing))
+                    problems = ts.run(lambda: invariant_problems(service.tenants[who].routing))
                     assert not problems, (ev, problems)
                 assert stream.close() is grpc.StatusCode.OK
             finally:
                 stream.close()
 
             def lost_and_recorded() -> tuple[set[str], set[str], list[str]]:
-                r = service.tenants["seq"].routing
-                kept = service.store._tenants.get("seq")  # type: ignore[attr-defined]
+                r = service.tenants[who].routing
+                kept = service.store._tenants.get(who)  # type: ignore[attr-defined]
                 recorded = set(kept.decisions) if kept is not None else set()
                 return set(r.contacts), recorded, decisions
 
@@ -631,13 +706,14 @@ class TestConnectSequences:
         """ConnectBatch with random batches (random events, sizes): one reply per
         event, never INTERNAL/UNKNOWN, invariants hold."""
         stub = router_pb2_grpc_stub(ts.channel)
-        md = (("authorization", f"Bearer {SEQ_KEY}"),)
 
         @fuzz_settings(250)
         @given(batches=st.lists(st.lists(messages(rpb.SwitchEvent.DESCRIPTOR), max_size=6),
-                                min_size=1, max_size=3))
-        def run(batches: list[list[rpb.SwitchEvent]]) -> None:
-            reset_seq(ts)
+                                min_size=1, max_size=3),
+               who=st.sampled_from(list(SEQ_TENANTS)))
+        def run(batches: list[list[rpb.SwitchEvent]], who: str) -> None:
+            reset_seq(ts, who)
+            md = (("authorization", f"Bearer {TENANT_KEYS[who]}"),)
             replies = list(stub.ConnectBatch(
                 iter([rpb.SwitchEventBatch(events=b) for b in batches]), metadata=md,
                 timeout=30))

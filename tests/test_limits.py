@@ -130,6 +130,27 @@ class TestConcurrency:
             assert (await srv.acme.router.RouteContact(contact("c1"))).contact_id == "c1"
 
 
+    async def test_cancelled_calls_release_their_slot(self) -> None:
+        """Streams and calls the client cancels, or that end by deadline, give their slot back."""
+        cfg = dataclasses.replace(settings(), max_concurrent_rpcs=3)
+        async with running(cfg) as srv:
+            for _ in range(3):
+                s = srv.acme.router.Connect()
+                await s.write(rpb.SwitchEvent(request_id="1", route_contact=contact("c1")))
+                await s.read()
+                s.cancel()
+                export = srv.acme.insights.ExportHistory(ipb.ExportHistoryRequest(
+                    outcome="converted"))
+                export.cancel()
+            for _ in range(50):
+                if srv.server.limits.in_flight == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert srv.server.limits.in_flight == 0
+            ok = [await srv.globex.router.RouteContact(contact(f"g{i}")) for i in range(3)]
+            assert len(ok) == 3
+
+
 class TestRate:
     async def test_unary_rate_limit_per_tenant(self) -> None:
         """Past its burst a tenant is RESOURCE_EXHAUSTED with its limit in the message;
@@ -176,7 +197,7 @@ class TestRate:
 class TestFloodIsolation:
     # Stated bound (generous for a shared 2-core CI box): during a flood by another
     # tenant, a tenant's p50 stays under FLOOD_P50_MS and its calls all succeed.
-    FLOOD_P50_MS = 25.0
+    FLOOD_P50_MS = 50.0
 
     async def test_one_tenants_flood_does_not_starve_another(self, tmp_path: Path) -> None:
         """acme floods (another process, 16 calls in flight, rate-limited to 50/s):
