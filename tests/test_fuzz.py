@@ -63,8 +63,10 @@ SEQ_TENANTS: dict[str, dict[str, Any]] = {
     "seqb": {"policy": "baseline"},
 }
 BAD = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 CASES: Counter[str] = Counter()  # hypothesis examples, by test
 EVENTS: Counter[str] = Counter()  # events sent on Connect streams
+ANSWERS: Counter[str] = Counter()  # status codes answered (stream events: error replies)
 
 
 def n(examples: int) -> int:
@@ -406,6 +408,7 @@ def check_call(ts: ThreadServer, path: str, m: Any, requests: list[Any], who: st
     assert_invariants(ts)
     if not raw:
         CASES[name] += 1
+    ANSWERS[("malformed " if raw else "") + code.name] += 1
     return code
 
 
@@ -662,6 +665,8 @@ class TestConnectSequences:
                     EVENTS["Connect"] += 1
                     assert reply.request_id == ev.request_id
                     which = reply.WhichOneof("reply")
+                    ANSWERS["event " + (CODE_NAMES[reply.error.code]
+                                        if which == "error" else "OK")] += 1
                     if which == "error":
                         assert reply.error.code not in (13, 2), (ev, reply)
                         after = ts.run(lambda: digest(ts, who))
@@ -736,6 +741,7 @@ def test_zz_case_count_and_server_alive(ts: ThreadServer) -> None:
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
     ran_all = all(CASES[k] for k in ("malformed", "Connect.sequence", "ConnectBatch.random")) and \
         all(CASES[p.rsplit("/", 1)[1]] for p, _ in METHODS)
-    print(f"fuzz cases: total={sum(CASES.values())} events={dict(EVENTS)}")
+    print(f"fuzz cases: total={sum(CASES.values())} events={dict(EVENTS)} "
+          f"answers={dict(sorted(ANSWERS.items()))}")
     if ran_all and SCALE >= 1:
         assert sum(CASES.values()) >= 10_000, dict(CASES)
