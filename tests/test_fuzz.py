@@ -274,7 +274,8 @@ INT_RANGES = {
 def scalar(f: FieldDescriptor) -> st.SearchStrategy[Any]:
     t = f.type
     if t == FieldDescriptor.TYPE_STRING:
-        return st.one_of(st.sampled_from(IDS), st.sampled_from(WEIRD), st.text(max_size=12))
+        ids = st.sampled_from(IDS)  # weighted: most strings name things that exist
+        return st.one_of(ids, ids, ids, ids, st.sampled_from(WEIRD), st.text(max_size=12))
     if t == FieldDescriptor.TYPE_BYTES:
         return st.one_of(st.sampled_from(MODELS), st.binary(max_size=64))
     if t == FieldDescriptor.TYPE_BOOL:
@@ -284,11 +285,14 @@ def scalar(f: FieldDescriptor) -> st.SearchStrategy[Any]:
         return st.one_of(st.sampled_from([0.0, 1.0, -1.0, 0.5, 1e308, -1e308, 3.5e38]),
                          st.floats(width=width))
     if t == FieldDescriptor.TYPE_ENUM:
-        return st.one_of(st.sampled_from([v.number for v in f.enum_type.values]),
+        numbers = [v.number for v in f.enum_type.values]
+        valid = st.sampled_from([n for n in numbers if n] or numbers)
+        return st.one_of(valid, valid, valid, st.sampled_from(numbers),
                          st.integers(-3, 1000), st.just(2**31 - 1))
     lo, hi = INT_RANGES[t]
     edges = [v for v in (0, 1, -1, 2, 5, 10, 30, 100, 1_700_000_000_000, lo, hi) if lo <= v <= hi]
-    return st.one_of(st.sampled_from(edges), st.integers(lo, hi))
+    small = st.integers(max(lo, 0), min(hi, 100))
+    return st.one_of(small, small, st.sampled_from(edges), st.integers(lo, hi))
 
 
 def field_values(f: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
@@ -319,36 +323,94 @@ def messages(desc: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
     if depth > 3:
         strat: st.SearchStrategy[Message] = st.builds(cls)
     else:
-        parts = {f.name: st.one_of(st.none(), field_values(f, depth)) for f in desc.fields}
+        parts = {f.name: st.one_of(st.none(), *[field_values(f, depth)] * 2)
+                 for f in desc.fields}
 
         def build(values: dict[str, Any]) -> Message:
             msg = cls()
             for name, v in values.items():
-                if v is None:
-                    continue
-                f = desc.fields_by_name[name]
-                target = getattr(msg, name)
-                if f.message_type is not None and f.message_type.GetOptions().map_entry:
-                    for k, val in v.items():
-                        if isinstance(val, Message):
-                            target[k].CopyFrom(val)
-                        else:
-                            target[k] = val
-                elif f.is_repeated:
-                    if f.message_type is not None:
-                        for item in v:
-                            target.add().CopyFrom(item)
-                    else:
-                        target.extend(v)
-                elif f.message_type is not None:
-                    target.CopyFrom(v)
-                else:
-                    setattr(msg, name, v)
+                if v is not None:
+                    put(msg, desc.fields_by_name[name], v)
             return msg
 
         strat = st.fixed_dictionaries(parts).map(build)
     _cache[key] = strat
     return strat
+
+
+def put(msg: Message, f: FieldDescriptor, v: Any) -> None:
+    """Set field ``f`` of ``msg`` to a value drawn by :func:`field_values`."""
+    target = getattr(msg, f.name)
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        for k, val in v.items():
+            if isinstance(val, Message):
+                target[k].CopyFrom(val)
+            else:
+                target[k] = val
+    elif f.is_repeated:
+        if f.message_type is not None:
+            for item in v:
+                target.add().CopyFrom(item)
+        else:
+            target.extend(v)
+    elif f.message_type is not None:
+        target.CopyFrom(v)
+    else:
+        setattr(msg, f.name, v)
+
+
+def templates() -> dict[str, Message]:
+    """A valid request of each kind (by full message name): mutated one or two fields
+    at a time, they reach past validation into the service."""
+    from pairline._proto.pairline.v1 import insights_pb2 as ipb
+    from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+    from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+
+    route = rpb.RouteContactRequest(contact_id="c1", queue="sales", channel=1, priority=1,
+                                    customer_key="k1", context={"x": 0.5})
+    login = rpb.SetAgentStateRequest(
+        agent_id="a1", status=rpb.AGENT_STATUS_AVAILABLE,
+        queues=[rpb.QueueMembership(queue="sales", proficiency=50)],
+        capacities=[rpb.ChannelCapacity(channel=1, capacity=1),
+                    rpb.ChannelCapacity(channel=2, capacity=2)])
+    cprof = ppb.CustomerProfile(customer_key="k1", vector=[0.1, 0.2, 0.3, 0.4], version=1,
+                                source_time_ms=1_700_000_000_000)
+    out: list[Message] = [
+        route, login,
+        rpb.AgentReadyRequest(agent_id="a1"), rpb.GetAgentStateRequest(agent_id="a1"),
+        rpb.ConfirmDecisionRequest(decision_id="d1"),
+        rpb.ReleaseDecisionRequest(decision_id="d1", reason=1),
+        rpb.EndContactRequest(contact_id="c1", reason=rpb.END_REASON_HANDLED),
+        rpb.ReportOutcomeRequest(decision_id="d1", outcomes={"converted": 1.0}),
+        rpb.SwitchEvent(request_id="r", route_contact=route),
+        rpb.SwitchEventBatch(events=[rpb.SwitchEvent(request_id="r", set_agent_state=login),
+                                     rpb.SwitchEvent(request_id="s", route_contact=route)]),
+        cprof, ppb.CustomerProfileBatch(profiles=[cprof]),
+        ppb.AgentProfileBatch(profiles=[ppb.AgentProfile(
+            agent_id="a1", vector=[0.1, 0.2, 0.3], version=1, source_time_ms=1)]),
+        ppb.UploadModelRequest(model=model_file("m2"), activate=True),
+        ppb.ActivateModelRequest(version="m1"),
+        ipb.GetBenchmarkReportRequest(outcome="converted", queue="sales"),
+        ipb.ExportHistoryRequest(outcome="converted"),
+        ipb.GetQueueStatsRequest(queue="sales"),
+        xpb.OptOutRequest(customer_key="k1"),
+    ]
+    return {m.DESCRIPTOR.full_name: m for m in out}
+
+
+@st.composite
+def mutated(draw: Any, template: Message) -> Message:
+    """``template`` with up to two fields replaced by random values or cleared."""
+    msg = type(template)()
+    msg.CopyFrom(template)
+    fields = list(template.DESCRIPTOR.fields)
+    for _ in range(draw(st.integers(0, 2))):
+        f = draw(st.sampled_from(fields))
+        value = draw(st.one_of(st.none(), field_values(f, 1)))
+        msg.ClearField(f.name)
+        if value is not None:
+            put(msg, f, value)
+    return msg
 
 
 _classes: dict[str, type[Message]] = {}
@@ -366,6 +428,7 @@ for _name, _cls in vars(_cpb).items():
     if isinstance(_cls, type) and issubclass(_cls, Message):
         _classes[_cls.DESCRIPTOR.full_name] = _cls
 
+TEMPLATES = templates()
 READS = {"GetAgentState", "GetQueueStats", "GetModelInfo", "GetBenchmarkReport",
          "ExportHistory", "GetDeletion", "ListDeletions"}
 TENANT_KEYS = {"acme": KEYS["acme"], "globex": KEYS["globex"],
@@ -419,6 +482,9 @@ class TestEveryRpc:
         """Random valid-or-not requests to every RPC: never INTERNAL/UNKNOWN, a
         rejected request changes nothing, other tenants never change, invariants hold."""
         inputs = messages(m.input_type)
+        template = TEMPLATES.get(m.input_type.full_name)
+        if template is not None:
+            inputs = st.one_of(inputs, mutated(template))
         requests = st.lists(inputs, min_size=0 if m.client_streaming else 1,
                             max_size=3 if m.client_streaming else 1)
 
