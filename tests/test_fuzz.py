@@ -773,6 +773,71 @@ class TestConnectSequences:
 
         run()
 
+    def test_concurrent_streams(self, ts: ThreadServer) -> None:
+        """Three Connect streams of one tenant at once, their contacts apart, agents and
+        queues shared: every event answered, never INTERNAL/UNKNOWN, each contact held
+        by at most one agent, and exactly the contacts routed and not ended are live."""
+        service = ts.server.service
+
+        def own(steps: list[tuple[str, Any]], k: int) -> list[tuple[str, Any]]:
+            out: list[tuple[str, Any]] = []
+            for kind, p in steps:
+                if kind == "route":
+                    out.append((kind, {**p, "contact_id": f"s{k}-{p['contact_id']}"}))
+                elif kind == "end":
+                    out.append((kind, (f"s{k}-{p[0]}", *p[1:])))
+                elif kind not in ("random", "profiles", "tick"):
+                    out.append((kind, p))
+            return out
+
+        @fuzz_settings(150)
+        @given(plans=st.lists(switch_steps(), min_size=3, max_size=3),
+               who=st.sampled_from(list(SEQ_TENANTS)))
+        def run(plans: list[list[tuple[str, Any]]], who: str) -> None:
+            reset_seq(ts, who)
+            lives: list[set[str]] = [set() for _ in plans]
+            failures: list[BaseException] = []
+
+            def drive(k: int) -> None:
+                stream = Lockstep(ts, who)
+                decisions: list[str] = []
+                try:
+                    for i, (kind, p) in enumerate(own(plans[k], k)):
+                        ev = event_of(kind, p, decisions, i)
+                        reply = stream.send(ev)
+                        EVENTS["Connect.concurrent"] += 1
+                        assert reply.request_id == ev.request_id
+                        which = reply.WhichOneof("reply")
+                        if which == "error":
+                            assert reply.error.code not in (13, 2), (ev, reply)
+                            continue
+                        if kind == "route":
+                            lives[k].add(ev.route_contact.contact_id)
+                        elif kind == "end":
+                            lives[k].discard(ev.end_contact.contact_id)
+                        if which == "decision" and reply.decision.decision_id:
+                            decisions.append(reply.decision.decision_id)
+                    assert stream.close() is grpc.StatusCode.OK
+                except BaseException as exc:  # reported by the main thread
+                    failures.append(exc)
+                    stream.close()
+
+            threads = [threading.Thread(target=drive, args=(k,)) for k in range(len(plans))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            if failures:
+                raise failures[0]
+            problems = ts.run(lambda: invariant_problems(service.tenants[who].routing))
+            assert not problems, problems
+            present = ts.run(lambda: set(service.tenants[who].routing.contacts))
+            live = set().union(*lives)
+            assert present == live, f"lost {live - present}, invented {present - live}"
+            CASES["Connect.concurrent"] += 1
+
+        run()
+
     def test_random_batches(self, ts: ThreadServer) -> None:
         """ConnectBatch with random batches (random events, sizes): one reply per
         event, never INTERNAL/UNKNOWN, invariants hold."""
