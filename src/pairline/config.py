@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pairline.security import ApiKey, build_index, parse_keys, read_tls, tenant_keys
+
 POLICIES = ("baseline", "greedy", "diagonal", "priced")
 
 DEMO_TENANT = "demo"
@@ -70,6 +72,11 @@ class TenantConfig:
     profile_ttl_days: float = 365.0
     max_waiting: int = 100_000
     max_agents: int = 50_000
+    # Overload (see pairline.limits): requests (and stream events) per second,
+    # tokens banked (0: one second's worth), concurrent calls; 0 = unlimited.
+    rate_per_s: float = 0.0
+    rate_burst: float = 0.0
+    max_concurrent_rpcs: int = 0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name or ""):
@@ -111,6 +118,10 @@ class TenantConfig:
             )
         if self.offer_timeout_s <= 0 or self.wrap_up_s < 0:
             raise ValueError(f"tenant {self.name}: offer_timeout_s > 0 and wrap_up_s >= 0")
+        if self.rate_per_s < 0 or self.rate_burst < 0 or self.max_concurrent_rpcs < 0:
+            raise ValueError(
+                f"tenant {self.name}: rate_per_s, rate_burst, max_concurrent_rpcs >= 0"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +142,31 @@ class Settings:
     profile_cache_size: int = 100_000
     # A Redis call that takes longer fails (routing then degrades to the baseline).
     redis_timeout_s: float = 0.25
+    # Transport (see pairline.security): TLS with cert + key; mutual TLS when a
+    # client CA is given too (clients without a certificate it signed cannot call).
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    tls_client_ca_path: str = ""
+    # Keys with roles, re-read when the file changes (polled every keys_reload_s)
+    # and on SIGHUP: add and revoke keys without a restart.
+    keys_file: str = ""
+    keys_reload_s: float = 2.0
+    # Calls in the server at once (streams count while open); beyond: RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 10_000
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
+    # [[keys]]: hashed keys with a tenant and roles (tenants' own keys are admin).
+    keys: tuple[ApiKey, ...] = field(default_factory=tuple)
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:
         return {h: t for t in self.tenants for h in t.api_key_sha256}
 
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        """Every key of the configuration (not the keys file): tenants' keys as admin."""
+        return (*(k for t in self.tenants for k in tenant_keys(t.name, t.api_key_sha256)),
+                *self.keys)
 
-_SCALARS = {f.name: f for f in fields(Settings) if f.name != "tenants"}
+
+_SCALARS = {f.name: f for f in fields(Settings) if f.name not in ("tenants", "keys")}
 
 
 def _coerce(name: str, raw: str, like: Any) -> Any:
@@ -228,14 +257,15 @@ def load_settings(
     if path:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    unknown = set(data) - set(_SCALARS) - {"tenants"}
+    unknown = set(data) - set(_SCALARS) - {"tenants", "keys"}
     if unknown:
         raise ValueError(f"unknown settings in {path}: {sorted(unknown)}")
     for name, value in data.items():
-        if name != "tenants":
+        if name not in ("tenants", "keys"):
             _check_type(name, value, _SCALARS[name].default)
     tenants = tuple(_tenant(t) for t in data.pop("tenants", ()))
-    settings = Settings(tenants=tenants, **data)
+    keys = parse_keys(data.pop("keys", []))
+    settings = Settings(tenants=tenants, keys=keys, **data)
     for name, f in _SCALARS.items():
         raw = env.get(f"PAIRLINE_{name.upper()}")
         if raw is not None:
@@ -251,4 +281,8 @@ def load_settings(
     owners = [h for t in settings.tenants for h in set(t.api_key_sha256)]
     if len(set(owners)) != len(owners):
         raise ValueError("an API key belongs to exactly one tenant")
+    build_index(settings.api_keys(), names)  # unknown tenants, one key twice
+    read_tls(settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path)
+    if settings.max_concurrent_rpcs < 1 or settings.keys_reload_s <= 0:
+        raise ValueError("max_concurrent_rpcs >= 1 and keys_reload_s > 0")
     return settings

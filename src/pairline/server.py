@@ -1,4 +1,4 @@
-"""The grpc.aio server: auth, health, reflection, periodic sweeps, graceful stop."""
+"""The grpc.aio server: TLS, auth, limits, health, reflection, periodic sweeps, graceful stop."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import Guard, GuardedServer
+from pairline.limits import Limits
+from pairline.security import KeyRing, read_tls
 from pairline.service import Service
 from pairline.servicers import (
     InsightsServicer,
@@ -76,8 +78,15 @@ class PairlineServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._degraded = False
-        keys = {h: t.name for t in settings.tenants for h in t.api_key_sha256}
-        self.guard = Guard(lambda: keys)
+        self.keys = KeyRing(settings.api_keys(), [t.name for t in settings.tenants],
+                            settings.keys_file or None)
+        self.limits = Limits(
+            settings.max_concurrent_rpcs,
+            ((t.name, t.rate_per_s, t.rate_burst, t.max_concurrent_rpcs)
+             for t in settings.tenants),
+        )
+        self.router = RouterServicer(self.service, self.limits.take)
+        self.guard = Guard(self.keys, self.limits, self.router.abandon)
 
     @property
     def address(self) -> str:
@@ -98,7 +107,7 @@ class PairlineServer:
             ],
         )
         guarded: Any = GuardedServer(server, self.guard)
-        rpb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), guarded)
+        rpb_grpc.add_RouterServicer_to_server(self.router, guarded)
         ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), guarded)
         xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), guarded)
         ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), guarded)
@@ -107,8 +116,18 @@ class PairlineServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        s = self.settings
+        tls = read_tls(s.tls_cert_path, s.tls_key_path, s.tls_client_ca_path)
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            if tls is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.cert_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = server.add_secure_port(self.settings.listen, creds)
         except RuntimeError as exc:  # grpc's way of saying the bind failed
             raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from None
         if self.port == 0:
@@ -119,6 +138,8 @@ class PairlineServer:
             asyncio.create_task(self._every(self.settings.sweep_interval_s, self._expire)),
             asyncio.create_task(self._every(RETENTION_SWEEP_S, self.service.sweep_retention)),
         ]
+        if s.keys_file:
+            self._tasks.append(asyncio.create_task(self._every(s.keys_reload_s, self._reload)))
         await self._warm()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
@@ -129,6 +150,21 @@ class PairlineServer:
         the kernels compiled (or loaded from the cache), configured models loaded."""
         kernels.warm()
         await self.service.start()
+
+    def reload_keys(self, *, force: bool = False) -> bool:
+        """Re-read the keys file (on change, or always with ``force``: SIGHUP). A bad
+        file is logged and refused; the keys in force stay."""
+        try:
+            changed = self.keys.reload(force=force)
+        except Exception as exc:
+            log.error("keys_reload_failed", path=self.settings.keys_file, error=str(exc))
+            return False
+        if changed:
+            log.info("keys_reloaded", path=self.settings.keys_file, keys=len(self.keys))
+        return changed
+
+    async def _reload(self) -> None:
+        self.reload_keys()
 
     async def _expire(self) -> int:
         n = await self.service.expire_all()
@@ -188,6 +224,7 @@ async def serve(settings: Settings, *, on_started: object = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: no window without them
         loop.add_signal_handler(sig, stop.set)
     server = PairlineServer(settings)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.reload_keys(force=True))
     await server.start()
     if callable(on_started):
         on_started(server)

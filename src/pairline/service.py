@@ -8,6 +8,7 @@ awaiting in between, so a decision is atomic on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -34,6 +35,7 @@ from pairline.domain import (
     ReleaseReason,
 )
 from pairline.errors import AlreadyExists, InvalidArgument, NotFound
+from pairline.limits import check_deadline
 from pairline.model import Model, load_model
 from pairline.pairing import (
     NO_PAIR,
@@ -208,6 +210,7 @@ class Service:
         self.shared = shared
         self.coord: SharedRouting | _Local = shared or _Local()
         self._feed: FeedFollower | None = None
+        self._background: set[asyncio.Future[Any]] = set()
         seeds = np.random.SeedSequence(seed).spawn(len(settings.tenants))
         self.tenants = {
             t.name: TenantRuntime(t, np.random.default_rng(s))
@@ -323,7 +326,9 @@ class Service:
     def _decide(
         self, rt: TenantRuntime, contact: Contact, agent: Agent, choice: Choice, now: float
     ) -> Decision:
-        """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
+        """Reserve ``agent`` for ``contact`` and build the decision (no awaits).
+        Nothing is reserved once the caller's deadline has passed."""
+        check_deadline("an agent was claimed")
         if not choice.model_version and rt.scorer is not None:
             choice.model_version = rt.scorer.version  # reported on every decision
         decision = Decision(
@@ -356,14 +361,21 @@ class Service:
                               context=contact.context)
 
     async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
-        if self.shared is None:
-            await self.store.record_decision(tenant, self._record_of(rt, contact, d))
-        elif self.degraded(tenant) and d.decision_id:
-            # Decided while the shared state was out of reach (the record could not
-            # go with the commit): say so, and keep the record if Redis takes it.
-            d.mode = Mode.DEGRADED
-            d.predicted_outcome = 0.0
-            await self._soft(self.store.record_decision(tenant, self._record_of(rt, contact, d)))
+        try:
+            if self.shared is None:
+                await self.store.record_decision(tenant, self._record_of(rt, contact, d))
+            elif self.degraded(tenant) and d.decision_id:
+                # Decided while the shared state was out of reach (the record could
+                # not go with the commit): say so, and keep it if Redis takes it.
+                d.mode = Mode.DEGRADED
+                d.predicted_outcome = 0.0
+                await self._soft(
+                    self.store.record_decision(tenant, self._record_of(rt, contact, d)))
+        except BaseException:
+            # Cancelled (caller gone) or the store failed: the decision will not
+            # reach the caller, so its reservation must not outlive this call.
+            self.abandon(tenant, d.decision_id)
+            raise
         log.debug(
             "contact_routed",
             tenant=tenant,
@@ -717,6 +729,30 @@ class Service:
         if self.shared is None:  # shared state: the sweeper returns expired offers
             rt.routing.expire(now)
         return rt.routing.queue_stats(queue or None, now)
+
+    def abandon(self, tenant: str, decision_id: str) -> bool:
+        """Undo a reservation whose caller is gone (cancelled, or its deadline passed
+        before the decision reached it): as if the offer had timed out at once, the
+        agent is free again and the contact waits in its place. False when the
+        decision holds no reservation (already confirmed, released or expired).
+        With shared state the release is committed in the background."""
+        rt = self.tenants.get(tenant)
+        if rt is None or decision_id not in rt.routing.reservations:
+            return False
+        log.info("decision_abandoned", tenant=tenant, decision_id=decision_id)
+        if self.shared is None:
+            rt.routing.release(decision_id, ReleaseReason.NOT_CONNECTED, self.clock.now())
+            return True
+
+        def op() -> None:
+            if decision_id in rt.routing.reservations:
+                rt.routing.release(decision_id, ReleaseReason.NOT_CONNECTED, self.clock.now())
+
+        task = asyncio.ensure_future(
+            self.coord.run(tenant, rt.routing, op, decisions=(decision_id,)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
 
     async def expire_all(self) -> int:
         """Release timed-out reservations of every tenant (the periodic sweep)."""

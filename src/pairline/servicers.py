@@ -33,9 +33,16 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_EVENTS_PER_BATCH = 1000
 
 
+def _no_limit(tenant: str) -> None:
+    return None
+
+
 class RouterServicer(rpb_grpc.RouterServicer):
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, admit: Callable[[str], None] = _no_limit) -> None:
+        """``admit(tenant)`` is called per stream event (the tenant's rate limit);
+        it raises to refuse the event."""
         self._s = service
+        self._admit = admit
         # Connect: event field -> handler(event message, tenant) -> (reply field, reply)
         self._events: dict[str, Callable[[Any, str], Awaitable[tuple[str, Any]]]] = {
             "route_contact": self._ev_route,
@@ -86,6 +93,20 @@ class RouterServicer(rpb_grpc.RouterServicer):
         did, outcomes = convert.report_outcome(req, at)
         stored = await self._s.report_outcome(tenant, did, outcomes)
         return rpb.ReportOutcomeResponse(decision_id=did, stored=stored)
+
+    def abandon(self, tenant: str, response: Any) -> None:
+        """Undo the reservations of decisions whose caller is gone (see the guard)."""
+        if isinstance(response, cpb.Decision):
+            decisions = [response]
+        elif isinstance(response, rpb.SwitchReply):
+            decisions = [response.decision] if response.HasField("decision") else []
+        elif isinstance(response, rpb.SwitchReplyBatch):
+            decisions = [r.decision for r in response.replies if r.HasField("decision")]
+        else:
+            return
+        for d in decisions:
+            if d.decision_id:
+                self._s.abandon(tenant, d.decision_id)
 
     # Unary RPCs.
     async def RouteContact(self, request: rpb.RouteContactRequest, context: Ctx) -> cpb.Decision:
@@ -151,6 +172,7 @@ class RouterServicer(rpb_grpc.RouterServicer):
         try:
             rid = convert.text(event.request_id, "request_id", required=False)
             kind = event.WhichOneof("event")
+            self._admit(tenant)
             if kind is None:
                 raise InvalidArgument("event", "one event is required")
             name, reply = await self._events[kind](getattr(event, kind), tenant)
