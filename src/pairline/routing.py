@@ -111,6 +111,8 @@ class Contact:
     u: np.ndarray | None = None
     c0: float = 0.0
     pct: float = 0.5
+    # The customer opted out: routed by the baseline, mode OPTED_OUT, no data.
+    opted_out: bool = False
 
     @property
     def key(self) -> tuple[int, float, int, str]:

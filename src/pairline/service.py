@@ -47,9 +47,10 @@ from pairline.pairing import (
     contact_value,
     refresh_bands,
 )
-from pairline.privacy import Pseudonymiser
+from pairline.privacy_service import Privacy
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
+from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
 
@@ -94,12 +95,11 @@ class UpsertOutcome:
 class TenantRuntime:
     """Everything the service holds for one tenant."""
 
-    __slots__ = ("_default", "_pairings", "_policies", "config", "pseudo", "rng", "routing",
+    __slots__ = ("_default", "_pairings", "_policies", "config", "rng", "routing",
                  "schedule", "scorer")
 
     def __init__(self, config: TenantConfig, rng: np.random.Generator | None = None) -> None:
         self.config = config
-        self.pseudo = Pseudonymiser(config.secret)
         self.routing = TenantRouting(
             max_waiting=config.max_waiting,
             max_agents=config.max_agents,
@@ -177,9 +177,16 @@ def _nothing() -> None:
 
 class Service:
     def __init__(
-        self, settings: Settings, store: Store, clock: Clock, *, seed: int | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        *,
+        seed: int | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
-        """``seed`` makes the service's random draws repeatable (simulations)."""
+        """``seed`` makes the service's random draws repeatable (simulations).
+        ``ledger`` keeps the privacy records (in memory only if not given)."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -192,6 +199,9 @@ class Service:
         # replicas and restarts, and cheaper than a random id per decision).
         self._id_prefix = f"d{secrets.token_hex(6)}-"
         self._ids = itertools.count(1)
+        # Opt-outs, deletions, tombstones, audit (pairline.privacy_service).
+        self.privacy = Privacy(settings, ledger or MemoryLedger(), store, clock,
+                               lambda t: self.tenants[t].routing)
 
     def _rt(self, tenant: str) -> TenantRuntime:
         return self.tenants[tenant]
@@ -283,6 +293,8 @@ class Service:
         self, rt: TenantRuntime, contact: Contact, agent: Agent, choice: Choice, now: float
     ) -> Decision:
         """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
+        if contact.opted_out:  # baseline-routed (no profile): say why
+            choice = Choice(mode=Mode.OPTED_OUT, policy="baseline", slot_on=choice.slot_on)
         if not choice.model_version and rt.scorer is not None:
             choice.model_version = rt.scorer.version  # reported on every decision
         decision = Decision(
@@ -339,10 +351,12 @@ class Service:
 
     async def route_contact(self, tenant: str, req: ContactRequest) -> Decision:
         rt = self._rt(tenant)
-        digest = rt.pseudo.digest(req.customer_key)
+        # Opted out: no digest kept, no profile read (an in-memory set lookup).
+        digests, opted_out = self.privacy.screen(tenant, req.customer_key)
+        digest = digests[0] if digests else ""
         profile = None
         if digest and rt.scorer is not None and rt.wants_profiles(req.queue):
-            row = await self.store.get_customer_profile(tenant, digest, self.clock.now())
+            row = await self.privacy.customer_profile(tenant, digests, self.clock.now())
             profile = row.vector if row is not None else None
         # From here on nothing awaits until the decision is made and reserved.
         now = self.clock.now()
@@ -370,13 +384,14 @@ class Service:
             req.channel,
             req.priority,
             digest,
-            req.context,
+            () if opted_out else req.context,
             req.min_proficiency,
             req.excluded_agent_ids,
             now,
             req.preferred_agent_ids,
         )
         contact.profile = profile
+        contact.opted_out = opted_out
         accepted = self._arrive(rt, contact, now)
         decision = self._route(rt, contact, now)
         if decision is None:
@@ -555,6 +570,11 @@ class Service:
     async def report_outcome(
         self, tenant: str, decision_id: str, outcomes: dict[str, float]
     ) -> bool:
+        """False when the outcome is not stored: the decision was for an
+        opted-out customer (only counted)."""
+        record = await self.store.get_decision(tenant, decision_id, self.clock.now())
+        if self.privacy.withhold_outcome(tenant, record):
+            return False
         if not await self.store.record_outcome(tenant, decision_id, outcomes, self.clock.now()):
             raise NotFound(f"decision {decision_id!r} is not known (or past retention)")
         return True
@@ -602,7 +622,8 @@ class Service:
         return sum(len(rt.routing.expire(now)) for rt in self.tenants.values())
 
     async def sweep_retention(self) -> int:
-        return await self.store.sweep(self.clock.now())
+        now = self.clock.now()
+        return await self.store.sweep(now) + self.privacy.sweep_contacts(now)
 
     # --------------------------------------------------------------- profiles
     @staticmethod
@@ -632,9 +653,18 @@ class Service:
         self, tenant: str, profiles: Sequence[ProfileIn], field: str | None = "profiles"
     ) -> UpsertOutcome:
         rt = self._rt(tenant)
-        rows = self._rows(profiles, rt.config.customer_dim, field, rt.pseudo.digest)
+        keys = self.privacy.tenants[tenant].keys
+        rows = self._rows(profiles, rt.config.customer_dim, field, keys.digest)
         ttl_s = rt.config.profile_ttl_days * DAY_S
-        stale = await self.store.upsert_customer_profiles(tenant, rows, ttl_s, self.clock.now())
+
+        async def write(kept: Sequence[ProfileRow]) -> list[int]:
+            if not kept:
+                return []
+            return await self.store.upsert_customer_profiles(tenant, kept, ttl_s,
+                                                             self.clock.now())
+
+        # Tombstoned customers' older data is refused (and audited) here.
+        stale = await self.privacy.upsert_profiles(tenant, rows, write)
         return UpsertOutcome(len(rows) - len(stale), stale)
 
     async def upsert_agent_profiles(
@@ -683,7 +713,9 @@ class Service:
         log.info("model_activated", tenant=tenant, version=model.version)
 
     async def start(self) -> None:
-        """Load models named in the configuration; restore the active ones."""
+        """Load models named in the configuration; restore the active ones;
+        load the privacy records."""
+        await self.privacy.start()
         for name, rt in self.tenants.items():
             if rt.config.model_path:
                 with open(rt.config.model_path, "rb") as fh:
