@@ -168,7 +168,8 @@ class Settings:
     # is NOT durable (the server warns at start); set it in production.
     data_dir: str = ""
     # How often the deletion worker looks for open tickets, in seconds (it
-    # also wakes at once on a new request).
+    # also wakes at once on a new request). 0: no worker in this process
+    # (a replica that only routes; tickets wait for a process that has one).
     deletion_interval_s: float = 5.0
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
 

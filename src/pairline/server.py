@@ -110,8 +110,9 @@ class PairlineServer:
         ]
         await self._warm()
         # After the privacy records are loaded (in _warm): resumes open tickets.
-        self._tasks.append(asyncio.create_task(
-            self.service.privacy.worker(self.settings.deletion_interval_s)))
+        if self.settings.deletion_interval_s > 0:
+            self._tasks.append(asyncio.create_task(
+                self.service.privacy.worker(self.settings.deletion_interval_s)))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
         return self.port
