@@ -9,7 +9,7 @@ on them change nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -211,7 +211,8 @@ class TestOpenServices:
 
 
 class TestPrivacyNeedsAKey:
-    PRIVACY = [(n, f) for n, f in RPCS if n.startswith("Privacy.")]
+    PRIVACY: ClassVar[list[tuple[str, Call]]] = [
+        (n, f) for n, f in RPCS if n.startswith("Privacy.")]
 
     @pytest.mark.parametrize("rpc", [pytest.param(f, id=n) for n, f in PRIVACY])
     async def test_privacy_rpcs_unauthenticated_without_key(

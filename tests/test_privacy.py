@@ -113,7 +113,7 @@ async def invalid(call: Any, field: str) -> None:
     assert error_field(err.value) == field
 
 
-async def completed(c: Client, ticket_id: str, clock: FakeClock | None = None) -> xpb.DeletionTicket:
+async def completed(c: Client, ticket_id: str) -> xpb.DeletionTicket:
     for _ in range(200):
         t = await c.privacy.GetDeletion(xpb.GetDeletionRequest(ticket_id=ticket_id))
         if t.status == xpb.DELETION_STATUS_COMPLETED:

@@ -34,7 +34,8 @@ _KEY_FIELDS = frozenset({
 # of digits and separators; e-mail addresses. Hex digests and ids are words
 # (letters and digits run together), so the word boundaries leave them alone.
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+[\s().-]*\d(?:[\s().-]*\d){6,14}|\d(?:[\s().-]?\d){8,})(?!\w)"
+    r"(?<![\w+])(?:\+[\s().-]{0,2}\d(?:[\s().-]{0,2}\d){6,14}|\d(?:[\s().-]{0,2}\d){8,})"
+    r"(?!\w)"
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # Keys digested in the current task (a request): scrubbed from its log lines.

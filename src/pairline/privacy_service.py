@@ -12,6 +12,7 @@ same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -431,7 +432,5 @@ class Privacy:
                 await self.run_deletions()
             except Exception:
                 log.exception("deletion_worker_failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval_s)
-            except TimeoutError:
-                pass
