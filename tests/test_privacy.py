@@ -462,6 +462,31 @@ class TestWorkerResumes:
             assert TicketStatus(done.status) is TicketStatus.COMPLETED
 
 
+class TestNotDurableNotAcknowledged:
+    async def test_ledger_failure_is_unavailable_and_changes_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        """When the record cannot be made durable the call is UNAVAILABLE (retry) and
+        nothing takes effect: no opt-out in force, no ticket."""
+        async with server(cfg(tmp_path)) as r:
+            await setup_pairing(r.acme)
+            await r.server.ledger.close()  # every later write fails
+            p = r.acme.privacy
+            calls = [
+                p.OptOut(xpb.OptOutRequest(customer_key=PHONE)),
+                p.BulkOptOut(iter([xpb.BulkOptOutRequest(customer_keys=[PHONE])])),
+                p.RequestDeletion(xpb.RequestDeletionRequest(customer_key=PHONE)),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert r.server.service.privacy.tenants["acme"].suppressed == set()
+            assert (await route(r, r.acme, "c1")).mode == cpb.MODE_PAIRED
+            listed = await p.ListDeletions(xpb.ListDeletionsRequest())
+            assert (list(listed.tickets), listed.open) == ([], 0)
+
+
 # ------------------------------------------------------------------------ amendment
 class TestAmendment:
     async def test_stale_write_never_applied_and_reported(self, tmp_path: Path) -> None:

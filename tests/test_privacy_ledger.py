@@ -99,6 +99,19 @@ class TestTickets:
         await ledger.put_ticket("acme", ticket("del-a", received=30), [])
         assert [t.ticket_id for t in await ledger.tickets("acme")] == ["del-b", "del-a", "del-c"]
 
+    async def test_open_tickets(self, ledger: PrivacyLedger) -> None:
+        """open_tickets() lists the tickets not completed, in received order."""
+        await ledger.put_ticket("acme", ticket("del-2", received=20), [])
+        await ledger.put_ticket("acme", ticket("del-1", received=10), [])
+        await ledger.put_ticket("acme", ticket("del-3", received=30,
+                                               status=TicketStatus.IN_PROGRESS), [])
+        assert [t.ticket_id for t in await ledger.open_tickets("acme")] == \
+            ["del-1", "del-2", "del-3"]
+        await ledger.put_ticket("acme", ticket("del-2", received=20,
+                                               status=TicketStatus.COMPLETED), [])
+        assert [t.ticket_id for t in await ledger.open_tickets("acme")] == ["del-1", "del-3"]
+        assert await ledger.open_tickets("globex") == []
+
     async def test_deleted_at_sets_tombstones(self, ledger: PrivacyLedger) -> None:
         """A ticket with deleted_at_ms tombstones its digest and aliases, never backwards."""
         assert await ledger.tombstones("acme") == {}

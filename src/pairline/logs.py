@@ -39,7 +39,7 @@ _PHONE = re.compile(
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # Keys digested in the current task (a request): scrubbed from its log lines.
-_MAX_NOTED = 64
+_MAX_NOTED = 8
 # Shorter keys would scrub ordinary words; the patterns below still apply.
 _MIN_NOTED = 6
 _noted: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(

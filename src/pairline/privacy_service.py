@@ -21,6 +21,7 @@ import structlog
 
 from pairline.clock import Clock
 from pairline.config import Settings, TenantConfig
+from pairline.domain import Mode
 from pairline.errors import InvalidArgument, NotFound, Unavailable
 from pairline.privacy import KeyRing, deletion_due_ms
 from pairline.routing import TenantRouting
@@ -171,8 +172,6 @@ class Privacy:
     def withhold_outcome(self, tenant: str, record: DecisionRecord | None) -> bool:
         """True (and counted) when an outcome must not be stored: the decision
         was made for an opted-out customer."""
-        from pairline.domain import Mode
-
         if record is not None and record.decision.mode is Mode.OPTED_OUT:
             self._t(tenant).outcomes_withheld += 1
             return True
@@ -284,8 +283,8 @@ class Privacy:
         async with tp.lock:
             now = self.clock.now()
             digests = tp.keys.digests(customer_key, now)
-            for t in await self.ledger.tickets(tenant):
-                if t.open and t.digest == digests[0]:
+            for t in await self.ledger.open_tickets(tenant):
+                if t.digest == digests[0]:
                     return t  # one open ticket per customer: a retry gets the same
             now_ms = _ms(now)
             ticket = Ticket(
@@ -414,13 +413,16 @@ class Privacy:
         done = 0
         now_ms = _ms(self.clock.now())
         for name in self.tenants:
-            for t in await self.ledger.tickets(name):
-                if t.open:
-                    if t.overdue(now_ms):
-                        log.warning("deletion_overdue", tenant=name, ticket_id=t.ticket_id,
-                                    due_at_ms=t.due_at_ms)
+            for t in await self.ledger.open_tickets(name):
+                if t.overdue(now_ms):
+                    log.warning("deletion_overdue", tenant=name, ticket_id=t.ticket_id,
+                                due_at_ms=t.due_at_ms)
+                try:
                     await self.carry_out(name, t)
-                    done += 1
+                except Exception:  # one ticket's trouble does not hold up the others
+                    log.exception("deletion_failed", tenant=name, ticket_id=t.ticket_id)
+                    continue
+                done += 1
         return done
 
     async def worker(self, interval_s: float) -> None:

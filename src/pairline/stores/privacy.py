@@ -131,6 +131,11 @@ class PrivacyLedger(Protocol):
     async def tickets(self, tenant: str) -> list[Ticket]:
         """Every ticket of the tenant, in (received_at_ms, ticket_id) order."""
 
+    async def open_tickets(self, tenant: str) -> list[Ticket]:
+        """The tenant's tickets not yet completed, in the same order (the
+        worker's and RequestDeletion's lookup: keep it cheap, e.g. a set of
+        open ids on Redis)."""
+
     async def tombstones(self, tenant: str) -> dict[str, int]:
         """digest -> deletion time (unix ms) of every deleted customer (a copy)."""
 
@@ -230,6 +235,9 @@ class MemoryLedger:
     async def tickets(self, tenant: str) -> list[Ticket]:
         return sorted(self._t(tenant).tickets.values(),
                       key=lambda k: (k.received_at_ms, k.ticket_id))
+
+    async def open_tickets(self, tenant: str) -> list[Ticket]:
+        return [t for t in await self.tickets(tenant) if t.open]
 
     async def tombstones(self, tenant: str) -> dict[str, int]:
         return dict(self._t(tenant).tombstones)
