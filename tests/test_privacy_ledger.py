@@ -204,6 +204,18 @@ class TestFileLedger:
         assert await led.opt_outs("acme") == set()
         assert path.read_bytes() == b""
 
+    async def test_one_process_per_file(self, tmp_path: Path) -> None:
+        """A second ledger on a file in use is refused; once closed it opens."""
+        path = tmp_path / "p.jsonl"
+        led = FileLedger(path)
+        await led.set_opt_outs("acme", [D1], True, [])
+        with pytest.raises(OSError, match="in use"):
+            FileLedger(path)
+        await led.close()
+        again = FileLedger(path)
+        assert await again.opt_outs("acme") == {D1}
+        await again.close()
+
     async def test_file_holds_digests_only(self, tmp_path: Path) -> None:
         """Every line is one JSON record naming its tenant and kind."""
         path = tmp_path / "p.jsonl"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -280,8 +281,14 @@ class FileLedger(MemoryLedger):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = asyncio.Lock()
-        good = self._replay()
         self._fh = open(self.path, "ab")  # noqa: SIM115 (kept open for the process's life)
+        try:
+            # One process per file: a second writer would diverge from the first.
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise OSError(f"{self.path} is in use by another pairline process") from None
+        good = self._replay()
         if self._fh.tell() != good:
             self._fh.truncate(good)
             os.fsync(self._fh.fileno())
