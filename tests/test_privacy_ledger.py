@@ -216,6 +216,30 @@ class TestFileLedger:
         assert await again.opt_outs("acme") == {D1}
         await again.close()
 
+    async def test_compaction_keeps_state_and_audit_sequence(self, tmp_path: Path) -> None:
+        """A file of many superseded records is rewritten at open as a snapshot: the
+        same opt-outs, tickets, tombstones, secret id and audit (same seq), fewer
+        lines; later writes continue the sequence and survive another reopen."""
+        path = tmp_path / "p.jsonl"
+        led = FileLedger(path)
+        await fill(led)
+        for i in range(30):  # a ticket rewritten many times, opt-outs flapping
+            await led.put_ticket("acme", ticket("del-9", D3, received=2000 + i), [])
+            await led.set_opt_outs("acme", [D3], i % 2 == 0, [])
+        before = await snapshot(led)
+        await led.close()
+        lines = len(path.read_text().splitlines())
+        again = FileLedger(path, compact_min=10)
+        assert await snapshot(again) == before
+        assert len(path.read_text().splitlines()) < lines // 4
+        await again.append_audit("acme", [AuditEntry(9, AUDIT_STALE_REFUSED, digest=D2)])
+        await again.close()
+        third = FileLedger(path, compact_min=10_000)
+        entries = await third.audit("acme", 0, 100)
+        assert [e.seq for e in entries] == [1, 2, 3] and entries[-1].digest == D2
+        assert (await third.get_ticket("acme", "del-9")) == ticket("del-9", D3, received=2029)
+        await third.close()
+
     async def test_file_holds_digests_only(self, tmp_path: Path) -> None:
         """Every line is one JSON record naming its tenant and kind."""
         path = tmp_path / "p.jsonl"

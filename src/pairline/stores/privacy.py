@@ -43,6 +43,10 @@ class TicketStatus(IntEnum):
     COMPLETED = 3
 
 
+# The file ledger is compacted at open from this many records on.
+COMPACT_MIN_RECORDS = 10_000
+AUDIT_PER_RECORD = 10_000
+
 # Purge steps, in order; a ticket records the last one durably done.
 STEP_RECEIVED = "received"
 STEP_TOMBSTONED = "tombstoned"
@@ -276,29 +280,38 @@ class FileLedger(MemoryLedger):
     block on fsync.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, compact_min: int = COMPACT_MIN_RECORDS) -> None:
+        """Open (creating) and replay ``path``. When it holds at least
+        ``compact_min`` records and more than twice the records of a snapshot,
+        it is rewritten as that snapshot first (same state, same audit
+        sequence), so the file and the start time do not grow without bound."""
         super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = asyncio.Lock()
-        self._fh = open(self.path, "ab")  # noqa: SIM115 (kept open for the process's life)
+        # One process per file: a second writer would diverge from the first.
+        # The lock is on a file of its own, which compaction never replaces.
+        self._lock_fh = open(self.path.with_name(self.path.name + ".lock"), "ab")  # noqa: SIM115
         try:
-            # One process per file: a second writer would diverge from the first.
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._fh.close()
+            self._lock_fh.close()
             raise OSError(f"{self.path} is in use by another pairline process") from None
-        good = self._replay()
+        self._fh = open(self.path, "ab")  # noqa: SIM115 (kept open for the process's life)
+        good, records = self._replay()
         if self._fh.tell() != good:
             self._fh.truncate(good)
             os.fsync(self._fh.fileno())
+        if records >= compact_min and records > 2 * len(self._snapshot()):
+            self._fh.close()
+            self._compact()
+            self._fh = open(self.path, "ab")  # noqa: SIM115
         self._fsync_dir()
 
-    def _replay(self) -> int:
-        """Apply every whole record; returns the byte length of the good prefix."""
-        if not self.path.exists():
-            return 0
-        good = 0
+    def _replay(self) -> tuple[int, int]:
+        """Apply every whole record; returns the byte length of the good prefix
+        and the number of records."""
+        good = records = 0
         with open(self.path, "rb") as fh:
             for line in fh:
                 if not line.endswith(b"\n"):
@@ -311,7 +324,37 @@ class FileLedger(MemoryLedger):
                     break
                 self._apply(rec)
                 good += len(line)
-        return good
+                records += 1
+        return good, records
+
+    def _snapshot(self) -> list[dict[str, Any]]:
+        """Records that rebuild the current state exactly (tombstones come from
+        the tickets' deletion times; audit entries keep their order, so their
+        sequence numbers)."""
+        out: list[dict[str, Any]] = []
+        for name, t in self._tenants.items():
+            if t.opt_outs:
+                out.append({"tenant": name, "kind": "opt_outs", "on": True,
+                            "digests": sorted(t.opt_outs)})
+            out.extend({"tenant": name, "kind": "ticket", "ticket": k.to_json()}
+                       for k in t.tickets.values())
+            if t.secret_id:
+                out.append({"tenant": name, "kind": "secret", "secret_id": t.secret_id})
+            for i in range(0, len(t.audit), AUDIT_PER_RECORD):
+                chunk = t.audit[i:i + AUDIT_PER_RECORD]
+                out.append({"tenant": name, "kind": "audit", "audit": self._audit(chunk)})
+        return out
+
+    def _compact(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".compact")
+        with open(tmp, "wb") as fh:
+            for rec in self._snapshot():
+                fh.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self._fsync_dir()
+        log.info("privacy_ledger_compacted", path=str(self.path))
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path.parent, os.O_RDONLY)
@@ -349,3 +392,4 @@ class FileLedger(MemoryLedger):
         async with self._lock:
             if not self._fh.closed:
                 self._fh.close()
+                self._lock_fh.close()
