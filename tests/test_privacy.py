@@ -487,6 +487,45 @@ class TestNotDurableNotAcknowledged:
             assert (list(listed.tickets), listed.open) == ([], 0)
 
 
+class TestReplicaHooks:
+    async def test_change_from_another_replica_applies_through_the_hooks(
+        self, tmp_path: Path
+    ) -> None:
+        """Two servers on one store: an opt-out and a deletion done on A take effect on
+        B once handed to B's apply_opt_outs / apply_deletion (what a change-feed
+        follower calls): B routes OPTED_OUT, B's cached waiting contact loses its
+        profile, B refuses the older re-upload."""
+        store, clock = MemoryStore(), FakeClock()
+        async with server(cfg(tmp_path / "a", worker_s=0), store, clock) as a, \
+                server(cfg(tmp_path / "b", worker_s=0), store, clock) as b:
+            await setup_pairing(a.acme)
+            await b.acme.profiles.UploadModel(ppb.UploadModelRequest(model=model_bytes(),
+                                                                     activate=True))
+            await a.acme.profiles.UpsertCustomerProfile(cprof(OTHER))  # the shared store
+            q = await b.acme.router.RouteContact(contact("w2", customer_key=OTHER))
+            assert q.mode == cpb.MODE_QUEUED
+            cached = b.server.service.tenants["acme"].routing.contacts["w2"]
+            assert cached.profile is not None
+
+            ack = await a.acme.privacy.OptOut(xpb.OptOutRequest(customer_key=PHONE))
+            b.server.service.privacy.apply_opt_outs("acme", [ack.customer_digest], True)
+            await agents(b, b.acme)
+            d = await b.acme.router.RouteContact(contact("c1", customer_key=PHONE))
+            assert d.mode == cpb.MODE_OPTED_OUT
+
+            t = await a.acme.privacy.RequestDeletion(
+                xpb.RequestDeletionRequest(customer_key=OTHER))
+            ticket = await a.server.service.privacy.carry_out(
+                "acme", await a.server.service.privacy.get_deletion("acme", t.ticket_id))
+            assert ticket.status is TicketStatus.COMPLETED
+            assert cached.profile is not None  # B has not heard of it yet
+            b.server.service.privacy.apply_deletion("acme", [ticket.digest],
+                                                    ticket.deleted_at_ms)
+            assert cached.profile is None and cached.digest == ""
+            out = await b.acme.profiles.UpsertCustomerProfile(cprof(OTHER, 6))
+            assert out.stale == 1
+
+
 # ------------------------------------------------------------------------ amendment
 class TestAmendment:
     async def test_stale_write_never_applied_and_reported(self, tmp_path: Path) -> None:
