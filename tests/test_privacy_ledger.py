@@ -164,10 +164,12 @@ async def snapshot(led: PrivacyLedger) -> tuple[object, ...]:
 
 class TestFileLedger:
     async def test_reopen_replays_everything(self, tmp_path: Path) -> None:
-        """A new FileLedger on the same file has every acknowledged record."""
+        """A new FileLedger on the same file has every acknowledged record; the file
+        is readable by its owner only."""
         path = tmp_path / "p.jsonl"
         led = FileLedger(path)
         await fill(led)
+        assert path.stat().st_mode & 0o777 == 0o600
         before = await snapshot(led)
         await led.close()
         again = FileLedger(path)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import structlog
 
@@ -291,13 +291,13 @@ class FileLedger(MemoryLedger):
         self._lock = asyncio.Lock()
         # One process per file: a second writer would diverge from the first.
         # The lock is on a file of its own, which compaction never replaces.
-        self._lock_fh = open(self.path.with_name(self.path.name + ".lock"), "ab")  # noqa: SIM115
+        self._lock_fh = _private(self.path.with_name(self.path.name + ".lock"))
         try:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_fh.close()
             raise OSError(f"{self.path} is in use by another pairline process") from None
-        self._fh = open(self.path, "ab")  # noqa: SIM115 (kept open for the process's life)
+        self._fh = _private(self.path)  # kept open for the process's life
         good, records = self._replay()
         if self._fh.tell() != good:
             self._fh.truncate(good)
@@ -305,7 +305,7 @@ class FileLedger(MemoryLedger):
         if records >= compact_min and records > 2 * len(self._snapshot()):
             self._fh.close()
             self._compact()
-            self._fh = open(self.path, "ab")  # noqa: SIM115
+            self._fh = _private(self.path)
         self._fsync_dir()
 
     def _replay(self) -> tuple[int, int]:
@@ -347,7 +347,8 @@ class FileLedger(MemoryLedger):
 
     def _compact(self) -> None:
         tmp = self.path.with_name(self.path.name + ".compact")
-        with open(tmp, "wb") as fh:
+        tmp.unlink(missing_ok=True)
+        with _private(tmp) as fh:
             for rec in self._snapshot():
                 fh.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
             fh.flush()
@@ -393,3 +394,9 @@ class FileLedger(MemoryLedger):
             if not self._fh.closed:
                 self._fh.close()
                 self._lock_fh.close()
+
+
+def _private(path: Path) -> BinaryIO:
+    """``path`` opened for appending, created readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab")
