@@ -77,6 +77,19 @@ class TenantConfig:
     rate_per_s: float = 0.0
     rate_burst: float = 0.0
     max_concurrent_rpcs: int = 0
+    # Privacy (issue #6). A waiting or live contact's customer data (digest,
+    # profile) is dropped once it is this old, should the switch never end it.
+    contact_data_ttl_s: float = 86_400.0
+    # Previous secrets in their rotation overlap: (secret, unix s until which
+    # lookups still try it). In TOML: previous_secrets = [{secret = "...",
+    # until = 2026-12-31T00:00:00Z}] (a datetime, or unix seconds).
+    previous_secrets: tuple[tuple[str, float], ...] = field(default=(), repr=False)
+    # Deletion deadlines: 30 business days in this time zone, skipping weekends
+    # and these ISO dates; or deletion_deadline_days calendar days if sooner
+    # (0 = no stricter deadline).
+    timezone: str = "UTC"
+    holidays: tuple[str, ...] = ()
+    deletion_deadline_days: float = 0.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name or ""):
@@ -122,6 +135,36 @@ class TenantConfig:
             raise ValueError(
                 f"tenant {self.name}: rate_per_s, rate_burst, max_concurrent_rpcs >= 0"
             )
+        _check_privacy(self)
+
+
+def _check_privacy(t: TenantConfig) -> None:
+    import datetime as dt
+    import zoneinfo
+
+    for secret, until in t.previous_secrets:
+        if len(secret) < 16 or until <= 0:
+            raise ValueError(
+                f"tenant {t.name}: previous_secrets need a secret of at least 16 chars "
+                "and an `until` time"
+            )
+        if secret == t.secret:
+            raise ValueError(f"tenant {t.name}: a previous secret equals the current one")
+    try:
+        zoneinfo.ZoneInfo(t.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"tenant {t.name}: unknown timezone {t.timezone!r}") from None
+    for h in t.holidays:
+        try:
+            dt.date.fromisoformat(h)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"tenant {t.name}: holidays are ISO dates (YYYY-MM-DD), not {h!r}"
+            ) from None
+    if not 0 <= t.deletion_deadline_days <= 3650 or t.contact_data_ttl_s <= 0:
+        raise ValueError(
+            f"tenant {t.name}: deletion_deadline_days 0..3650, contact_data_ttl_s > 0"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +196,14 @@ class Settings:
     keys_reload_s: float = 2.0
     # Calls in the server at once (streams count while open); beyond: RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 10_000
+    # Embedded store: directory of the durable privacy records (opt-outs,
+    # deletion tickets, tombstones, audit). Empty: kept in memory only, which
+    # is NOT durable (the server warns at start); set it in production.
+    data_dir: str = ""
+    # How often the deletion worker looks for open tickets, in seconds (it
+    # also wakes at once on a new request). 0: no worker in this process
+    # (a replica that only routes; tickets wait for a process that has one).
+    deletion_interval_s: float = 5.0
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
     # [[keys]]: hashed keys with a tenant and roles (tenants' own keys are admin).
     keys: tuple[ApiKey, ...] = field(default_factory=tuple)
@@ -229,10 +280,31 @@ def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
         plain = (plain,)
     hashed = tuple(keys) + tuple(hash_api_key(k) for k in plain)
     queue_policies = tuple(sorted(dict(data.pop("queue_policies", {})).items()))
+    if "holidays" in data:
+        data["holidays"] = tuple(str(h) for h in data["holidays"])
+    if "previous_secrets" in data:
+        data["previous_secrets"] = tuple(_previous(p) for p in data["previous_secrets"])
     steps = tuple((float(w), int(p)) for w, p in data.pop("relax_steps", ()))
     return TenantConfig(
         api_key_sha256=hashed, queue_policies=queue_policies, relax_steps=steps, **data
     )
+
+
+def _previous(raw: Any) -> tuple[str, float]:
+    import datetime as dt
+
+    if not isinstance(raw, Mapping) or set(raw) != {"secret", "until"}:
+        raise ValueError("previous_secrets entries are {secret = \"...\", until = <datetime>}")
+    until = raw["until"]
+    if isinstance(until, dt.datetime):
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.UTC)
+        until = until.timestamp()
+    elif isinstance(until, dt.date):
+        until = dt.datetime.combine(until, dt.time(0), dt.UTC).timestamp()
+    if not isinstance(until, int | float) or isinstance(until, bool):
+        raise ValueError("previous_secrets.until is a TOML datetime or unix seconds")
+    return str(raw["secret"]), float(until)
 
 
 def demo_tenant() -> TenantConfig:

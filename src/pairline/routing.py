@@ -116,6 +116,8 @@ class Contact:
     # Priced pairing: the contact's best price-adjusted predicted outcome over the
     # queue's agents at arrival (its dual value; see pairing.contact_price_value).
     value: float = 0.0
+    # The customer opted out: routed by the baseline, mode OPTED_OUT, no data.
+    opted_out: bool = False
 
     @property
     def key(self) -> tuple[int, float, int, str]:
@@ -136,6 +138,7 @@ def _contact_of(contact_id: str, snap: dict[str, Any], c: Contact | None = None)
     c.excluded, c.preferred = frozenset(snap["ex"]), frozenset(snap["pf"])
     c.state = ContactState(snap["st"])
     c.decision = Decision.of(snap["d"]) if snap["d"] else None
+    c.opted_out = bool(snap.get("oo", False))
     return c
 
 
@@ -326,8 +329,9 @@ class TenantRouting:
         # Changed while Redis could not be reached: written back when it returns.
         self.dirty_agents: set[str] = set()
         self.dirty_contacts: set[str] = set()
-        # Decision records to write with the commit: (id, JSON, ttl ms, expires at).
-        self.outbox: list[tuple[str, bytes, int, float]] = []
+        # Decision records to write with the commit:
+        # (id, JSON, ttl ms, expires at, customer digest).
+        self.outbox: list[tuple[str, bytes, int, float, str]] = []
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
 
     def clear(self) -> None:
@@ -721,6 +725,7 @@ class TenantRouting:
             "seq": c.seq, "dg": c.digest, "ctx": [list(kv) for kv in c.context],
             "mp": c.min_proficiency, "ex": sorted(c.excluded), "pf": sorted(c.preferred),
             "st": int(c.state), "d": c.decision.as_dict() if c.decision else None,
+            "oo": c.opted_out,
         }
 
     def apply_agent(self, agent_id: str, snap: dict[str, Any] | None) -> None:

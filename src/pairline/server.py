@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,6 +34,7 @@ from pairline.servicers import (
 from pairline.stores import MemoryStore, Store
 from pairline.stores.redis import RedisStore
 from pairline.stores.shared import SharedRouting
+from pairline.stores.privacy import FileLedger, MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
 
@@ -63,7 +65,12 @@ class PairlineServer:
     """One server process. ``await start()``, then ``await stop()``."""
 
     def __init__(
-        self, settings: Settings, *, store: Store | None = None, clock: Clock | None = None
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         self.settings = settings
         shared = None
@@ -72,7 +79,9 @@ class PairlineServer:
         if isinstance(store, RedisStore):
             shared = SharedRouting(store)
         self.store = store or MemoryStore(settings.memory_max_decisions)
-        self.service = Service(settings, self.store, clock or SystemClock(), shared=shared)
+        self.ledger = ledger or privacy_ledger(settings)
+        self.service = Service(settings, self.store, clock or SystemClock(), shared=shared,
+                               ledger=self.ledger)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -109,7 +118,7 @@ class PairlineServer:
         guarded: Any = GuardedServer(server, self.guard)
         rpb_grpc.add_RouterServicer_to_server(self.router, guarded)
         ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), guarded)
-        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), guarded)
+        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(self.service.privacy), guarded)
         ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -141,6 +150,10 @@ class PairlineServer:
         if s.keys_file:
             self._tasks.append(asyncio.create_task(self._every(s.keys_reload_s, self._reload)))
         await self._warm()
+        # After the privacy records are loaded (in _warm): resumes open tickets.
+        if self.settings.deletion_interval_s > 0:
+            self._tasks.append(asyncio.create_task(
+                self.service.privacy.worker(self.settings.deletion_interval_s)))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
         return self.port
@@ -210,11 +223,21 @@ class PairlineServer:
         await self.service.stop()
         if isinstance(self.store, RedisStore):
             await self.store.close()
+        await self.ledger.close()
         log.info("server_stopped")
 
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def privacy_ledger(settings: Settings) -> PrivacyLedger:
+    """The embedded store's ledger: a file in ``data_dir``, or memory (with a
+    warning: not durable) when no directory is configured."""
+    if settings.data_dir:
+        return FileLedger(Path(settings.data_dir) / "privacy.jsonl")
+    log.warning("privacy_records_not_durable", reason="no data_dir configured")
+    return MemoryLedger()
 
 
 async def serve(settings: Settings, *, on_started: object = None) -> None:

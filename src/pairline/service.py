@@ -52,11 +52,12 @@ from pairline.pairing import (
     link,
     refresh_bands,
 )
-from pairline.privacy import Pseudonymiser
+from pairline.privacy_service import Privacy
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 from pairline.stores.redis import FeedFollower
 from pairline.stores.shared import REDIS_ERRORS, SharedRouting
+from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
 
@@ -101,12 +102,11 @@ class UpsertOutcome:
 class TenantRuntime:
     """Everything the service holds for one tenant."""
 
-    __slots__ = ("_default", "_pairings", "_policies", "config", "pseudo", "rng", "routing",
+    __slots__ = ("_default", "_pairings", "_policies", "config", "rng", "routing",
                  "schedule", "scorer")
 
     def __init__(self, config: TenantConfig, rng: np.random.Generator | None = None) -> None:
         self.config = config
-        self.pseudo = Pseudonymiser(config.secret)
         self.routing = TenantRouting(
             max_waiting=config.max_waiting,
             max_agents=config.max_agents,
@@ -201,9 +201,11 @@ class Service:
         *,
         seed: int | None = None,
         shared: SharedRouting | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         """``seed`` makes the service's random draws repeatable (simulations);
-        ``shared`` makes Redis the authority on routing state (replicas)."""
+        ``shared`` makes Redis the authority on routing state (replicas);
+        ``ledger`` keeps the privacy records (in memory only if not given)."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -220,6 +222,9 @@ class Service:
         # replicas and restarts, and cheaper than a random id per decision).
         self._id_prefix = f"d{secrets.token_hex(6)}-"
         self._ids = itertools.count(1)
+        # Opt-outs, deletions, tombstones, audit (pairline.privacy_service).
+        self.privacy = Privacy(settings, ledger or MemoryLedger(), store, clock,
+                               lambda t: self.tenants[t].routing)
 
     def _rt(self, tenant: str) -> TenantRuntime:
         return self.tenants[tenant]
@@ -329,6 +334,8 @@ class Service:
         """Reserve ``agent`` for ``contact`` and build the decision (no awaits).
         Nothing is reserved once the caller's deadline has passed."""
         check_deadline("an agent was claimed")
+        if contact.opted_out:  # baseline-routed (no profile): say why
+            choice = Choice(mode=Mode.OPTED_OUT, policy="baseline", slot_on=choice.slot_on)
         if not choice.model_version and rt.scorer is not None:
             choice.model_version = rt.scorer.version  # reported on every decision
         decision = Decision(
@@ -402,15 +409,17 @@ class Service:
 
     async def route_contact(self, tenant: str, req: ContactRequest) -> Decision:
         rt = self._rt(tenant)
-        digest = rt.pseudo.digest(req.customer_key)
+        # Opted out: no digest kept, no profile read (an in-memory set lookup).
+        digests, opted_out = self.privacy.screen(tenant, req.customer_key)
+        digest = digests[0] if digests else ""
         profile = None
         if (digest and rt.scorer is not None and rt.wants_profiles(req.queue)
                 and not self.degraded(tenant)):
             row = await self._soft(
-                self.store.get_customer_profile(tenant, digest, self.clock.now()))
+                self.privacy.customer_profile(tenant, digests, self.clock.now()))
             profile = row.vector if row is not None else None
         decision, contact, accepted = await self.coord.run(
-            tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile),
+            tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile, opted_out),
             contacts=(req.contact_id,),
         )
         accepted()
@@ -430,7 +439,8 @@ class Service:
             return None
 
     def _route_op(
-        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None
+        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None,
+        opted_out: bool,
     ) -> tuple[Decision, Contact | None, Callable[[], None]]:
         """RouteContact on the routing state (no awaits): the decision, the contact
         when a new decision is to be recorded, and the step that adds the contact to
@@ -459,13 +469,14 @@ class Service:
             req.channel,
             req.priority,
             digest,
-            req.context,
+            () if opted_out else req.context,
             req.min_proficiency,
             req.excluded_agent_ids,
             now,
             req.preferred_agent_ids,
         )
         contact.profile = profile
+        contact.opted_out = opted_out
         accepted = self._arrive(rt, contact, now)
         decision = self._route(rt, contact, now)
         if decision is None:
@@ -688,6 +699,11 @@ class Service:
     async def report_outcome(
         self, tenant: str, decision_id: str, outcomes: dict[str, float]
     ) -> bool:
+        """False when the outcome is not stored: the decision was for an
+        opted-out customer (only counted)."""
+        record = await self.store.get_decision(tenant, decision_id, self.clock.now())
+        if self.privacy.withhold_outcome(tenant, record):
+            return False
         if not await self.store.record_outcome(tenant, decision_id, outcomes, self.clock.now()):
             raise NotFound(f"decision {decision_id!r} is not known (or past retention)")
         return True
@@ -767,7 +783,8 @@ class Service:
         return n
 
     async def sweep_retention(self) -> int:
-        return await self.store.sweep(self.clock.now())
+        now = self.clock.now()
+        return await self.store.sweep(now) + self.privacy.sweep_contacts(now)
 
     # --------------------------------------------------------------- profiles
     @staticmethod
@@ -797,9 +814,18 @@ class Service:
         self, tenant: str, profiles: Sequence[ProfileIn], field: str | None = "profiles"
     ) -> UpsertOutcome:
         rt = self._rt(tenant)
-        rows = self._rows(profiles, rt.config.customer_dim, field, rt.pseudo.digest)
+        keys = self.privacy.tenants[tenant].keys
+        rows = self._rows(profiles, rt.config.customer_dim, field, keys.digest)
         ttl_s = rt.config.profile_ttl_days * DAY_S
-        stale = await self.store.upsert_customer_profiles(tenant, rows, ttl_s, self.clock.now())
+
+        async def write(kept: Sequence[ProfileRow]) -> list[int]:
+            if not kept:
+                return []
+            return await self.store.upsert_customer_profiles(tenant, kept, ttl_s,
+                                                             self.clock.now())
+
+        # Tombstoned customers' older data is refused (and audited) here.
+        stale = await self.privacy.upsert_profiles(tenant, rows, write)
         return UpsertOutcome(len(rows) - len(stale), stale)
 
     async def upsert_agent_profiles(
@@ -854,7 +880,9 @@ class Service:
         """Load models named in the configuration; restore the active ones. With
         shared state, also rebuild every tenant's routing mirror from Redis and
         follow the change feed (started first, so nothing changed meanwhile is
-        missed: older snapshots are ignored by version)."""
+        missed: older snapshots are ignored by version); load the privacy
+        records."""
+        await self.privacy.start()
         if self.shared is not None:
             self._feed = FeedFollower(self.shared.store, self.on_feed)
             await self._feed.start()

@@ -18,16 +18,18 @@ from pairline import convert
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
-from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
-from pairline.errors import InvalidArgument, PairlineError, Unimplemented
+from pairline.errors import InvalidArgument, PairlineError
 from pairline.interceptors import current_tenant, internal_status, to_rpc_status
+from pairline.privacy_servicer import PrivacyServicer
 from pairline.service import Service
 
 log = structlog.get_logger()
+
+__all__ = ["InsightsServicer", "PrivacyServicer", "ProfilesServicer", "RouterServicer"]
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_EVENTS_PER_BATCH = 1000
@@ -293,21 +295,3 @@ class InsightsServicer(ipb_grpc.InsightsServicer):
         queue = convert.text(request.queue, "queue", required=False)
         report = await self._s.benchmark_report(current_tenant(), outcome, queue)
         return convert.benchmark_report(outcome, report)
-
-
-def _not_yet(name: str) -> Callable[..., Awaitable[Any]]:
-    async def method(self: Any, request: Any, context: Ctx) -> Any:
-        raise Unimplemented(f"Privacy.{name} is not available yet")
-
-    method.__name__ = name
-    return method
-
-
-class PrivacyServicer(xpb_grpc.PrivacyServicer):
-    """Answers UNIMPLEMENTED (after authentication) until the privacy work lands."""
-
-    OptOut = _not_yet("OptOut")
-    WithdrawOptOut = _not_yet("WithdrawOptOut")
-    RequestDeletion = _not_yet("RequestDeletion")
-    GetDeletion = _not_yet("GetDeletion")
-    ListDeletions = _not_yet("ListDeletions")

@@ -179,6 +179,21 @@ return 1
 """ % FEED_MAXLEN
 
 
+# KEYS: profile, the customer's decision index, the decision index, feed, the
+# decision key prefix. ARGV: digest. Erases the profile and every decision of the
+# customer; returns how many records went.
+_PURGE = """
+local n = redis.call('DEL', KEYS[1])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  n = n + redis.call('DEL', KEYS[5] .. id)
+  redis.call('ZREM', KEYS[3], id)
+end
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', %d, '*', 'k', 'cp', 'ids', ARGV[1])
+return n
+""" % FEED_MAXLEN
+
+
 def record_json(record: DecisionRecord) -> bytes:
     d = record.decision.as_dict()
     return json.dumps(
@@ -233,6 +248,7 @@ class RedisStore:
         self._upsert = client.register_script(_UPSERT)
         self._outcome = client.register_script(_OUTCOME)
         self._activate = client.register_script(_ACTIVATE)
+        self._purge = client.register_script(_PURGE)
         # digest -> row or None (known absent); bounded, least recently used out.
         self._cache: dict[str, OrderedDict[str, tuple[ProfileRow, float] | None]] = {
             t: OrderedDict() for t in self.dims
@@ -371,6 +387,10 @@ class RedisStore:
             p.set(self.key(tenant, "dec", did), record_json(record), px=ttl_ms)
             p.zadd(index, {did: record.expires_at})
             p.pexpire(index, ttl_ms)
+            if record.customer_digest:  # for erasure: the customer's decisions
+                by_customer = self.key(tenant, "cd", record.customer_digest)
+                p.sadd(by_customer, did)
+                p.pexpire(by_customer, ttl_ms)
             await p.execute()
 
     async def get_decision(
@@ -403,6 +423,16 @@ class RedisStore:
                         out.append(record)
         out.sort(key=lambda r: r.decision.decided_at)
         return out
+
+    async def purge_customer(self, tenant: str, digest: str) -> int:
+        """Erase the customer's profile and decisions (one script; safe to repeat);
+        replicas drop their cached copy (feed)."""
+        return int(await self._purge(
+            keys=[self.key(tenant, "cp", digest), self.key(tenant, "cd", digest),
+                  self.key(tenant, "decs"), self.key(tenant, "feed"),
+                  self.key(tenant, "dec", "")],
+            args=[digest],
+        ))
 
     async def sweep(self, now: float) -> int:
         """Redis expires the records by itself; this trims the decision indexes."""

@@ -64,7 +64,8 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 # outage), then per entity: kind (a/c), id, expected version, snapshot
 # ('' = gone), decision id ('' = none); then the number of decision records to
 # write with the change, and per record: decision id, JSON, ttl ms, expiry (its
-# keys: the record's, then the index's).
+# keys: the record's, the index's, and its customer's index, or the record's
+# again when it has no customer).
 # Returns {1, versions} | {0} (an entity moved on) | {2} (a counter moved).
 _COMMIT = """
 local n = tonumber(ARGV[1])
@@ -104,10 +105,14 @@ end
 local o = 8 + 5 * n
 for j = 1, tonumber(ARGV[o + 1] or '0') do
   local b = o + 1 + 4 * (j - 1)
-  local k = 4 + 2 * n + 2 * j
+  local k = 5 + 2 * n + 3 * (j - 1)
   redis.call('SET', KEYS[k], ARGV[b + 2], 'PX', ARGV[b + 3])
   redis.call('ZADD', KEYS[k + 1], ARGV[b + 4], ARGV[b + 1])
   redis.call('PEXPIRE', KEYS[k + 1], ARGV[b + 3])
+  if KEYS[k + 2] ~= KEYS[k] then
+    redis.call('SADD', KEYS[k + 2], ARGV[b + 1])
+    redis.call('PEXPIRE', KEYS[k + 2], ARGV[b + 3])
+  end
 end
 redis.call('EXPIRE', KEYS[3], %d)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', %d, '*', unpack(feed))
@@ -304,7 +309,8 @@ class SharedRouting:
         """Write ``record`` with the commit of the operation that made it."""
         d = record.decision
         ttl_ms = max(1, int((record.expires_at - d.decided_at) * 1000))
-        routing.outbox.append((d.decision_id, record_json(record), ttl_ms, record.expires_at))
+        routing.outbox.append((d.decision_id, record_json(record), ttl_ms, record.expires_at,
+                               record.customer_digest))
 
     async def commit(self, tenant: str, routing: TenantRouting, *, force: bool = False) -> int:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
@@ -338,8 +344,9 @@ class SharedRouting:
             argv += [kind, eid, expected, json.dumps(snap, separators=(",", ":")) if snap else "",
                      did]
         argv.append(len(routing.outbox))
-        for did, raw, ttl_ms, expires_at in routing.outbox:
-            keys += [self._k(tenant, "dec", did), self._k(tenant, "decs")]
+        for did, raw, ttl_ms, expires_at, digest in routing.outbox:
+            rec = self._k(tenant, "dec", did)
+            keys += [rec, self._k(tenant, "decs"), self._k(tenant, "cd", digest) if digest else rec]
             argv += [did, raw, ttl_ms, expires_at]
         reply = await self._io(self._commit(keys=keys, args=argv))
         if reply[0] == 1:
