@@ -32,14 +32,28 @@ from pairline._proto.pairline.v1 import router_pb2 as rpb
 
 C = grpc.StatusCode
 OK = C.OK
-# Privacy RPCs are not implemented yet; once they are, a globex call naming an
-# acme customer or ticket must answer as for an unknown one.
-PRIVACY_CODES = {C.UNIMPLEMENTED, C.NOT_FOUND, OK}
+# A globex call naming an acme customer acts on globex's own customer of that key
+# (another digest: acme's records are untouched); an acme ticket is unknown.
+PRIVACY_CODES = {OK}
 
 # name -> factory of a server (a Running) for two tenants acme and globex.
+def _cfg() -> Any:
+    return settings(benchmark=True, slot_s=60.0, stabilise_s=0.0, policy="greedy")
+
+
+_REDIS: list[str] = []  # the suite's Redis, given by the fixture `shared` below
+
+
+def _on_redis() -> AbstractAsyncContextManager[Running]:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(_REDIS[0]).flushall()
+    return running(dataclasses.replace(_cfg(), redis_url=_REDIS[0]))
+
+
 BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[Running]]] = {
-    "memory": lambda: running(settings(benchmark=True, slot_s=60.0, stabilise_s=0.0,
-                                       policy="greedy")),
+    "memory": lambda: running(_cfg()),
+    "redis": _on_redis,  # one server on the shared Redis: store, routing state, ledger
 }
 
 
@@ -57,12 +71,17 @@ class World:
     model: str = "acme-model-v1"
     d_ringing: str = ""
     d_talking: str = ""
+    opted_out: str = "acme-opted-out-key"
+    deleted: str = "acme-deleted-key"
+    ticket: str = ""
+    digest: str = ""
 
     @property
     def secrets(self) -> list[str]:
         """Strings that must never appear in an answer to globex."""
         return [self.free, self.reserved, self.connected, self.waiting, self.ringing,
-                self.talking, self.model, self.d_ringing, self.d_talking]
+                self.talking, self.model, self.d_ringing, self.d_talking, self.ticket,
+                self.digest]
 
 
 async def build(srv: Running) -> World:
@@ -88,6 +107,10 @@ async def build(srv: Running) -> World:
     await a.router.ReportOutcome(rpb.ReportOutcomeRequest(decision_id=talking.decision_id,
                                                           outcomes={"converted": 1.0}))
     w.d_ringing, w.d_talking = ringing.decision_id, talking.decision_id
+    opted = await a.privacy.OptOut(xpb.OptOutRequest(customer_key=w.opted_out))
+    w.digest = opted.customer_digest
+    ticket = await a.privacy.RequestDeletion(xpb.RequestDeletionRequest(customer_key=w.deleted))
+    w.ticket = ticket.ticket_id
     return w
 
 
@@ -104,13 +127,16 @@ async def snapshot(srv: Running, w: World) -> tuple[Any, ...]:
         ipb.GetBenchmarkReportRequest(outcome="converted"))
     service = srv.server.service
     store, now = service.store, srv.clock.now()
-    digest = service.tenants["acme"].pseudo.digest(w.customer)
+    digest = service.privacy.screen("acme", w.customer)[0][0]
     customer = await store.get_customer_profile("acme", digest, now)
     agent_rows = [await store.get_agent_profile("acme", x)
                   for x in (w.free, w.reserved, w.connected)]
     decisions = [(r.decision, r.outcomes) for r in await store.decisions("acme", now)]
+    tickets = await a.privacy.ListDeletions(xpb.ListDeletionsRequest())
+    audit = await a.privacy.ReadAudit(xpb.ReadAuditRequest())
+    opted = service.privacy.screen("acme", w.opted_out)[1]
     return (stats.queues, agents, models, history, report, repr(customer), repr(agent_rows),
-            decisions)
+            decisions, tickets, audit, opted)
 
 
 # ------------------------------------------------------------------ attacks
@@ -143,7 +169,7 @@ def streamed(method: str, make: Callable[[World], list[Any]]) -> Attack:
                 yield m
 
         call = getattr(stub, name)(gen())
-        if name.startswith("Upsert"):
+        if name.startswith("Upsert") or name == "BulkOptOut":
             return await call
         return [r async for r in call]
 
@@ -267,15 +293,23 @@ ATTACKS: list[tuple[str, Attack, set[C]]] = [
     ("RequestDeletion-acme-customer", unary("privacy.RequestDeletion", lambda w:
                                             xpb.RequestDeletionRequest(customer_key=w.customer)),
      PRIVACY_CODES),
+    ("WithdrawOptOut-acme-opted-out", unary("privacy.WithdrawOptOut", lambda w:
+                                            xpb.OptOutRequest(customer_key=w.opted_out)),
+     PRIVACY_CODES),
     ("GetDeletion", unary("privacy.GetDeletion", lambda w: xpb.GetDeletionRequest(
-        ticket_id="t-acme")), PRIVACY_CODES),
+        ticket_id=w.ticket)), {C.NOT_FOUND}),
     ("ListDeletions", unary("privacy.ListDeletions", lambda w: xpb.ListDeletionsRequest()),
      PRIVACY_CODES),
+    ("ReadAudit", unary("privacy.ReadAudit", lambda w: xpb.ReadAuditRequest()), {OK}),
+    ("BulkOptOut-replace", streamed("privacy.BulkOptOut", lambda w: [xpb.BulkOptOutRequest(
+        customer_keys=[w.customer, w.deleted], replace=True)]), {OK}),
 ]
 
 
 @pytest.fixture(params=list(BACKENDS))
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Running, World]]:
+    if request.param == "redis":
+        _REDIS[:] = [request.getfixturevalue("redis_server").url]
     async with BACKENDS[request.param]() as srv:
         yield srv, await build(srv)
 

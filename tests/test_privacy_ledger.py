@@ -36,12 +36,35 @@ async def file(tmp: Path) -> PrivacyLedger:
     return FileLedger(tmp / "ledger" / "privacy.jsonl")
 
 
-# The Redis ledger (issue #5) adds its factory here.
-LEDGERS = [pytest.param(memory, id="memory"), pytest.param(file, id="file")]
+_redis: list[object] = []  # the session's Redis server, set by the fixture below
+
+
+async def redis_ledger(tmp: Path) -> PrivacyLedger:
+    from pairline.stores.redis import RedisStore, connect
+    from pairline.stores.redis_privacy import RedisLedger
+
+    server = _redis[0]
+    store = RedisStore(connect(server.url), {})  # type: ignore[attr-defined]
+    await store.r.flushall()
+    ledger = RedisLedger(store)
+    close = ledger.close
+
+    async def closing() -> None:
+        await close()
+        await store.close()
+
+    ledger.close = closing  # type: ignore[method-assign]
+    return ledger
+
+
+LEDGERS = [pytest.param(memory, id="memory"), pytest.param(file, id="file"),
+           pytest.param(redis_ledger, id="redis")]
 
 
 @pytest.fixture(params=LEDGERS)
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[PrivacyLedger]:
+    if request.param is redis_ledger:
+        _redis[:] = [request.getfixturevalue("redis_server")]
     led = await request.param(tmp_path)
     try:
         yield led

@@ -207,7 +207,7 @@ class TestSharedProfilesAndModels:
                 customer_key="+15550100", vector=[9, 9, 9, 9], source_time_ms=2))
             await rs.settle()
             svc = rs.servers[2].service
-            digest = svc.tenants["acme"].pseudo.digest("+15550100")
+            digest = svc.privacy.screen("acme", "+15550100")[0][0]
             row = await svc.store.get_customer_profile("acme", digest, rs.clock.now())
             assert row is not None and row.vector[0] == 9
 
@@ -364,3 +364,138 @@ class TestRedisOutage:
                 assert hs.status == health_pb2.HealthCheckResponse.SERVING
         finally:
             own.stop()
+
+
+class TestPrivacyAcrossReplicas:
+    async def test_opt_out_on_one_is_honoured_by_another_within_a_second(
+        self, redis_url: str
+    ) -> None:
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
+            a, b = rs.client(0), rs.client(1)
+            gen = np.random.default_rng(9)
+            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
+                               wa=gen.normal(size=3), b=0.0)
+            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+                ppb.AgentProfile(agent_id=f"a{i}", vector=[1, i, 0], source_time_ms=1)
+                for i in range(3)]))
+            await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+15550199", vector=[0.1, 0.2, 0.3, 0.4], source_time_ms=1))
+            for i in range(3):
+                await a.router.SetAgentState(login(f"a{i}", "sales"))
+            await rs.settle()
+            d = await b.router.RouteContact(contact("c0", customer_key="+15550199"))
+            assert d.mode == cpb.MODE_PAIRED  # B has read (and cached) the profile
+            await b.router.EndContact(rpb.EndContactRequest(
+                contact_id="c0", reason=rpb.END_REASON_ABANDONED))
+            await a.privacy.OptOut(xpb.OptOutRequest(customer_key="+15550199"))
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while True:  # real time: the feed carries it, nobody settles it here
+                d = await b.router.RouteContact(contact("c1", customer_key="+15550199"))
+                if d.mode == cpb.MODE_OPTED_OUT or loop.time() - t0 > 1.0:
+                    break
+                await b.router.EndContact(rpb.EndContactRequest(
+                    contact_id="c1", reason=rpb.END_REASON_ABANDONED))
+                await asyncio.sleep(0.01)
+            assert d.mode == cpb.MODE_OPTED_OUT, d
+            assert loop.time() - t0 < 1.0
+
+    async def test_deletion_purges_every_replica_and_refuses_stale_uploads(
+        self, redis_url: str
+    ) -> None:
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        cfg = dataclasses.replace(settings(policy="greedy"), deletion_interval_s=0.05)
+        async with replicas(redis_url, n=2, cfg=cfg) as rs:
+            a, b = rs.client(0), rs.client(1)
+            gen = np.random.default_rng(9)
+            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
+                               wa=gen.normal(size=3), b=0.0)
+            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+                ppb.AgentProfile(agent_id="a0", vector=[1, 0, 0], source_time_ms=1)]))
+            await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+15550111", vector=[0.1, 0.2, 0.3, 0.4], source_time_ms=1000))
+            await a.router.SetAgentState(login("a0", "sales"))
+            await rs.settle()
+            for i, c in enumerate((a, b)):  # cached on both replicas
+                d = await c.router.RouteContact(contact(f"k{i}", customer_key="+15550111"))
+                assert d.mode == cpb.MODE_PAIRED
+                await c.router.ReportOutcome(rpb.ReportOutcomeRequest(
+                    decision_id=d.decision_id, outcomes={"converted": 1.0}))
+                await c.router.EndContact(rpb.EndContactRequest(
+                    contact_id=f"k{i}", reason=rpb.END_REASON_HANDLED))
+                await c.router.AgentReady(rpb.AgentReadyRequest(agent_id="a0"))
+            ticket = await a.privacy.RequestDeletion(
+                xpb.RequestDeletionRequest(customer_key="+15550111"))
+            for _ in range(200):
+                t = await b.privacy.GetDeletion(xpb.GetDeletionRequest(ticket_id=ticket.ticket_id))
+                if t.status == xpb.DELETION_STATUS_COMPLETED:
+                    break
+                await asyncio.sleep(0.05)
+            assert t.status == xpb.DELETION_STATUS_COMPLETED and t.completed_at_ms > 0
+            await rs.settle()
+            for s in rs.servers:  # gone from Redis and from every replica's memory
+                svc = s.service
+                digest = t.customer_digest
+                assert await svc.store.get_customer_profile("acme", digest, rs.clock.now()) is None
+                assert not [r for r in await svc.store.decisions("acme", rs.clock.now())
+                            if r.customer_digest == digest]
+            d = await b.router.RouteContact(contact("k9", customer_key="+15550111"))
+            assert d.mode == cpb.MODE_NO_PROFILE
+            stale = await b.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+15550111", vector=[1, 1, 1, 1], source_time_ms=1000))
+            assert stale.stale == 1 and stale.accepted == 0
+
+    async def test_no_personal_key_without_a_time_to_live(self, redis_url: str) -> None:
+        """Every Redis key the replicas wrote either expires or is one the design
+        keeps (configuration, routing state, privacy proof, the capped feed)."""
+        import re
+
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
+            a, b = rs.client(0), rs.client(1)
+            gen = np.random.default_rng(1)
+            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
+                               wa=gen.normal(size=3), b=0.0)
+            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+                ppb.AgentProfile(agent_id="a0", vector=[1, 0, 0], source_time_ms=1)]))
+            for i in range(5):
+                await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                    customer_key=f"+1555010{i}", vector=[0.1, 0.2, 0.3, 0.4], source_time_ms=1))
+            await a.router.SetAgentState(login("a0", "sales"))
+            d = await b.router.RouteContact(contact("k0", customer_key="+15550100"))
+            await a.router.ReportOutcome(rpb.ReportOutcomeRequest(
+                decision_id=d.decision_id, outcomes={"converted": 1.0}))
+            await b.router.RouteContact(contact("k1", customer_key="+15550101"))  # waits
+            await a.privacy.OptOut(xpb.OptOutRequest(customer_key="+15550103"))
+            await a.privacy.RequestDeletion(xpb.RequestDeletionRequest(customer_key="+15550104"))
+            await rs.settle()
+        kept = re.compile(
+            r"pl:\{(acme|globex)\}:(model:.+|models|active|feed|agents|ag:.+|aps|av|wv|"
+            r"optouts|tickets|open|tomb|audit|auditseq|secret)$|pl:ledger-tenants$")
+        import redis.asyncio as aioredis
+
+        from pairline.stores.redis import connect
+        r = connect(redis_url)
+        nodes = r.get_primaries() if hasattr(r, "get_primaries") else [None]
+        seen = 0
+        for node in nodes:
+            client = node.redis_connection if node is not None else r
+            if client is None:
+                client = aioredis.Redis(host=node.host, port=node.port)
+            async for key in client.scan_iter(count=1000):
+                seen += 1
+                ttl = await client.pttl(key)
+                name = key.decode()
+                assert ttl > 0 or kept.match(name), f"{name} has no time to live"
+                assert "+1555" not in name
+                raw = await client.dump(key)
+                assert b"+1555" not in (raw or b""), name
+        assert seen > 20
+        await r.aclose()

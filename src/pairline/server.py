@@ -33,6 +33,7 @@ from pairline.servicers import (
 )
 from pairline.stores import MemoryStore, Store
 from pairline.stores.redis import RedisStore
+from pairline.stores.redis_privacy import RedisLedger
 from pairline.stores.shared import SharedRouting
 from pairline.stores.privacy import FileLedger, MemoryLedger, PrivacyLedger
 
@@ -79,6 +80,8 @@ class PairlineServer:
         if isinstance(store, RedisStore):
             shared = SharedRouting(store)
         self.store = store or MemoryStore(settings.memory_max_decisions)
+        if ledger is None and isinstance(self.store, RedisStore):
+            ledger = RedisLedger(self.store)  # shared by the replicas, like the store
         self.ledger = ledger or privacy_ledger(settings)
         self.service = Service(settings, self.store, clock or SystemClock(), shared=shared,
                                ledger=self.ledger)

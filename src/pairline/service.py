@@ -931,7 +931,12 @@ class Service:
                 await self._adopt(tenant, rt, contact_id)
             return
         ids = fields.get(b"ids", b"").decode().split("\n")
-        if kind == "cp":
+        if kind == "oo":  # opt-outs (or their withdrawal) made through any replica
+            self.privacy.apply_opt_outs(tenant, ids, fields.get(b"on") == b"1")
+        elif kind == "del":  # a deletion's tombstone: no replica keeps the data
+            self.privacy.apply_deletion(tenant, ids, int(fields.get(b"ms", b"0")))
+            self.shared.store.forget(tenant, ids)
+        elif kind == "cp":
             self.shared.store.forget(tenant, ids)
         elif kind == "ap":
             rows = await self.shared.store.agent_profiles(tenant, ids)

@@ -105,7 +105,7 @@ end
 local o = 8 + 5 * n
 for j = 1, tonumber(ARGV[o + 1] or '0') do
   local b = o + 1 + 4 * (j - 1)
-  local k = 5 + 2 * n + 3 * (j - 1)
+  local k = 6 + 2 * n + 3 * (j - 1)
   redis.call('SET', KEYS[k], ARGV[b + 2], 'PX', ARGV[b + 3])
   redis.call('ZADD', KEYS[k + 1], ARGV[b + 4], ARGV[b + 1])
   redis.call('PEXPIRE', KEYS[k + 1], ARGV[b + 3])
