@@ -40,6 +40,7 @@ DEAD = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 def config(path: Path) -> None:
     path.write_text("\n".join([
         "sweep_interval_s = 0.1",
+        "redis_timeout_s = 2.0",
         'log_level = "warning"',
         "[[tenants]]",
         'name = "acme"',
@@ -151,7 +152,7 @@ async def drive(switch: Switch, n_contacts: int, rng: random.Random,
                 seen.update(st.contact_ids)
             violations.extend(f"{c} held twice" for c, k in seen.items() if k > 1)
             stats["monitor_rounds"] += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.25)
 
     background = [asyncio.create_task(churn()), asyncio.create_task(monitor())]
     try:

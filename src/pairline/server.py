@@ -31,6 +31,7 @@ from pairline.servicers import (
     ProfilesServicer,
     RouterServicer,
 )
+from pairline.aio import stop_task
 from pairline.stores import MemoryStore, Store
 from pairline.stores.redis import RedisStore
 from pairline.stores.redis_privacy import RedisLedger
@@ -89,6 +90,7 @@ class PairlineServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._degraded = False
         self.keys = KeyRing(settings.api_keys(), [t.name for t in settings.tenants],
                             settings.keys_file or None)
@@ -216,11 +218,9 @@ class PairlineServer:
         grace = self.settings.grace_s if grace_s is None else grace_s
         log.info("server_stopping", grace_s=grace)
         await self.health.enter_graceful_shutdown()
+        self._stopping = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         await self._server.stop(grace)
         self._server = None
         await self.service.stop()

@@ -50,6 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
 from pairline.stores.base import DecisionRecord, ProfileRow
@@ -459,10 +460,13 @@ class FeedFollower:
     def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200) -> None:
         self.store = store
         self.listener = listener
-        self.block_ms = block_ms
+        # A blocked read must end well within the socket timeout (or it would
+        # read as a dead Redis).
+        self.block_ms = max(10, min(block_ms, int(store.timeout_s * 500)))
         self.last: dict[str, str] = {}
         self.lag_s = 0.0
         self.connected = True
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -472,15 +476,15 @@ class FeedFollower:
         self._task = asyncio.create_task(self._run(), name="pairline-feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop following (see :func:`pairline.aio.stop_task`)."""
+        self._stopping = True
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def _run(self) -> None:
         r = self.store.r
         delay = 0.05
-        while True:
+        while not self._stopping:
             try:
                 if isinstance(r, RedisCluster):
                     # XREAD over several slots is not allowed: one tenant at a time.
