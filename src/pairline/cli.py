@@ -16,7 +16,9 @@ from pairline.logs import configure
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    settings = load_settings(ns.config, os.environ, demo=ns.demo, listen=ns.listen)
+    settings = load_settings(
+        ns.config, os.environ, demo=ns.demo, listen=ns.listen, metrics_listen=ns.metrics_listen
+    )
     configure(settings.log_level, settings.log_json)
     if not settings.tenants:
         print("no tenants configured: give --config FILE or --demo", file=sys.stderr)
@@ -232,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--config", help="TOML settings file (or PAIRLINE_CONFIG)")
     serve.add_argument("--demo", action="store_true", help="add the demo tenant")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics over HTTP here (default: off)")
     serve.set_defaults(run=_serve)
     try_ = sub.add_parser("try", help="route one demo contact against a running server")
     try_.add_argument("--target", default="127.0.0.1:50051")

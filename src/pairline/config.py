@@ -120,6 +120,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     # Embedded store: decisions kept in memory per tenant (oldest dropped first).
     memory_max_decisions: int = 1_000_000
+    # Prometheus /metrics over HTTP on HOST:PORT; empty = not served.
+    metrics_listen: str = ""
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:

@@ -282,6 +282,8 @@ class TenantRouting:
         self.reservations: dict[str, Decision] = {}
         self._expiry: list[tuple[float, str]] = []
         self._seq = itertools.count()
+        # Reservations released by their offer timeout since start (a metric).
+        self.expired_total = 0
 
     # ----------------------------------------------------------------- agents
     def _agent(self, agent_id: str) -> Agent:
@@ -569,6 +571,7 @@ class TenantRouting:
             if decision is not None and decision.expires_at <= now:
                 self._release(decision_id, now)
                 expired.append(decision)
+                self.expired_total += 1
         return expired
 
     def end_contact(

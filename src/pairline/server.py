@@ -21,6 +21,8 @@ from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import Guard, GuardedServer
+from pairline.metered import MeteredRouterServicer
+from pairline.metrics import Metrics, MetricsEndpoint, Snapshot, StateCollector
 from pairline.service import Service
 from pairline.servicers import (
     InsightsServicer,
@@ -59,6 +61,8 @@ class PairlineServer:
         self._tasks: list[asyncio.Task[None]] = []
         keys = {h: t.name for t in settings.tenants for h in t.api_key_sha256}
         self.guard = Guard(lambda: keys)
+        self.metrics = Metrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
 
     @property
     def address(self) -> str:
@@ -79,7 +83,8 @@ class PairlineServer:
             ],
         )
         guarded: Any = GuardedServer(server, self.guard)
-        rpb_grpc.add_RouterServicer_to_server(RouterServicer(self.service), guarded)
+        router = MeteredRouterServicer(self.service, self.metrics)
+        rpb_grpc.add_RouterServicer_to_server(router, guarded)
         ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), guarded)
         xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), guarded)
         ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), guarded)
@@ -96,6 +101,7 @@ class PairlineServer:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        self._start_metrics()
         self._tasks = [
             asyncio.create_task(self._every(self.settings.sweep_interval_s, self._expire)),
             asyncio.create_task(self._every(RETENTION_SWEEP_S, self.service.sweep_retention)),
@@ -104,6 +110,24 @@ class PairlineServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
         return self.port
+
+    def _start_metrics(self) -> None:
+        service = self.service
+
+        def snapshot() -> Snapshot:
+            return Snapshot(
+                queues=[(t, s) for t in service.tenants for s in service.queue_stats(t, "")],
+                offers_expired={t: rt.routing.expired_total for t, rt in service.tenants.items()},
+            )
+
+        self.metrics.registry.register(
+            StateCollector(snapshot, self.metrics, asyncio.get_running_loop())
+        )
+        if self.settings.metrics_listen:
+            self.metrics_endpoint = MetricsEndpoint(
+                self.metrics.registry, self.settings.metrics_listen
+            )
+            log.info("metrics_serving", address=self.metrics_endpoint.address)
 
     async def _warm(self) -> None:
         """Everything a first call would otherwise pay for is done before SERVING:
@@ -137,6 +161,9 @@ class PairlineServer:
                 await task
         await self._server.stop(grace)
         self._server = None
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         log.info("server_stopped")
 
     async def wait(self) -> None:

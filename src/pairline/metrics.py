@@ -1,0 +1,265 @@
+"""Prometheus metrics: one registry per server, a /metrics endpoint, cheap hot-path hooks.
+
+Every :class:`~pairline.server.PairlineServer` owns one :class:`Metrics` with its own
+``CollectorRegistry`` (never the process-global one), so several servers in one
+process (tests, the demo) keep separate numbers.
+
+Three kinds of metric live here:
+
+* **Hot path** (per decision): :meth:`Metrics.observe_decision` does one dict lookup,
+  one histogram observation and one counter increment (label children are
+  resolved once per label set and cached). See ``benchmarks/test_metrics_bench.py``.
+* **Read at scrape time** (queue depths, waits, agents, occupancy): nothing is
+  counted on the hot path; :class:`StateCollector` asks the service for queue
+  statistics when Prometheus scrapes, on the server's event loop (the routing
+  state belongs to that loop).
+* **Hooks for parts built elsewhere** (Redis store: claim conflicts, cache
+  lookups, change-feed lag; privacy: opt-outs, deletions, tickets due). They are
+  registered and exported from day one (at zero) so dashboards and alerts can be
+  written now; :data:`LIVE` and :data:`PENDING` say which are fed today.
+
+Names follow the Prometheus conventions: ``pairline_`` prefix, base units in the
+name (``_seconds``, ``_ratio``), counters end in ``_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from pairline.domain import Mode, QueueStats
+
+# Decision latency buckets: the handler is sub-millisecond; the upper buckets
+# catch store trouble and event-loop stalls.
+LATENCY_BUCKETS_S = (
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+)
+# Mode label values: the domain names in lower case (wire number -> label).
+MODE_LABELS = {int(m): m.name.lower() for m in Mode}
+SCRAPE_TIMEOUT_S = 2.0
+
+# Metric names fed today, and those registered for work in progress (#5 Redis
+# store, privacy engine); the operations guide lists both.
+LIVE = (
+    "pairline_decision_seconds",
+    "pairline_decisions_total",
+    "pairline_offers_expired_total",
+    "pairline_queue_waiting_contacts",
+    "pairline_queue_oldest_wait_seconds",
+    "pairline_queue_agents",
+    "pairline_queue_contacts_in_service",
+    "pairline_agent_occupancy_ratio",
+)
+PENDING = (
+    "pairline_claim_conflicts_total",
+    "pairline_cache_lookups_total",
+    "pairline_change_feed_lag_seconds",
+    "pairline_opt_outs_total",
+    "pairline_deletion_requests_total",
+    "pairline_deletions_completed_total",
+    "pairline_deletion_tickets",
+)
+
+# (tenant, state, count) rows for pairline_deletion_tickets; state is one of
+# "open", "due_soon", "overdue".
+TicketSource = Callable[[], Iterable[tuple[str, str, int]]]
+
+
+class Metrics:
+    """All pairline metrics of one server, in a registry of their own."""
+
+    __slots__ = (
+        "_children",
+        "cache_lookups",
+        "change_feed_lag",
+        "claim_conflicts",
+        "decision_seconds",
+        "decisions",
+        "deletion_requests",
+        "deletion_tickets_source",
+        "deletions_completed",
+        "opt_outs",
+        "registry",
+    )
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.decision_seconds = Histogram(
+            "pairline_decision_seconds",
+            "Time to decide in the handler (decode, decide, reserve, encode), by operation "
+            "(RouteContact, AgentReady; unary or on a Connect stream) and mode",
+            ["rpc", "mode"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.decisions = Counter(
+            "pairline_decisions",
+            "Decisions answered, by tenant, operation, mode and pairing policy",
+            ["tenant", "rpc", "mode", "policy"], registry=r,
+        )
+        # Hooks for the Redis store (#5): not fed yet.
+        self.claim_conflicts = Counter(
+            "pairline_claim_conflicts",
+            "Claims that lost a race for an agent or contact to another replica (Redis store)",
+            ["tenant"], registry=r,
+        )
+        self.cache_lookups = Counter(
+            "pairline_cache_lookups",
+            "Replica-local cache lookups by cache and result (hit, miss); "
+            "hit ratio = rate(hit) / rate(all)",
+            ["cache", "result"], registry=r,
+        )
+        self.change_feed_lag = Gauge(
+            "pairline_change_feed_lag_seconds",
+            "Age of the newest change event applied by this replica (Redis store)",
+            registry=r,
+        )
+        # Hooks for the privacy engine: not fed yet.
+        self.opt_outs = Counter(
+            "pairline_opt_outs",
+            "Opt-outs acknowledged (action=opt_out) and withdrawn (action=withdraw)",
+            ["tenant", "action"], registry=r,
+        )
+        self.deletion_requests = Counter(
+            "pairline_deletion_requests",
+            "Deletion requests acknowledged (stored durably, ticket issued)",
+            ["tenant"], registry=r,
+        )
+        self.deletions_completed = Counter(
+            "pairline_deletions_completed",
+            "Deletion tickets completed (data purged, tombstone left)",
+            ["tenant"], registry=r,
+        )
+        # pairline_deletion_tickets is read at scrape time from this source.
+        self.deletion_tickets_source: TicketSource | None = None
+        self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+
+    def observe_decision(
+        self, tenant: str, rpc: str, mode: int, policy: str, seconds: float
+    ) -> None:
+        """One decision answered (the hot path: keep it to a lookup and two updates)."""
+        key = (tenant, rpc, mode, policy)
+        pair = self._children.get(key)
+        if pair is None:
+            label = MODE_LABELS.get(mode, "unspecified")
+            pair = self._children[key] = (
+                self.decision_seconds.labels(rpc, label),
+                self.decisions.labels(tenant, rpc, label, policy or "none"),
+            )
+        pair[0].observe(seconds)
+        pair[1].inc()
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the service reports at scrape time."""
+
+    queues: list[tuple[str, QueueStats]] = field(default_factory=list)  # (tenant, stats)
+    offers_expired: dict[str, int] = field(default_factory=dict)  # tenant -> count since start
+
+
+class StateCollector(Collector):
+    """Queue depths, waits, agents and occupancy, read from the service at scrape time.
+
+    ``snapshot()`` must run on the event loop that owns the routing state: a scrape
+    from the HTTP thread hops onto ``loop``; a scrape on the loop itself (tests
+    calling ``generate_latest``) runs directly.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def _take(self) -> Snapshot:
+        if threading.get_ident() == self._loop_thread:
+            return self._snapshot()
+
+        async def on_loop() -> Snapshot:
+            return self._snapshot()
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), self._loop).result(SCRAPE_TIMEOUT_S)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "pairline_queue_waiting_contacts", "Contacts waiting for an agent",
+            labels=["tenant", "queue"])
+        oldest = GaugeMetricFamily(
+            "pairline_queue_oldest_wait_seconds", "How long the oldest waiting contact has waited",
+            labels=["tenant", "queue"])
+        agents = GaugeMetricFamily(
+            "pairline_queue_agents",
+            "Agents serving the queue by state (logged_in, available, reserved)",
+            labels=["tenant", "queue", "state"])
+        in_service = GaugeMetricFamily(
+            "pairline_queue_contacts_in_service", "Contacts reserved or connected to an agent",
+            labels=["tenant", "queue"])
+        occupancy = GaugeMetricFamily(
+            "pairline_agent_occupancy_ratio",
+            "Share of the queue's logged-in agents that are not available (reserved, busy, "
+            "in wrap-up, away) right now",
+            labels=["tenant", "queue"])
+        snap = self._take()
+        for tenant, s in snap.queues:
+            waiting.add_metric([tenant, s.queue], s.waiting)
+            oldest.add_metric([tenant, s.queue], s.oldest_wait_s)
+            for state in ("logged_in", "available", "reserved"):
+                agents.add_metric([tenant, s.queue, state], getattr(s, f"agents_{state}"))
+            in_service.add_metric([tenant, s.queue], s.contacts_in_service)
+            if s.agents_logged_in:
+                busy = s.agents_logged_in - s.agents_available
+                occupancy.add_metric([tenant, s.queue], busy / s.agents_logged_in)
+        yield from (waiting, oldest, agents, in_service, occupancy)
+        expired = CounterMetricFamily(
+            "pairline_offers_expired",
+            "Reservations neither confirmed nor released before their offer timeout",
+            labels=["tenant"])
+        for tenant, count in snap.offers_expired.items():
+            expired.add_metric([tenant], count)
+        yield expired
+        tickets = GaugeMetricFamily(
+            "pairline_deletion_tickets",
+            "Open deletion tickets by state (open, due_soon, overdue)",
+            labels=["tenant", "state"])
+        source = self._metrics.deletion_tickets_source
+        if source is not None:
+            for tenant, state, count in source():
+                tickets.add_metric([tenant, state], count)
+        yield tickets
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` over HTTP (prometheus-client's server, in a daemon thread)."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"metrics_listen must be HOST:PORT, not {listen!r}")
+        try:
+            self._httpd, self._thread = start_http_server(
+                int(port), addr=host.strip("[]"), registry=registry
+            )
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {listen}: {exc}") from None
+        self.address = f"{host}:{self._httpd.server_port}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
