@@ -88,8 +88,7 @@ class TestEndpoint:
         await r.RouteContact(contact("c1"))
         await r.SetAgentState(login("a1", "sales"))
         ready = await r.AgentReady(rpb.AgentReadyRequest(agent_id="a1"))
-        # Logging in AVAILABLE already gave a1 the waiting contact; AgentReady
-        # then finds nobody waiting.
+        assert (ready.contact_id, ready.mode) == ("c1", cpb.MODE_BASELINE)
         call = r.Connect()
         await call.write(rpb.SwitchEvent(request_id="x", route_contact=contact("c9")))
         reply = await call.read()
@@ -97,9 +96,8 @@ class TestEndpoint:
         assert reply.decision.mode == cpb.MODE_QUEUED
         assert msrv.server.metrics_endpoint is not None
         m = await scrape(msrv.server.metrics_endpoint.address)
-        mode = cpb.Mode.Name(ready.mode).removeprefix("MODE_").lower()
-        assert value(m, "pairline_decisions_total", tenant="acme", rpc="AgentReady", mode=mode,
-                     policy=ready.policy or "none") == 1
+        assert value(m, "pairline_decisions_total", tenant="acme", rpc="AgentReady",
+                     mode="baseline", policy="baseline") == 1
         assert value(m, "pairline_decisions_total", tenant="acme", rpc="RouteContact",
                      mode="queued", policy="none") == 2
 

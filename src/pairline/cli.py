@@ -41,6 +41,9 @@ def _serve(ns: argparse.Namespace) -> int:
             )
         else:
             print(f"pairline is serving on {address}", flush=True)
+        endpoint = server.metrics_endpoint  # type: ignore[attr-defined]
+        if endpoint is not None:
+            print(f"metrics: http://{endpoint.address}/metrics", flush=True)
 
     from pairline.server import serve
 

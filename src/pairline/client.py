@@ -25,25 +25,29 @@ otherwise get wrong:
 
 Idempotency, call by call (why each is or is not in :data:`IDEMPOTENT`):
 
-=========================  ===  ==========================================================
-RouteContact               yes  idempotent on ``contact_id``: a repeat returns the decision
-                                already made (or retries a waiting contact)
-GetAgentState, GetQueueStats, GetModelInfo, GetBenchmarkReport, GetDeletion, ListDeletions
-                           yes  reads
-ReportOutcome              yes  a later report for the same name replaces the earlier one
-AgentReady                 no   a repeat after a lost answer reserves a second contact
-SetAgentState              no   absolute, but a late repeat can undo a change made between
-ConfirmDecision / ReleaseDecision / EndContact
-                           no   a repeat of a call that took effect fails (NOT_FOUND...)
-                                and hides the first answer
-Upsert*/UploadModel/ActivateModel
-                           no   bulk; versioned writes report a repeat as stale
-OptOut / WithdrawOptOut / RequestDeletion
-                           no   not yet: the privacy engine defines their idempotency
-Connect / ConnectBatch / UpsertCustomerProfiles / ExportHistory
-                           no   streams are never retried by gRPC
-=========================  ===  ==========================================================
+- ``RouteContact``: retried. Idempotent on ``contact_id``: a repeat returns the
+  decision already made (or tries a waiting contact again).
+- ``GetAgentState``, ``GetQueueStats``, ``GetModelInfo``, ``GetBenchmarkReport``,
+  ``GetDeletion``, ``ListDeletions``: retried (reads).
+- ``ReportOutcome``: retried. A later report for the same name replaces the
+  earlier one, so a repeat leaves the same state.
+- ``AgentReady``: not retried. A repeat after a lost answer can reserve a second
+  contact for the agent.
+- ``SetAgentState``: not retried. Absolute, but a late repeat can undo a change
+  made in between (e.g. a reservation's effect on presence).
+- ``ConfirmDecision``, ``ReleaseDecision``, ``EndContact``: not retried. A repeat
+  of a call that took effect fails (``NOT_FOUND``...) and hides the first answer.
+- ``Upsert*``, ``UploadModel``, ``ActivateModel``: not retried (bulk; a repeated
+  versioned write is reported stale).
+- ``OptOut``, ``WithdrawOptOut``, ``RequestDeletion``: not retried yet: the
+  privacy engine defines their idempotency; the caller retries ``UNAVAILABLE``.
+- Streams (``Connect``, ``ConnectBatch``, ``UpsertCustomerProfiles``,
+  ``ExportHistory``) are never retried by gRPC.
 """
+
+# The generated stubs are untyped (grpc ships no annotations): each wrapper
+# returns what its stub returns, typed by the wrapper's signature.
+# mypy: disable-error-code="no-any-return, no-untyped-call"
 
 from __future__ import annotations
 
@@ -290,37 +294,37 @@ class AsyncClient:
         self, request: rpb.SetAgentStateRequest, *, timeout: float | None = None
     ) -> rpb.AgentState:
         return await self._unary(self.router.SetAgentState, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def get_agent_state(
         self, request: rpb.GetAgentStateRequest, *, timeout: float | None = None
     ) -> rpb.AgentState:
         return await self._unary(self.router.GetAgentState, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def confirm_decision(
         self, request: rpb.ConfirmDecisionRequest, *, timeout: float | None = None
     ) -> rpb.ConfirmDecisionResponse:
         return await self._unary(self.router.ConfirmDecision, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def release_decision(
         self, request: rpb.ReleaseDecisionRequest, *, timeout: float | None = None
     ) -> rpb.ReleaseDecisionResponse:
         return await self._unary(self.router.ReleaseDecision, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def end_contact(
         self, request: rpb.EndContactRequest, *, timeout: float | None = None
     ) -> rpb.EndContactResponse:
         return await self._unary(self.router.EndContact, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def report_outcome(
         self, request: rpb.ReportOutcomeRequest, *, timeout: float | None = None
     ) -> rpb.ReportOutcomeResponse:
         return await self._unary(self.router.ReportOutcome, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     def connect(self, *, timeout: float | None = None) -> Any:
         """The ``Connect`` stream (``await call.write(event)``, ``await call.read()``).
@@ -336,7 +340,7 @@ class AsyncClient:
         self, request: ppb.CustomerProfile, *, timeout: float | None = None
     ) -> ppb.UpsertResult:
         return await self._unary(self.profiles.UpsertCustomerProfile, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def upsert_customer_profiles(
         self,
@@ -344,7 +348,7 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> ppb.UpsertResult:
-        return await self.profiles.UpsertCustomerProfiles(  # type: ignore[no-any-return]
+        return await self.profiles.UpsertCustomerProfiles(
             batches.__aiter__() if isinstance(batches, AsyncIterable) else iter(batches),
             metadata=self._c.metadata,
             timeout=self._c.deadlines.bulk_s if timeout is None else timeout,
@@ -354,24 +358,24 @@ class AsyncClient:
         self, request: ppb.AgentProfileBatch, *, timeout: float | None = None
     ) -> ppb.UpsertResult:
         return await self._unary(self.profiles.UpsertAgentProfiles, request, timeout,
-                                 self._c.deadlines.bulk_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.bulk_s)
 
     async def upload_model(
         self, request: ppb.UploadModelRequest, *, timeout: float | None = None
     ) -> ppb.ModelInfo:
         return await self._unary(self.profiles.UploadModel, request, timeout,
-                                 self._c.deadlines.bulk_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.bulk_s)
 
     async def activate_model(
         self, request: ppb.ActivateModelRequest, *, timeout: float | None = None
     ) -> ppb.ModelInfo:
         return await self._unary(self.profiles.ActivateModel, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def get_model_info(
         self, request: ppb.GetModelInfoRequest | None = None, *, timeout: float | None = None
     ) -> ppb.GetModelInfoResponse:
-        return await self._unary(  # type: ignore[no-any-return]
+        return await self._unary(
             self.profiles.GetModelInfo, request or ppb.GetModelInfoRequest(), timeout,
             self._c.deadlines.call_s,
         )
@@ -381,37 +385,37 @@ class AsyncClient:
         self, request: xpb.OptOutRequest, *, timeout: float | None = None
     ) -> xpb.OptOutResponse:
         return await self._unary(self.privacy.OptOut, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def withdraw_opt_out(
         self, request: xpb.OptOutRequest, *, timeout: float | None = None
     ) -> xpb.OptOutResponse:
         return await self._unary(self.privacy.WithdrawOptOut, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def request_deletion(
         self, request: xpb.RequestDeletionRequest, *, timeout: float | None = None
     ) -> xpb.DeletionTicket:
         return await self._unary(self.privacy.RequestDeletion, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def get_deletion(
         self, request: xpb.GetDeletionRequest, *, timeout: float | None = None
     ) -> xpb.DeletionTicket:
         return await self._unary(self.privacy.GetDeletion, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     async def list_deletions(
         self, request: xpb.ListDeletionsRequest, *, timeout: float | None = None
     ) -> xpb.ListDeletionsResponse:
         return await self._unary(self.privacy.ListDeletions, request, timeout,
-                                 self._c.deadlines.call_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.call_s)
 
     # ------------------------------------------------------------- Insights
     async def get_queue_stats(
         self, request: ipb.GetQueueStatsRequest | None = None, *, timeout: float | None = None
     ) -> ipb.GetQueueStatsResponse:
-        return await self._unary(  # type: ignore[no-any-return]
+        return await self._unary(
             self.insights.GetQueueStats, request or ipb.GetQueueStatsRequest(), timeout,
             self._c.deadlines.call_s,
         )
@@ -420,7 +424,7 @@ class AsyncClient:
         self, request: ipb.GetBenchmarkReportRequest, *, timeout: float | None = None
     ) -> ipb.BenchmarkReport:
         return await self._unary(self.insights.GetBenchmarkReport, request, timeout,
-                                 self._c.deadlines.bulk_s)  # type: ignore[no-any-return]
+                                 self._c.deadlines.bulk_s)
 
     async def export_history(
         self, request: ipb.ExportHistoryRequest, *, timeout: float | None = None
@@ -495,7 +499,7 @@ class Client:
         try:
             return Routed(self._unary(method, request, timeout, self._c.deadlines.decision_s))
         except grpc.RpcError as err:
-            code = err.code()  # type: ignore[attr-defined]
+            code = err.code()
             if self._c.fallback is None or code not in self._c.fallback_codes:
                 raise
             decision = self._c.fallback(request, code)
@@ -509,142 +513,144 @@ class Client:
     ) -> Routed:
         return self._decide(self.router.RouteContact, request, timeout)
 
-    def agent_ready(self, request: rpb.AgentReadyRequest, *, timeout: float | None = None) -> Routed:
+    def agent_ready(
+        self, request: rpb.AgentReadyRequest, *, timeout: float | None = None
+    ) -> Routed:
         return self._decide(self.router.AgentReady, request, timeout)
 
     def set_agent_state(
         self, request: rpb.SetAgentStateRequest, *, timeout: float | None = None
     ) -> rpb.AgentState:
-        return self._unary(self.router.SetAgentState, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.router.SetAgentState, request, timeout,
                            self._c.deadlines.call_s)
 
     def get_agent_state(
         self, request: rpb.GetAgentStateRequest, *, timeout: float | None = None
     ) -> rpb.AgentState:
-        return self._unary(self.router.GetAgentState, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.router.GetAgentState, request, timeout,
                            self._c.deadlines.call_s)
 
     def confirm_decision(
         self, request: rpb.ConfirmDecisionRequest, *, timeout: float | None = None
     ) -> rpb.ConfirmDecisionResponse:
-        return self._unary(self.router.ConfirmDecision, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.router.ConfirmDecision, request, timeout,
                            self._c.deadlines.call_s)
 
     def release_decision(
         self, request: rpb.ReleaseDecisionRequest, *, timeout: float | None = None
     ) -> rpb.ReleaseDecisionResponse:
-        return self._unary(self.router.ReleaseDecision, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.router.ReleaseDecision, request, timeout,
                            self._c.deadlines.call_s)
 
     def end_contact(
         self, request: rpb.EndContactRequest, *, timeout: float | None = None
     ) -> rpb.EndContactResponse:
-        return self._unary(self.router.EndContact, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.router.EndContact, request, timeout,
                            self._c.deadlines.call_s)
 
     def report_outcome(
         self, request: rpb.ReportOutcomeRequest, *, timeout: float | None = None
     ) -> rpb.ReportOutcomeResponse:
-        return self._unary(self.router.ReportOutcome, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.router.ReportOutcome, request, timeout,
                            self._c.deadlines.call_s)
 
     def connect(
         self, events: Iterable[rpb.SwitchEvent], *, timeout: float | None = None
     ) -> Iterator[rpb.SwitchReply]:
-        return self.router.Connect(  # type: ignore[no-any-return]
+        return self.router.Connect(
             iter(events), metadata=self._c.metadata, timeout=timeout)
 
     def connect_batch(
         self, batches: Iterable[rpb.SwitchEventBatch], *, timeout: float | None = None
     ) -> Iterator[rpb.SwitchReplyBatch]:
-        return self.router.ConnectBatch(  # type: ignore[no-any-return]
+        return self.router.ConnectBatch(
             iter(batches), metadata=self._c.metadata, timeout=timeout)
 
     # Profiles
     def upsert_customer_profile(
         self, request: ppb.CustomerProfile, *, timeout: float | None = None
     ) -> ppb.UpsertResult:
-        return self._unary(self.profiles.UpsertCustomerProfile, request,  # type: ignore[no-any-return]
+        return self._unary(self.profiles.UpsertCustomerProfile, request,
                            timeout, self._c.deadlines.call_s)
 
     def upsert_customer_profiles(
         self, batches: Iterable[ppb.CustomerProfileBatch], *, timeout: float | None = None
     ) -> ppb.UpsertResult:
-        return self.profiles.UpsertCustomerProfiles(  # type: ignore[no-any-return]
+        return self.profiles.UpsertCustomerProfiles(
             iter(batches), metadata=self._c.metadata,
             timeout=self._c.deadlines.bulk_s if timeout is None else timeout)
 
     def upsert_agent_profiles(
         self, request: ppb.AgentProfileBatch, *, timeout: float | None = None
     ) -> ppb.UpsertResult:
-        return self._unary(self.profiles.UpsertAgentProfiles, request,  # type: ignore[no-any-return]
+        return self._unary(self.profiles.UpsertAgentProfiles, request,
                            timeout, self._c.deadlines.bulk_s)
 
     def upload_model(
         self, request: ppb.UploadModelRequest, *, timeout: float | None = None
     ) -> ppb.ModelInfo:
-        return self._unary(self.profiles.UploadModel, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.profiles.UploadModel, request, timeout,
                            self._c.deadlines.bulk_s)
 
     def activate_model(
         self, request: ppb.ActivateModelRequest, *, timeout: float | None = None
     ) -> ppb.ModelInfo:
-        return self._unary(self.profiles.ActivateModel, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.profiles.ActivateModel, request, timeout,
                            self._c.deadlines.call_s)
 
     def get_model_info(
         self, request: ppb.GetModelInfoRequest | None = None, *, timeout: float | None = None
     ) -> ppb.GetModelInfoResponse:
-        return self._unary(  # type: ignore[no-any-return]
+        return self._unary(
             self.profiles.GetModelInfo, request or ppb.GetModelInfoRequest(), timeout,
             self._c.deadlines.call_s)
 
     # Privacy
     def opt_out(self, request: xpb.OptOutRequest, *, timeout: float | None = None
                 ) -> xpb.OptOutResponse:
-        return self._unary(self.privacy.OptOut, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.privacy.OptOut, request, timeout,
                            self._c.deadlines.call_s)
 
     def withdraw_opt_out(self, request: xpb.OptOutRequest, *, timeout: float | None = None
                          ) -> xpb.OptOutResponse:
-        return self._unary(self.privacy.WithdrawOptOut, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.privacy.WithdrawOptOut, request, timeout,
                            self._c.deadlines.call_s)
 
     def request_deletion(
         self, request: xpb.RequestDeletionRequest, *, timeout: float | None = None
     ) -> xpb.DeletionTicket:
-        return self._unary(self.privacy.RequestDeletion, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.privacy.RequestDeletion, request, timeout,
                            self._c.deadlines.call_s)
 
     def get_deletion(self, request: xpb.GetDeletionRequest, *, timeout: float | None = None
                      ) -> xpb.DeletionTicket:
-        return self._unary(self.privacy.GetDeletion, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.privacy.GetDeletion, request, timeout,
                            self._c.deadlines.call_s)
 
     def list_deletions(
         self, request: xpb.ListDeletionsRequest, *, timeout: float | None = None
     ) -> xpb.ListDeletionsResponse:
-        return self._unary(self.privacy.ListDeletions, request, timeout,  # type: ignore[no-any-return]
+        return self._unary(self.privacy.ListDeletions, request, timeout,
                            self._c.deadlines.call_s)
 
     # Insights
     def get_queue_stats(
         self, request: ipb.GetQueueStatsRequest | None = None, *, timeout: float | None = None
     ) -> ipb.GetQueueStatsResponse:
-        return self._unary(  # type: ignore[no-any-return]
+        return self._unary(
             self.insights.GetQueueStats, request or ipb.GetQueueStatsRequest(), timeout,
             self._c.deadlines.call_s)
 
     def get_benchmark_report(
         self, request: ipb.GetBenchmarkReportRequest, *, timeout: float | None = None
     ) -> ipb.BenchmarkReport:
-        return self._unary(self.insights.GetBenchmarkReport, request,  # type: ignore[no-any-return]
+        return self._unary(self.insights.GetBenchmarkReport, request,
                            timeout, self._c.deadlines.bulk_s)
 
     def export_history(
         self, request: ipb.ExportHistoryRequest, *, timeout: float | None = None
     ) -> Iterator[ipb.HistoryRow]:
-        return self.insights.ExportHistory(  # type: ignore[no-any-return]
+        return self.insights.ExportHistory(
             request, metadata=self._c.metadata,
             timeout=self._c.deadlines.bulk_s if timeout is None else timeout)
 

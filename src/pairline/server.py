@@ -28,7 +28,6 @@ from pairline.servicers import (
     InsightsServicer,
     PrivacyServicer,
     ProfilesServicer,
-    RouterServicer,
 )
 from pairline.stores import MemoryStore, Store
 
