@@ -98,6 +98,8 @@ class TestEndpoint:
         m = await scrape(msrv.server.metrics_endpoint.address)
         assert value(m, "pairline_decisions_total", tenant="acme", rpc="AgentReady",
                      mode="baseline", policy="baseline") == 1
+        w = {"tenant": "acme", "queue": "sales"}
+        assert value(m, "pairline_contact_wait_seconds_count", **w) == 1
         assert value(m, "pairline_decisions_total", tenant="acme", rpc="RouteContact",
                      mode="queued", policy="none") == 2
 
@@ -132,6 +134,30 @@ class TestEndpoint:
         msrv.server.metrics.deletion_tickets_source = lambda: [("acme", "overdue", 3)]
         m = await scrape(msrv.server.metrics_endpoint.address)
         assert value(m, "pairline_deletion_tickets", tenant="acme", state="overdue") == 3
+
+
+class TestWaits:
+    async def test_wait_from_arrival_to_reservation(self, msrv: Running) -> None:
+        """A contact taken at once waits 0 s; one that waited 25 s lands in the 30 s
+        bucket, not the 20 s one; a retried RouteContact is not counted twice."""
+        r = msrv.acme.router
+        await r.SetAgentState(login("a1", "sales"))
+        await r.RouteContact(contact("now"))
+        await r.RouteContact(contact("now"))  # retry: the same decision
+        await r.RouteContact(contact("later"))  # a1 is reserved: it waits
+        msrv.clock.advance(25)
+        await r.EndContact(rpb.EndContactRequest(contact_id="now",
+                                                 reason=rpb.END_REASON_ABANDONED))
+        ready = await r.AgentReady(rpb.AgentReadyRequest(agent_id="a1"))
+        assert ready.contact_id == "later"
+        assert msrv.server.metrics_endpoint is not None
+        m = await scrape(msrv.server.metrics_endpoint.address)
+        w = {"tenant": "acme", "queue": "sales"}
+        assert value(m, "pairline_contact_wait_seconds_count", **w) == 2
+        assert value(m, "pairline_contact_wait_seconds_sum", **w) == pytest.approx(25)
+        assert value(m, "pairline_contact_wait_seconds_bucket", le="0.0", **w) == 1
+        assert value(m, "pairline_contact_wait_seconds_bucket", le="20.0", **w) == 1
+        assert value(m, "pairline_contact_wait_seconds_bucket", le="30.0", **w) == 2
 
 
 class TestRegistry:

@@ -45,6 +45,9 @@ LATENCY_BUCKETS_S = (
 )
 # Mode label values: the domain names in lower case (wire number -> label).
 MODE_LABELS = {int(m): m.name.lower() for m in Mode}
+# Contact wait buckets: service-level thresholds contact centers use (20 s, 30 s...).
+WAIT_BUCKETS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0,
+                  300.0, 600.0)
 SCRAPE_TIMEOUT_S = 2.0
 
 # Metric names fed today, and those registered for work in progress (#5 Redis
@@ -52,6 +55,7 @@ SCRAPE_TIMEOUT_S = 2.0
 LIVE = (
     "pairline_decision_seconds",
     "pairline_decisions_total",
+    "pairline_contact_wait_seconds",
     "pairline_offers_expired_total",
     "pairline_queue_waiting_contacts",
     "pairline_queue_oldest_wait_seconds",
@@ -82,6 +86,7 @@ class Metrics:
         "cache_lookups",
         "change_feed_lag",
         "claim_conflicts",
+        "contact_wait_seconds",
         "decision_seconds",
         "decisions",
         "deletion_requests",
@@ -103,6 +108,12 @@ class Metrics:
             "pairline_decisions",
             "Decisions answered, by tenant, operation, mode and pairing policy",
             ["tenant", "rpc", "mode", "policy"], registry=r,
+        )
+        self.contact_wait_seconds = Histogram(
+            "pairline_contact_wait_seconds",
+            "Time from a contact's arrival to its reservation for an agent (0 when an agent "
+            "was free at once); service level = share under the threshold",
+            ["tenant", "queue"], buckets=WAIT_BUCKETS_S, registry=r,
         )
         # Hooks for the Redis store (#5): not fed yet.
         self.claim_conflicts = Counter(
