@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from support import RedisProcess, Running, running
+from support import RedisClusterProcess, RedisProcess, Running, running
 
 
 @pytest.fixture
@@ -21,6 +21,16 @@ def redis_server() -> Iterator[RedisProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcess]:
+    """A 3-master Redis Cluster of the suite's own, stopped after the session."""
+    cluster = RedisClusterProcess()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:

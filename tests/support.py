@@ -173,17 +173,26 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    """A redis-server of our own on a free port, nothing kept on disk."""
+    """A redis-server of our own on a free port. Durable like production should be:
+    an append-only file synced on every write (``appendfsync always``), so an
+    acknowledged write survives SIGKILL of Redis."""
 
-    def __init__(self, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+    def __init__(self, *extra: str, port: int | None = None, dir: str | None = None) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
             raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
-        self.dir = tempfile.mkdtemp(prefix="pairline-redis-")
-        self.port = free_port()
+        self.dir = dir or tempfile.mkdtemp(prefix="pairline-redis-")
+        self.port = port or free_port()
+        self.extra = extra
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, on the same port and files after :meth:`kill`)."""
+        assert self.binary is not None
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, *extra],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -202,6 +211,11 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def kill(self) -> None:
+        """SIGKILL, files kept (for a restart with :meth:`start`)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -210,6 +224,66 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            port -= 20000
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisClusterProcess:
+    """A local Redis Cluster of three masters on free ports, made with
+    ``redis-cli --cluster create``; stopped (and its files removed) by :meth:`stop`."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes: list[RedisProcess] = []
+        try:
+            for _ in range(masters):
+                self.nodes.append(RedisProcess(
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000", port=free_cluster_port(),
+                ))
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("redis-cli is not installed: run `make test`")
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
+            )
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                states = [
+                    subprocess.run([cli, "-p", str(n.port), "cluster", "info"],
+                                   capture_output=True, text=True, timeout=5).stdout
+                    for n in self.nodes
+                ]
+                if all("cluster_state:ok" in s for s in states):
+                    return
+                time.sleep(0.1)
+            raise RuntimeError("redis cluster did not become ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 def env_flag(name: str) -> bool:

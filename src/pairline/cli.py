@@ -17,7 +17,8 @@ from pairline.logs import configure
 
 def _serve(ns: argparse.Namespace) -> int:
     settings = load_settings(
-        ns.config, os.environ, demo=ns.demo, listen=ns.listen, metrics_listen=ns.metrics_listen
+        ns.config, os.environ, demo=ns.demo, listen=ns.listen, redis_url=ns.redis_url,
+        metrics_listen=ns.metrics_listen,
     )
     configure(settings.log_level, settings.log_json)
     if not settings.tenants:
@@ -28,7 +29,8 @@ def _serve(ns: argparse.Namespace) -> int:
         address = server.address  # type: ignore[attr-defined]
         if ns.demo:
             print(
-                f"\npairline is serving on {address} (embedded store)\n"
+                f"\npairline is serving on {address} "
+                f"({'Redis' if settings.redis_url else 'embedded'} store)\n"
                 f"demo tenant API key: {DEMO_API_KEY}\n\n"
                 "Route a contact (from another terminal, in this checkout):\n"
                 f"  .venv/bin/pairline try --target {address} --key {DEMO_API_KEY}\n\n"
@@ -270,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--demo", action="store_true", help="add the demo tenant")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
                        help="serve Prometheus /metrics over HTTP here (default: off)")
+    serve.add_argument(
+        "--redis-url",
+        help="share state with other replicas through Redis: redis://HOST:PORT/DB, "
+        "rediss://..., unix:///path, or redis+cluster://HOST:PORT[,HOST:PORT...] "
+        "(or PAIRLINE_REDIS_URL); default: the embedded store",
+    )
     serve.set_defaults(run=_serve)
     try_ = sub.add_parser("try", help="route one demo contact against a running server")
     try_.add_argument("--target", default="127.0.0.1:50051")

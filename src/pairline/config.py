@@ -7,6 +7,7 @@ environment as an argument.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -79,8 +80,11 @@ class TenantConfig:
     max_agents: int = 50_000
 
     def __post_init__(self) -> None:
-        if not self.name or len(self.name) > 64:
-            raise ValueError("tenant name must be 1..64 chars")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name or ""):
+            raise ValueError(
+                "tenant name must be 1..64 letters, digits, '_', '.' or '-' "
+                f"(it is part of every Redis key), not {self.name!r}"
+            )
         if not self.api_key_sha256:
             raise ValueError(f"tenant {self.name}: at least one api_key_sha256 is needed")
         for h in self.api_key_sha256:
@@ -132,6 +136,11 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     # Embedded store: decisions kept in memory per tenant (oldest dropped first).
     memory_max_decisions: int = 1_000_000
+    # Shared state for replicas: redis://, rediss://, unix:// or
+    # redis+cluster://host:port[,host:port...]; empty = the embedded store.
+    redis_url: str = ""
+    # Customer profiles each replica keeps in memory (per tenant, LRU).
+    profile_cache_size: int = 100_000
     # Prometheus /metrics over HTTP on HOST:PORT; empty = not served.
     metrics_listen: str = ""
     # The operators served: [[tenants]] tables in the file.

@@ -99,6 +99,14 @@ class Decision:
     slot_on: bool | None = None
     compared: bool = False
 
+    def as_dict(self) -> dict[str, object]:
+        """Plain JSON-able fields (stores, replica snapshots)."""
+        return {f: getattr(self, f) for f in self.__slots__} | {"mode": int(self.mode)}
+
+    @classmethod
+    def of(cls, d: dict[str, object]) -> Decision:
+        return cls(**{**d, "mode": Mode(d["mode"])})  # type: ignore[arg-type]
+
 
 @dataclass(slots=True)
 class AgentView:

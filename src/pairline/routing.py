@@ -20,6 +20,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from sortedcontainers import SortedList
@@ -282,8 +283,28 @@ class TenantRouting:
         self.reservations: dict[str, Decision] = {}
         self._expiry: list[tuple[float, str]] = []
         self._seq = itertools.count()
+        # Shared state (Redis): while ``recording``, the ids of agents and contacts
+        # an operation changed, so they can be committed; the version of each as
+        # last committed or applied (see :mod:`pairline.replica`).
+        self.recording = False
+        self.touched_agents: set[str] = set()
+        self.touched_contacts: set[str] = set()
+        self.agent_v: dict[str, int] = {}
+        self.contact_v: dict[str, int] = {}
+        # Two tenant-wide counters make "nothing is free" decisions safe across
+        # replicas: ``av`` counts changes that may free an agent, ``wv`` contacts
+        # that started waiting. An operation that found no agent (no contact)
+        # commits only if no other replica changed that meanwhile. ``needs_*``:
+        # this operation relied on the counter; ``bumps_*``: it moves it.
+        self.av = 0
+        self.wv = 0
+        self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
         # Reservations released by their offer timeout since start (a metric).
         self.expired_total = 0
+
+    def _tc(self, contact_id: str) -> None:
+        if self.recording:
+            self.touched_contacts.add(contact_id)
 
     # ----------------------------------------------------------------- agents
     def _agent(self, agent_id: str) -> Agent:
@@ -293,6 +314,8 @@ class TenantRouting:
         return agent
 
     def _sync(self, agent: Agent) -> None:
+        if self.recording:
+            self.touched_agents.add(agent.agent_id)
         vector = self.agent_vectors.get(agent.agent_id)
         for queue, prof in agent.queues.items():
             self.queue(queue).sync(agent, prof, vector)
@@ -383,6 +406,7 @@ class TenantRouting:
             elif status is AgentStatus.LOGGED_OUT:
                 agent.wrap_until = 0.0
         self._sync(agent)
+        self.bumps_av = self.recording
         return returned
 
     def agent_ready(self, agent_id: str, now: float) -> Agent:
@@ -398,6 +422,7 @@ class TenantRouting:
         elif not was_routable:
             agent.idle_since = now
         self._sync(agent)
+        self.bumps_av = self.recording
         return agent
 
     def view(self, agent_id: str, now: float) -> AgentView:
@@ -460,9 +485,12 @@ class TenantRouting:
                 f"tenant has the maximum of {self.max_waiting} waiting contacts"
             )
         self.contacts[contact.contact_id] = contact
+        self.needs_av = self.recording  # queued because no agent was free
         return self._wait(contact)
 
     def _wait(self, contact: Contact) -> int:
+        self._tc(contact.contact_id)
+        self.bumps_wv = self.recording
         contact.state = ContactState.WAITING
         contact.decision = None
         pool = self.waiting.get((contact.queue, contact.channel))
@@ -473,8 +501,17 @@ class TenantRouting:
         return int(pool.index(contact.key)) + 1
 
     def _unwait(self, contact: Contact) -> None:
+        self._tc(contact.contact_id)
         self.waiting[(contact.queue, contact.channel)].remove(contact.key)
         self.n_waiting -= 1
+
+    def still_waiting(self, contact: Contact) -> int:
+        """A waiting contact routed again found no agent: its position. (Shared state:
+        the answer rests on the contact being unchanged and no agent freed
+        meanwhile, so both are checked at commit.)"""
+        self._tc(contact.contact_id)
+        self.needs_av = self.recording
+        return self.position(contact)
 
     def position(self, contact: Contact) -> int:
         if contact.state is not ContactState.WAITING:
@@ -507,6 +544,8 @@ class TenantRouting:
                     if taken >= limit:
                         break
         found.sort(key=lambda kc: kc[0])
+        if not found:
+            self.needs_wv = self.recording  # idle because no contact waited
         return [c for _, c in found[:limit]]
 
     # ----------------------------------------------------------- reservations
@@ -520,6 +559,7 @@ class TenantRouting:
             self._unwait(contact)
         else:
             self.contacts[contact.contact_id] = contact
+        self._tc(contact.contact_id)
         contact.state = ContactState.RESERVED
         contact.decision = decision
         agent.in_use[c] += 1
@@ -536,6 +576,7 @@ class TenantRouting:
         agent = self.agents[decision.agent_id]
         del agent.reservations[decision_id]
         agent.connected[contact.contact_id] = decision_id
+        self._tc(contact.contact_id)
         contact.state = ContactState.CONNECTED
         self._sync(agent)
         return decision
@@ -559,8 +600,13 @@ class TenantRouting:
         del agent.reservations[decision_id]
         agent.in_use[contact.channel - 1] -= 1
         self._sync(agent)
+        self.bumps_av = self.recording
         self._wait(contact)
         return contact.contact_id
+
+    def next_expiry(self) -> float:
+        """When the next offer may time out (inf when none is pending)."""
+        return self._expiry[0][0] if self._expiry else float("inf")
 
     def expire(self, now: float) -> list[Decision]:
         """Release every reservation whose offer timed out. Cheap when none did."""
@@ -587,7 +633,7 @@ class TenantRouting:
                 )
             self._unwait(contact)
             del self.contacts[contact_id]
-            return EndResult(contact_id, "", 0.0)
+            return EndResult(contact_id, "", 0.0)  # _unwait recorded it
         decision = contact.decision
         assert decision is not None
         agent = self.agents[decision.agent_id]
@@ -598,6 +644,8 @@ class TenantRouting:
                 del agent.reservations[decision.decision_id]
                 agent.in_use[contact.channel - 1] -= 1
                 self._sync(agent)
+                self.bumps_av = self.recording
+                self._tc(contact_id)
                 del self.contacts[contact_id]
                 return EndResult(contact_id, agent.agent_id, 0.0)
             self.confirm(decision.decision_id)
@@ -607,8 +655,95 @@ class TenantRouting:
             agent.wrap_until = max(agent.wrap_until, now + wrap_up_s)
             agent.idle_since = agent.wrap_until
         self._sync(agent)
+        self.bumps_av = self.recording
+        self._tc(contact_id)
         del self.contacts[contact_id]
         return EndResult(contact_id, agent.agent_id, agent.wrap_until if wrap_up_s > 0 else 0.0)
+
+    # ------------------------------------------------------ replica snapshots
+    # Shared state (Redis) travels as whole snapshots of one agent or contact;
+    # applying one makes this mirror's copy equal to it, derived indexes included.
+    def agent_snapshot(self, agent_id: str) -> dict[str, object]:
+        a = self.agents[agent_id]
+        return {
+            "p": int(a.presence), "q": sorted(a.queues.items()), "cap": a.capacity,
+            "use": a.in_use, "wu": a.wrap_until, "idle": a.idle_since,
+            "res": a.reservations, "con": a.connected,
+        }
+
+    def contact_snapshot(self, contact_id: str) -> dict[str, object] | None:
+        """None when the contact has ended (is gone)."""
+        c = self.contacts.get(contact_id)
+        if c is None:
+            return None
+        return {
+            "q": c.queue, "ch": int(c.channel), "pr": c.priority, "arr": c.arrival,
+            "seq": c.seq, "dg": c.digest, "ctx": [list(kv) for kv in c.context],
+            "mp": c.min_proficiency, "ex": sorted(c.excluded), "pf": sorted(c.preferred),
+            "st": int(c.state), "d": c.decision.as_dict() if c.decision else None,
+        }
+
+    def apply_agent(self, agent_id: str, snap: dict[str, Any] | None) -> None:
+        if snap is None:  # never committed: drop what this mirror made up
+            agent = self.agents.pop(agent_id, None)
+            if agent is not None:
+                for queue in agent.queues:
+                    self.queues[queue].remove(agent_id)
+            return
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = self.agents[agent_id] = Agent(
+                agent_id=agent_id, presence=AgentStatus.LOGGED_OUT, queues={},
+                capacity=list(_DEFAULT_CAPACITY),
+            )
+        queues = {q: int(p) for q, p in snap["q"]}
+        for gone in set(agent.queues) - set(queues):
+            self.queues[gone].remove(agent_id)
+        agent.presence = AgentStatus(snap["p"])
+        agent.queues = queues
+        agent.capacity = [int(x) for x in snap["cap"]]
+        agent.in_use = [int(x) for x in snap["use"]]
+        agent.wrap_until = float(snap["wu"])
+        agent.idle_since = float(snap["idle"])
+        agent.reservations = dict(snap["res"])
+        agent.connected = dict(snap["con"])
+        self._sync(agent)
+
+    def apply_contact(self, contact_id: str, snap: dict[str, Any] | None) -> None:
+        old = self.contacts.get(contact_id)
+        if old is not None:
+            if old.state is ContactState.WAITING:
+                pool = self.waiting.get((old.queue, old.channel))
+                if pool is not None and old.key in pool:
+                    pool.remove(old.key)
+                    self.n_waiting -= 1
+            elif old.state is ContactState.RESERVED and old.decision is not None:
+                self.reservations.pop(old.decision.decision_id, None)
+        if snap is None:
+            self.contacts.pop(contact_id, None)
+            return
+        c = old or Contact(
+            contact_id=contact_id, queue="", channel=Channel.VOICE, priority=0, arrival=0.0,
+            seq=0, digest="", context=(), min_proficiency=0, excluded=frozenset(),
+        )
+        c.queue, c.channel, c.priority = snap["q"], Channel(snap["ch"]), int(snap["pr"])
+        c.arrival, c.seq, c.digest = float(snap["arr"]), int(snap["seq"]), snap["dg"]
+        c.context = tuple((str(k), float(v)) for k, v in snap["ctx"])
+        c.min_proficiency = int(snap["mp"])
+        c.excluded, c.preferred = frozenset(snap["ex"]), frozenset(snap["pf"])
+        c.state = ContactState(snap["st"])
+        c.decision = Decision.of(snap["d"]) if snap["d"] else None
+        self.contacts[contact_id] = c
+        if c.state is ContactState.WAITING:
+            c.decision = None
+            pool = self.waiting.get((c.queue, c.channel))
+            if pool is None:
+                pool = self.waiting[(c.queue, c.channel)] = SortedList()
+            pool.add(c.key)
+            self.n_waiting += 1
+        elif c.state is ContactState.RESERVED and c.decision is not None:
+            self.reservations[c.decision.decision_id] = c.decision
+            heapq.heappush(self._expiry, (c.decision.expires_at, c.decision.decision_id))
 
     # ------------------------------------------------------------------ stats
     def queue_stats(self, queue: str | None, now: float) -> list[QueueStats]:

@@ -30,6 +30,8 @@ from pairline.servicers import (
     ProfilesServicer,
 )
 from pairline.stores import MemoryStore, Store
+from pairline.stores.redis import RedisStore
+from pairline.stores.shared import SharedRouting
 
 log = structlog.get_logger()
 
@@ -43,6 +45,16 @@ SERVICE_NAMES = tuple(
     )
 )
 RETENTION_SWEEP_S = 60.0
+DAY_S = 86_400.0
+
+
+def redis_store(settings: Settings) -> RedisStore:
+    return RedisStore.from_url(
+        settings.redis_url,
+        {t.name: (t.customer_dim, t.agent_dim) for t in settings.tenants},
+        cache_size=settings.profile_cache_size,
+        profile_ttl_s={t.name: t.profile_ttl_days * DAY_S for t in settings.tenants},
+    )
 
 
 class PairlineServer:
@@ -52,8 +64,13 @@ class PairlineServer:
         self, settings: Settings, *, store: Store | None = None, clock: Clock | None = None
     ) -> None:
         self.settings = settings
-        store = store or MemoryStore(settings.memory_max_decisions)
-        self.service = Service(settings, store, clock or SystemClock())
+        shared = None
+        if store is None and settings.redis_url:
+            store = redis_store(settings)
+        if isinstance(store, RedisStore):
+            shared = SharedRouting(store)
+        self.store = store or MemoryStore(settings.memory_max_decisions)
+        self.service = Service(settings, self.store, clock or SystemClock(), shared=shared)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -135,7 +152,7 @@ class PairlineServer:
         await self.service.start()
 
     async def _expire(self) -> int:
-        return self.service.expire_all()
+        return await self.service.expire_all()
 
     @staticmethod
     async def _every(period_s: float, job: object) -> None:
@@ -160,6 +177,9 @@ class PairlineServer:
                 await task
         await self._server.stop(grace)
         self._server = None
+        await self.service.stop()
+        if isinstance(self.store, RedisStore):
+            await self.store.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,6 +50,8 @@ from pairline.pairing import (
 from pairline.privacy import Pseudonymiser
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
+from pairline.stores.redis import FeedFollower
+from pairline.stores.shared import SharedRouting
 
 log = structlog.get_logger()
 
@@ -175,14 +177,34 @@ def _nothing() -> None:
 
 
 
+class _Local:
+    """The embedded store's commit: the operation's changes are the state."""
+
+    shared = False
+
+    async def run(self, tenant: str, routing: TenantRouting, op: Callable[[], T],
+                  **_: object) -> T:
+        return op()
+
+
 class Service:
     def __init__(
-        self, settings: Settings, store: Store, clock: Clock, *, seed: int | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        *,
+        seed: int | None = None,
+        shared: SharedRouting | None = None,
     ) -> None:
-        """``seed`` makes the service's random draws repeatable (simulations)."""
+        """``seed`` makes the service's random draws repeatable (simulations);
+        ``shared`` makes Redis the authority on routing state (replicas)."""
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.shared = shared
+        self.coord: SharedRouting | _Local = shared or _Local()
+        self._feed: FeedFollower | None = None
         seeds = np.random.SeedSequence(seed).spawn(len(settings.tenants))
         self.tenants = {
             t.name: TenantRuntime(t, np.random.default_rng(s))
@@ -344,7 +366,21 @@ class Service:
         if digest and rt.scorer is not None and rt.wants_profiles(req.queue):
             row = await self.store.get_customer_profile(tenant, digest, self.clock.now())
             profile = row.vector if row is not None else None
-        # From here on nothing awaits until the decision is made and reserved.
+        decision, contact, accepted = await self.coord.run(
+            tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile),
+            contacts=(req.contact_id,),
+        )
+        accepted()
+        if contact is not None:
+            await self._record(tenant, rt, contact, decision)
+        return decision
+
+    def _route_op(
+        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None
+    ) -> tuple[Decision, Contact | None, Callable[[], None]]:
+        """RouteContact on the routing state (no awaits): the decision, the contact
+        when a new decision is to be recorded, and the step that adds the contact to
+        its queue's statistics once the change is committed."""
         now = self.clock.now()
         routing = rt.routing
         routing.expire(now)
@@ -357,13 +393,12 @@ class Service:
                 )
             if contact.state is not ContactState.WAITING:
                 assert contact.decision is not None
-                return contact.decision  # a retried call gets the same decision
+                return contact.decision, None, _nothing  # a retried call: same decision
             decision = self._route(rt, contact, now)  # a waiting contact: try again
             if decision is None:
                 return self._queued(contact.contact_id, "", contact.queue, contact.channel,
-                                    routing.position(contact), now)
-            await self._record(tenant, rt, contact, decision)
-            return decision
+                                    routing.still_waiting(contact), now), None, _nothing
+            return decision, contact, _nothing
         contact = routing.new_contact(
             req.contact_id,
             req.queue,
@@ -381,12 +416,9 @@ class Service:
         decision = self._route(rt, contact, now)
         if decision is None:
             position = routing.enqueue(contact)
-            accepted()
             return self._queued(contact.contact_id, "", contact.queue, contact.channel,
-                                position, now)
-        accepted()
-        await self._record(tenant, rt, contact, decision)
-        return decision
+                                position, now), None, accepted
+        return decision, contact, accepted
 
     def _pick_contact(
         self, rt: TenantRuntime, agent: Agent, candidates: list[Contact], now: float
@@ -501,56 +533,84 @@ class Service:
 
     async def agent_ready(self, tenant: str, agent_id: str) -> Decision:
         rt = self._rt(tenant)
+        decision, contact = await self.coord.run(
+            tenant, rt.routing, lambda: self._ready_op(rt, agent_id), agents=(agent_id,)
+        )
+        if contact is not None:
+            await self._record(tenant, rt, contact, decision)
+        return decision
+
+    def _ready_op(self, rt: TenantRuntime, agent_id: str) -> tuple[Decision, Contact | None]:
         now = self.clock.now()
         routing = rt.routing
         routing.expire(now)
         agent = routing.agent_ready(agent_id, now)
         candidates = routing.candidate_contacts(agent, now, limit=rt.config.window)
         if not candidates:
-            return self._queued("", agent_id, "", 0, 0, now)
+            return self._queued("", agent_id, "", 0, 0, now), None
         contact, choice = self._pick_contact(rt, agent, candidates, now)
-        decision = self._decide(rt, contact, agent, choice, now)
-        await self._record(tenant, rt, contact, decision)
-        return decision
+        return self._decide(rt, contact, agent, choice, now), contact
 
     async def set_agent_state(self, tenant: str, req: AgentStateRequest) -> AgentView:
         rt = self._rt(tenant)
-        now = self.clock.now()
-        rt.routing.expire(now)
         wrap_s = req.wrap_up_s or rt.config.wrap_up_s
-        rt.routing.set_agent_state(
-            req.agent_id, req.status, req.queues, req.capacities, wrap_s, now
-        )
+
+        def op() -> AgentView:
+            now = self.clock.now()
+            rt.routing.expire(now)
+            rt.routing.set_agent_state(
+                req.agent_id, req.status, req.queues, req.capacities, wrap_s, now
+            )
+            return rt.routing.view(req.agent_id, now)
+
+        view = await self.coord.run(tenant, rt.routing, op, agents=(req.agent_id,))
         log.info("agent_state_set", tenant=tenant, agent=req.agent_id, status=req.status.name)
-        return rt.routing.view(req.agent_id, now)
+        return view
 
     async def get_agent_state(self, tenant: str, agent_id: str) -> AgentView:
         rt = self._rt(tenant)
-        now = self.clock.now()
-        rt.routing.expire(now)
-        return rt.routing.view(agent_id, now)
+
+        def op() -> AgentView:
+            now = self.clock.now()
+            rt.routing.expire(now)
+            return rt.routing.view(agent_id, now)
+
+        return await self.coord.run(tenant, rt.routing, op, agents=(agent_id,))
 
     async def confirm(self, tenant: str, decision_id: str) -> Decision:
         rt = self._rt(tenant)
-        rt.routing.expire(self.clock.now())
-        return rt.routing.confirm(decision_id)
+
+        def op() -> Decision:
+            rt.routing.expire(self.clock.now())
+            return rt.routing.confirm(decision_id)
+
+        return await self.coord.run(tenant, rt.routing, op, decisions=(decision_id,))
 
     async def release(
         self, tenant: str, decision_id: str, reason: ReleaseReason
     ) -> tuple[Decision, AgentStatus]:
         rt = self._rt(tenant)
-        now = self.clock.now()
-        rt.routing.expire(now)
-        decision = rt.routing.release(decision_id, reason, now)
-        return decision, rt.routing.agents[decision.agent_id].status(now)
+
+        def op() -> tuple[Decision, AgentStatus]:
+            now = self.clock.now()
+            rt.routing.expire(now)
+            decision = rt.routing.release(decision_id, reason, now)
+            return decision, rt.routing.agents[decision.agent_id].status(now)
+
+        return await self.coord.run(tenant, rt.routing, op, decisions=(decision_id,))
 
     async def end_contact(
         self, tenant: str, contact_id: str, reason: EndReason, wrap_up_s: float
     ) -> EndResult:
         rt = self._rt(tenant)
-        now = self.clock.now()
-        rt.routing.expire(now)
-        return rt.routing.end_contact(contact_id, reason, wrap_up_s or rt.config.wrap_up_s, now)
+        wrap_s = wrap_up_s or rt.config.wrap_up_s
+
+        def op() -> EndResult:
+            now = self.clock.now()
+            rt.routing.expire(now)
+            return rt.routing.end_contact(contact_id, reason, wrap_s, now)
+
+        return await self.coord.run(tenant, rt.routing, op, contacts=(contact_id,))
 
     async def report_outcome(
         self, tenant: str, decision_id: str, outcomes: dict[str, float]
@@ -593,13 +653,19 @@ class Service:
     def queue_stats(self, tenant: str, queue: str) -> list[QueueStats]:
         rt = self._rt(tenant)
         now = self.clock.now()
-        rt.routing.expire(now)
+        if self.shared is None:  # shared state: the sweeper returns expired offers
+            rt.routing.expire(now)
         return rt.routing.queue_stats(queue or None, now)
 
-    def expire_all(self) -> int:
+    async def expire_all(self) -> int:
         """Release timed-out reservations of every tenant (the periodic sweep)."""
         now = self.clock.now()
-        return sum(len(rt.routing.expire(now)) for rt in self.tenants.values())
+        n = 0
+        for name, rt in self.tenants.items():
+            if rt.routing.next_expiry() <= now:
+                n += len(await self.coord.run(name, rt.routing,
+                                              lambda r=rt.routing: r.expire(now)))
+        return n
 
     async def sweep_retention(self) -> int:
         return await self.store.sweep(self.clock.now())
@@ -675,15 +741,29 @@ class Service:
 
     async def _activate(self, tenant: str, model: Model) -> None:
         await self.store.set_active_model(tenant, model.version)
-        rt = self._rt(tenant)
+        self._use_model(self._rt(tenant), model)
+        log.info("model_activated", tenant=tenant, version=model.version)
+
+    @staticmethod
+    def _use_model(rt: TenantRuntime, model: Model) -> None:
         rt.scorer = Scorer(model)  # one reference swap: atomic for every decision
         for index in rt.routing.queues.values():
             index.bands_dirty = True
             index.bands_at = -1.0
-        log.info("model_activated", tenant=tenant, version=model.version)
 
     async def start(self) -> None:
-        """Load models named in the configuration; restore the active ones."""
+        """Load models named in the configuration; restore the active ones. With
+        shared state, also rebuild every tenant's routing mirror from Redis and
+        follow the change feed (started first, so nothing changed meanwhile is
+        missed: older snapshots are ignored by version)."""
+        if self.shared is not None:
+            self._feed = FeedFollower(self.shared.store, self.on_feed)
+            await self._feed.start()
+            self.shared.catch_up = self._feed.catch_up
+            for name, rt in self.tenants.items():
+                for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
+                    rt.routing.set_agent_vector(agent_id, row.vector)
+                await self.shared.load(name, rt.routing)
         for name, rt in self.tenants.items():
             if rt.config.model_path:
                 with open(rt.config.model_path, "rb") as fh:
@@ -692,7 +772,54 @@ class Service:
             version = await self.store.active_model_version(name)
             model = await self.store.get_model(name, version) if version else None
             if model is not None:
-                rt.scorer = Scorer(model)
+                self._use_model(rt, model)
+        if self.shared is not None:
+            for name, rt in self.tenants.items():
+                for contact_id in list(rt.routing.contacts):
+                    await self._adopt(name, rt, contact_id)
+
+    async def stop(self) -> None:
+        if self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
+
+    @property
+    def feed_connected(self) -> bool:
+        return self._feed is None or self._feed.connected
+
+    async def on_feed(self, tenant: str, kind: str, fields: Mapping[bytes, bytes]) -> None:
+        """Apply one change made through another replica (or this one)."""
+        rt = self.tenants.get(tenant)
+        if rt is None or self.shared is None:
+            return
+        if kind == "snap":
+            for contact_id in self.shared.apply_feed(rt.routing, fields):
+                await self._adopt(tenant, rt, contact_id)
+            return
+        ids = fields.get(b"ids", b"").decode().split("\n")
+        if kind == "cp":
+            self.shared.store.forget(tenant, ids)
+        elif kind == "ap":
+            rows = await self.shared.store.agent_profiles(tenant, ids)
+            for agent_id in ids:
+                row = rows.get(agent_id)
+                rt.routing.set_agent_vector(agent_id, row.vector if row else None)
+        elif kind == "model" and (rt.scorer is None or rt.scorer.version != ids[0]):
+            model = await self.store.get_model(tenant, ids[0])
+            if model is not None:
+                self._use_model(rt, model)
+
+    async def _adopt(self, tenant: str, rt: TenantRuntime, contact_id: str) -> None:
+        """A contact routed through another replica that waits here too: load its
+        profile, so this replica pairs it as the first would have."""
+        contact = rt.routing.contacts.get(contact_id)
+        if (contact is None or contact.state is not ContactState.WAITING or not contact.digest
+                or rt.scorer is None or not rt.wants_profiles(contact.queue)):
+            return
+        row = await self.store.get_customer_profile(tenant, contact.digest, self.clock.now())
+        if row is not None and contact.profile is None:
+            contact.profile = row.vector
+            self._arrive(rt, contact, self.clock.now())  # its percentile, not counted again
 
     async def model_info(self, tenant: str) -> tuple[str, list[Model]]:
         active = await self.store.active_model_version(tenant)

@@ -1,0 +1,498 @@
+"""The Redis store: profiles, models and decisions shared by every replica.
+
+Every key of a tenant carries the hash tag ``{tenant}`` (``pl:{acme}:cp:<digest>``)
+so that each script touches one Redis Cluster slot. Layout per tenant ``T``:
+
+==========================  ======================================================  ==========
+key                         value                                                   TTL
+==========================  ======================================================  ==========
+``pl:{T}:cp:<digest>``      customer profile: order key, expiry, float32 vector     profile TTL
+``pl:{T}:ap:<agent>``       agent profile: same layout                              profile TTL
+``pl:{T}:dec:<id>``         a decision with its outcomes (JSON)                     decision TTL
+``pl:{T}:decs``             sorted set: decision id by expiry (for the report)      decision TTL,
+                                                                                    refreshed
+``pl:{T}:model:<version>``  a model file as uploaded                                none (configuration)
+``pl:{T}:models``           set of uploaded versions                                none (configuration)
+``pl:{T}:active``           the active model version                                none (configuration)
+``pl:{T}:feed``             the change feed (stream, capped)                        none (capped, no
+                                                                                    raw keys)
+==========================  ======================================================  ==========
+
+A profile value is ``order key (40 ASCII digits) + expires-at ms (20 digits) +
+float32 bytes``. The order key is (source time ms, version), each offset by 2**63
+and zero-padded, so the Lua upsert compares newness as plain strings (Lua numbers
+are doubles and would lose int64 precision). Time to live is kept twice: as a
+Redis expiry (so Redis drops the data on time by itself) and inside the value (so
+a reader with a controlled clock, as in the tests, sees the same expiry as the
+embedded store).
+
+**Change feed**: every write that replicas cache (profiles, models) appends an
+event to ``pl:{T}:feed`` in the same script, atomically. :class:`FeedFollower`
+follows every tenant's stream from the last id it applied (fan-out, no consumer
+group), so a replica that was cut off catches up rather than missing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError, ResponseError
+
+from pairline.domain import Decision
+from pairline.model import Model, load_model
+from pairline.stores.base import DecisionRecord, ProfileRow
+
+log = structlog.get_logger()
+
+_OFFSET = 1 << 63
+_HEAD = 60  # order key (40) + expires-at ms (20)
+FEED_MAXLEN = 100_000
+NO_EXPIRY_MS = 10**19 - 1  # "never" in the 20-digit expiry field
+
+
+def connect(url: str) -> Any:
+    """A client for ``url``: ``redis://``, ``rediss://`` or ``unix://`` for one Redis;
+    ``redis+cluster://host:port[,host:port...]`` (or ``rediss+cluster://``) for a
+    Redis Cluster given by one or more seed nodes."""
+    if "+cluster://" in url:
+        scheme, _, rest = url.partition("+cluster://")
+        seeds = rest.split("/", 1)[0].split(",")
+        from redis.asyncio.cluster import ClusterNode
+
+        nodes = []
+        for seed in seeds:
+            host, _, port = seed.rpartition(":")
+            nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+        return RedisCluster(startup_nodes=nodes, ssl=scheme == "rediss",
+                            decode_responses=False)
+    return aioredis.Redis.from_url(url, decode_responses=False)
+
+
+def _order_key(row: ProfileRow) -> str:
+    return f"{row.source_time_ms + _OFFSET:020d}{row.version + _OFFSET:020d}"
+
+
+def _ms(t: float) -> str:
+    return f"{min(int(t * 1000), NO_EXPIRY_MS):020d}"
+
+
+def pack_profile(row: ProfileRow, expires_at: float) -> bytes:
+    return (_order_key(row) + _ms(expires_at)).encode() + np.asarray(
+        row.vector, dtype=np.float32
+    ).tobytes()
+
+
+def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
+    head = blob[:_HEAD].decode()
+    row = ProfileRow(
+        key=key,
+        vector=np.frombuffer(blob[_HEAD:], dtype=np.float32).copy(),
+        version=int(head[20:40]) - _OFFSET,
+        source_time_ms=int(head[:20]) - _OFFSET,
+    )
+    return row, int(head[40:60]) / 1000.0
+
+
+# KEYS: profile keys..., feed, id index (agent profiles: a set of their ids; the
+# feed again for customers, who get no index). ARGV: now (20 digits), feed kind,
+# ids joined by \n, then per key: blob, ttl ms (0 = none). Writes every row that
+# is newer than the live stored one; returns the 1-based positions of the stale
+# rows. One feed event lists the ids written.
+_UPSERT = """
+local n = #KEYS - 2
+local now = ARGV[1]
+local stale = {}
+local written = {}
+local ids = {}
+for id in string.gmatch(ARGV[3], '[^\\n]+') do ids[#ids + 1] = id end
+local winners = {}
+for i = 1, n do
+  local blob = ARGV[2 + 2 * i]
+  local okey = string.sub(blob, 1, 40)
+  local current = winners[KEYS[i]]
+  if current == nil then
+    local old = redis.call('GET', KEYS[i])
+    if old and string.sub(old, 41, 60) > now then current = string.sub(old, 1, 40) end
+  end
+  if current ~= nil and okey <= current then
+    stale[#stale + 1] = i
+  else
+    winners[KEYS[i]] = okey
+    written[KEYS[i]] = i
+  end
+end
+local changed = {}
+for key, i in pairs(written) do
+  local ttl = tonumber(ARGV[3 + 2 * i])
+  if ttl > 0 then
+    redis.call('SET', KEYS[i], ARGV[2 + 2 * i], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
+  end
+  changed[#changed + 1] = ids[i]
+end
+if #changed > 0 and KEYS[n + 2] ~= KEYS[n + 1] then
+  redis.call('SADD', KEYS[n + 2], unpack(changed))
+end
+if #changed > 0 then
+  redis.call('XADD', KEYS[n + 1], 'MAXLEN', '~', %d, '*', 'k', ARGV[2],
+             'ids', table.concat(changed, '\\n'))
+end
+return stale
+""" % FEED_MAXLEN
+
+# KEYS: decision. ARGV: outcomes JSON, now ms. Merges outcomes; 0 when unknown
+# or past its (logical) expiry.
+_OUTCOME = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local rec = cjson.decode(raw)
+if tonumber(rec['x']) <= tonumber(ARGV[2]) then return 0 end
+for k, v in pairs(cjson.decode(ARGV[1])) do rec['o'][k] = v end
+redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
+return 1
+"""
+
+# KEYS: active, feed. ARGV: version. Activates and tells every replica.
+_ACTIVATE = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', %d, '*', 'k', 'model', 'ids', ARGV[1])
+return 1
+""" % FEED_MAXLEN
+
+
+def _record_json(record: DecisionRecord) -> bytes:
+    d = record.decision.as_dict()
+    return json.dumps(
+        {
+            "d": d,
+            "c": record.customer_digest,
+            "x": int(record.expires_at * 1000),
+            "ctx": [list(kv) for kv in record.context],
+            # cjson turns an empty object into an empty array: keep one key.
+            "o": {"": 0, **record.outcomes},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _record_of(raw: bytes) -> DecisionRecord:
+    rec = json.loads(raw)
+    outcomes = rec["o"] if isinstance(rec["o"], dict) else {}
+    outcomes.pop("", None)
+    return DecisionRecord(
+        decision=Decision.of(rec["d"]),
+        customer_digest=rec["c"],
+        outcomes={k: float(v) for k, v in outcomes.items()},
+        expires_at=rec["x"] / 1000.0,
+        context=tuple((str(k), float(v)) for k, v in rec["ctx"]),
+    )
+
+
+Listener = Callable[[str, str, Mapping[bytes, bytes]], Awaitable[None] | None]
+
+
+class RedisStore:
+    """The Store protocol on Redis (or Redis Cluster). ``dims`` gives each tenant's
+    (customer_dim, agent_dim), which model files are checked against."""
+
+    def __init__(
+        self,
+        client: Any,
+        dims: Mapping[str, tuple[int, int]],
+        *,
+        cache_size: int = 100_000,
+        profile_ttl_s: Mapping[str, float] | None = None,
+    ) -> None:
+        self.r = client
+        self.dims = dict(dims)
+        self.cache_size = cache_size
+        # Agent profiles live as long as the tenant's profile retention.
+        self.profile_ttl_s = dict(profile_ttl_s or {})
+        self._upsert = client.register_script(_UPSERT)
+        self._outcome = client.register_script(_OUTCOME)
+        self._activate = client.register_script(_ACTIVATE)
+        # digest -> row or None (known absent); bounded, least recently used out.
+        self._cache: dict[str, OrderedDict[str, tuple[ProfileRow, float] | None]] = {
+            t: OrderedDict() for t in self.dims
+        }
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def from_url(cls, url: str, dims: Mapping[str, tuple[int, int]], **kw: Any) -> RedisStore:
+        return cls(connect(url), dims, **kw)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, RuntimeError):
+            await self.r.aclose()
+
+    @staticmethod
+    def key(tenant: str, *parts: str) -> str:
+        return ":".join(("pl", "{" + tenant + "}", *parts))
+
+    # --------------------------------------------------------------- profiles
+    async def _write_profiles(
+        self, tenant: str, kind: str, rows: Sequence[ProfileRow], ttl_s: float, now: float
+    ) -> list[int]:
+        if not rows:
+            return []
+        expires = now + ttl_s if ttl_s > 0 else NO_EXPIRY_MS / 1000.0
+        ttl_ms = str(max(1, int(ttl_s * 1000))) if ttl_s > 0 else "0"
+        argv: list[bytes | str] = [_ms(now), kind, "\n".join(r.key for r in rows)]
+        for row in rows:
+            argv += [pack_profile(row, expires), ttl_ms]
+        feed = self.key(tenant, "feed")
+        keys = [self.key(tenant, kind, r.key) for r in rows] + [
+            feed, self.key(tenant, "aps") if kind == "ap" else feed]
+        stale = await self._upsert(keys=keys, args=argv)
+        if kind == "cp":
+            cache = self._cache.get(tenant)
+            if cache is not None:
+                for r in rows:
+                    cache.pop(r.key, None)
+        return sorted(int(i) - 1 for i in stale)
+
+    async def upsert_customer_profiles(
+        self, tenant: str, rows: Sequence[ProfileRow], ttl_s: float, now: float
+    ) -> list[int]:
+        return await self._write_profiles(tenant, "cp", rows, ttl_s, now)
+
+    async def get_customer_profile(self, tenant: str, digest: str, now: float) -> ProfileRow | None:
+        cache = self._cache.setdefault(tenant, OrderedDict())
+        if digest in cache:
+            self.hits += 1
+            cache.move_to_end(digest)
+            entry = cache[digest]
+        else:
+            self.misses += 1
+            blob = await self.r.get(self.key(tenant, "cp", digest))
+            entry = unpack_profile(digest, blob) if blob else None
+            cache[digest] = entry
+            if len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def forget(self, tenant: str, digests: Iterable[str]) -> None:
+        """Drop cached profiles (a change-feed event said they changed)."""
+        cache = self._cache.get(tenant)
+        if cache is not None:
+            for d in digests:
+                cache.pop(d, None)
+
+    async def upsert_agent_profiles(
+        self, tenant: str, rows: Sequence[ProfileRow], now: float
+    ) -> list[int]:
+        return await self._write_profiles(
+            tenant, "ap", rows, self.profile_ttl_s.get(tenant, 0.0), now
+        )
+
+    async def get_agent_profile(self, tenant: str, agent_id: str) -> ProfileRow | None:
+        blob = await self.r.get(self.key(tenant, "ap", agent_id))
+        return unpack_profile(agent_id, blob)[0] if blob else None
+
+    async def agent_profiles(self, tenant: str, agent_ids: Sequence[str]) -> dict[str, ProfileRow]:
+        """Several agent profiles in one round trip (replica start, feed events)."""
+        if not agent_ids:
+            return {}
+        blobs = await self.r.mget([self.key(tenant, "ap", a) for a in agent_ids])
+        return {
+            a: unpack_profile(a, b)[0] for a, b in zip(agent_ids, blobs, strict=True) if b
+        }
+
+    async def all_agent_profiles(self, tenant: str) -> dict[str, ProfileRow]:
+        ids = sorted(a.decode() for a in await self.r.smembers(self.key(tenant, "aps")))
+        out: dict[str, ProfileRow] = {}
+        for i in range(0, len(ids), 1000):
+            out.update(await self.agent_profiles(tenant, ids[i:i + 1000]))
+        return out
+
+    # ----------------------------------------------------------------- models
+    def _model(self, tenant: str, raw: bytes) -> Model:
+        cdim, adim = self.dims[tenant]
+        return load_model(raw, customer_dim=cdim, agent_dim=adim)
+
+    async def put_model(self, tenant: str, model: Model) -> None:
+        await self.r.set(self.key(tenant, "model", model.version), model.raw)
+        await self.r.sadd(self.key(tenant, "models"), model.version)
+
+    async def get_model(self, tenant: str, version: str) -> Model | None:
+        raw = await self.r.get(self.key(tenant, "model", version))
+        return self._model(tenant, raw) if raw else None
+
+    async def list_models(self, tenant: str) -> list[Model]:
+        versions = sorted(v.decode() for v in await self.r.smembers(self.key(tenant, "models")))
+        models = [await self.get_model(tenant, v) for v in versions]
+        return [m for m in models if m is not None]
+
+    async def set_active_model(self, tenant: str, version: str) -> None:
+        await self._activate(
+            keys=[self.key(tenant, "active"), self.key(tenant, "feed")], args=[version]
+        )
+
+    async def active_model_version(self, tenant: str) -> str:
+        v = await self.r.get(self.key(tenant, "active"))
+        return v.decode() if v else ""
+
+    # -------------------------------------------------------------- decisions
+    async def record_decision(self, tenant: str, record: DecisionRecord) -> None:
+        now = record.decision.decided_at
+        ttl_ms = max(1, int((record.expires_at - now) * 1000))
+        did = record.decision.decision_id
+        index = self.key(tenant, "decs")
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.key(tenant, "dec", did), _record_json(record), px=ttl_ms)
+            p.zadd(index, {did: record.expires_at})
+            p.pexpire(index, ttl_ms)
+            await p.execute()
+
+    async def get_decision(
+        self, tenant: str, decision_id: str, now: float
+    ) -> DecisionRecord | None:
+        raw = await self.r.get(self.key(tenant, "dec", decision_id))
+        if not raw:
+            return None
+        record = _record_of(raw)
+        return record if record.expires_at > now else None
+
+    async def record_outcome(
+        self, tenant: str, decision_id: str, outcomes: Mapping[str, float], now: float
+    ) -> bool:
+        done = await self._outcome(
+            keys=[self.key(tenant, "dec", decision_id)],
+            args=[json.dumps(dict(outcomes)), int(now * 1000)],
+        )
+        return bool(done)
+
+    async def decisions(self, tenant: str, now: float) -> list[DecisionRecord]:
+        ids = await self.r.zrangebyscore(self.key(tenant, "decs"), f"({now}", "+inf")
+        out: list[DecisionRecord] = []
+        for i in range(0, len(ids), 1000):
+            chunk = [self.key(tenant, "dec", x.decode()) for x in ids[i : i + 1000]]
+            for raw in await self.r.mget(chunk):
+                if raw:
+                    record = _record_of(raw)
+                    if record.expires_at > now:
+                        out.append(record)
+        out.sort(key=lambda r: r.decision.decided_at)
+        return out
+
+    async def sweep(self, now: float) -> int:
+        """Redis expires the records by itself; this trims the decision indexes."""
+        dropped = 0
+        for tenant in self.dims:
+            dropped += int(
+                await self.r.zremrangebyscore(self.key(tenant, "decs"), "-inf", now)
+            )
+        return dropped
+
+    # ------------------------------------------------------------ change feed
+    async def feed_tail(self, tenant: str) -> str:
+        """The id of the newest feed event (``0-0`` when there is none)."""
+        info = await self.r.xrevrange(self.key(tenant, "feed"), count=1)
+        return info[0][0].decode() if info else "0-0"
+
+
+class FeedFollower:
+    """Follows every tenant's change feed and hands each event to ``listener``
+    (tenant, kind, fields; profile and model events list their ids in ``ids``,
+    joined by newlines), in order, from the last id applied. Reconnects by itself;
+    ``lag_s`` is the age of the newest event applied when it was applied."""
+
+    def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200) -> None:
+        self.store = store
+        self.listener = listener
+        self.block_ms = block_ms
+        self.last: dict[str, str] = {}
+        self.lag_s = 0.0
+        self.connected = True
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start from each feed's current end (the caller then loads the state)."""
+        for tenant in self.store.dims:
+            self.last[tenant] = await self.store.feed_tail(tenant)
+        self._task = asyncio.create_task(self._run(), name="pairline-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        r = self.store.r
+        delay = 0.05
+        while True:
+            try:
+                if isinstance(r, RedisCluster):
+                    # XREAD over several slots is not allowed: one tenant at a time.
+                    got = []
+                    per = max(1, self.block_ms // max(1, len(self.last)))
+                    for tenant, last in self.last.items():
+                        got += await r.xread({self.store.key(tenant, "feed"): last},
+                                             count=500, block=per) or []
+                else:
+                    streams = {self.store.key(t, "feed"): last for t, last in self.last.items()}
+                    got = await r.xread(streams, count=500, block=self.block_ms) or []
+                self.connected = True
+                delay = 0.05
+                for stream, entries in got:
+                    tenant = stream.decode().split("{", 1)[1].split("}", 1)[0]
+                    for entry_id, fields in entries:
+                        await self._apply(tenant, entry_id.decode(), fields)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("feed_disconnected", error=str(exc))
+                self.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def catch_up(self, tenant: str) -> None:
+        """Apply every event of ``tenant`` up to now, without waiting for the loop
+        (an operation needs the latest state before it can conclude)."""
+        stream = self.store.key(tenant, "feed")
+        while True:
+            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
+            entries = got[0][1] if got else []
+            for entry_id, fields in entries:
+                await self._apply(tenant, entry_id.decode(), fields)
+            if len(entries) < 1000:
+                return
+
+    async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+        kind = fields.get(b"k", b"").decode()
+        try:
+            result = self.listener(tenant, kind, fields)
+            if result is not None:
+                await result
+        except (RedisError, OSError):
+            raise  # retried from the same id
+        except Exception:  # a bad event must not stop the feed
+            log.exception("feed_event_failed", tenant=tenant, kind=kind)
+        self.last[tenant] = _later(self.last[tenant], entry_id)
+        self.lag_s = max(0.0, time.time() - int(entry_id.split("-")[0]) / 1000.0)
+
+
+def _later(a: str, b: str) -> str:
+    """The later of two stream ids."""
+    ta, _, sa = a.partition("-")
+    tb, _, sb = b.partition("-")
+    return a if (int(ta), int(sa or 0)) >= (int(tb), int(sb or 0)) else b
+
+
+__all__ = ["FeedFollower", "RedisStore", "ResponseError", "connect"]

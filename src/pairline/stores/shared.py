@@ -1,0 +1,317 @@
+"""Routing state shared by replicas: Redis is the authority, each replica a mirror.
+
+Every replica keeps the whole routing state of each tenant in memory (a
+:class:`~pairline.routing.TenantRouting`, the same code as the embedded store)
+and decides on it locally, so scoring never waits on the network. A change is
+made in three steps:
+
+1. the operation runs on the mirror, recording which agents and contacts it
+   changed (no awaits: it sees one consistent state);
+2. one Lua script commits the new snapshots of exactly those agents and
+   contacts **if each is still at the version the mirror saw** (compare and set),
+   bumps their versions and appends the snapshots to the tenant's change feed,
+   all atomically;
+3. if any of them moved on meanwhile (another replica claimed the agent first),
+   nothing is written: the script returns their current snapshots, the mirror
+   applies them and the operation runs again on the fresh state.
+
+So a decision is one round trip when nothing races, an agent or contact is never
+given to two decisions (two commits from the same version cannot both succeed),
+and an expired offer is returned exactly once (the second replica to try finds it
+already returned). The other replicas apply the snapshots from the feed; any
+snapshot older than what a mirror holds is ignored (versions), so the order in
+which the feed and the commit replies arrive does not matter.
+
+Keys of tenant ``T`` (one hash tag, one Cluster slot):
+``pl:{T}:ag:<agent>`` and ``pl:{T}:ct:<contact>`` hashes {v: version, s: snapshot
+JSON}; ``pl:{T}:agents`` and ``pl:{T}:contacts`` sets of ids (for a replica
+starting up); ``pl:{T}:dc:<decision>`` the contact a decision is about; and the
+feed ``pl:{T}:feed`` shared with :mod:`pairline.stores.redis`. Contact records hold
+the customer digest and context, so they carry a time to live; an ended contact
+leaves a versioned empty record for a while, so a late snapshot of it cannot bring
+it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import structlog
+
+from pairline.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from pairline.routing import TenantRouting
+from pairline.stores.redis import FEED_MAXLEN, RedisStore
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+CONTACT_TTL_S = 86_400.0  # a live contact record outlives any real call
+GONE_TTL_S = 3_600.0  # an ended contact's version is remembered this long
+MAX_ATTEMPTS = 8
+
+# KEYS: feed, agents set, contacts set, av, wv, then per entity its key and its
+# decision key (pl:{T}:dc:<id>, or the entity key again when it has none).
+# ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any), expected wv,
+# bump av (0/1), bump wv, then per entity: kind (a/c), id, expected version,
+# snapshot ('' = gone), decision id ('' = none).
+# Returns {1, versions} | {0, current v/s of every entity} | {2} (a counter moved).
+_COMMIT = """
+local n = tonumber(ARGV[1])
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return {2} end
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return {2} end
+for i = 1, n do
+  local b = 7 + 5 * (i - 1)
+  local cur = tonumber(redis.call('HGET', KEYS[4 + 2 * i], 'v') or '0')
+  if cur ~= tonumber(ARGV[b + 3]) then
+    local out = {}
+    for j = 1, n do
+      local h = redis.call('HMGET', KEYS[4 + 2 * j], 'v', 's')
+      out[#out + 1] = h[1] or '0'
+      out[#out + 1] = h[2] or ''
+    end
+    return {0, out}
+  end
+end
+local av = tonumber(redis.call('GET', KEYS[4]) or '0')
+local wv = tonumber(redis.call('GET', KEYS[5]) or '0')
+if ARGV[6] == '1' then av = redis.call('INCR', KEYS[4]) end
+if ARGV[7] == '1' then wv = redis.call('INCR', KEYS[5]) end
+local feed = {'k', 'snap', 'av', av, 'wv', wv}
+local versions = {}
+for i = 1, n do
+  local b = 7 + 5 * (i - 1)
+  local key = KEYS[4 + 2 * i]
+  local kind, id, s, did = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
+  local v = redis.call('HINCRBY', key, 'v', 1)
+  redis.call('HSET', key, 's', s)
+  if kind == 'a' then
+    redis.call('SADD', KEYS[2], id)
+  elseif s == '' then
+    redis.call('SREM', KEYS[3], id)
+    redis.call('PEXPIRE', key, ARGV[3])
+  else
+    redis.call('SADD', KEYS[3], id)
+    redis.call('PEXPIRE', key, ARGV[2])
+    if did ~= '' then redis.call('SET', KEYS[5 + 2 * i], id, 'PX', ARGV[2]) end
+  end
+  versions[#versions + 1] = v
+  feed[#feed + 1] = kind .. ':' .. id
+  feed[#feed + 1] = v .. '|' .. s
+end
+redis.call('EXPIRE', KEYS[3], %d)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', %d, '*', unpack(feed))
+return {1, versions}
+""" % (int(CONTACT_TTL_S), FEED_MAXLEN)
+
+
+def _load(s: bytes | str) -> dict[str, Any] | None:
+    return json.loads(s) if s else None
+
+
+class SharedRouting:
+    """Commits mirror changes to Redis (see the module docstring)."""
+
+    shared = True
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        # Set by the service once it follows the feed: reads the feed up to now.
+        self.catch_up: Callable[[str], Awaitable[None]] | None = None
+        self.r = store.r
+        self._commit = self.r.register_script(_COMMIT)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.conflicts = 0
+        self.commits = 0
+
+    def _k(self, tenant: str, *parts: str) -> str:
+        return self.store.key(tenant, *parts)
+
+    async def run(
+        self,
+        tenant: str,
+        routing: TenantRouting,
+        op: Callable[[], T],
+        *,
+        agents: Iterable[str] = (),
+        contacts: Iterable[str] = (),
+        decisions: Iterable[str] = (),
+    ) -> T:
+        """Run ``op`` on the mirror and commit what it changed; on a conflict, or
+        when ``op`` refuses on a state the mirror may not have caught up with, fetch
+        the named entities (``agents``, ``contacts``, ``decisions``) and run again."""
+        lock = self._locks.get(tenant)
+        if lock is None:
+            lock = self._locks[tenant] = asyncio.Lock()
+        async with lock:
+            refreshed = False
+            for _ in range(MAX_ATTEMPTS):
+                routing.touched_agents.clear()
+                routing.touched_contacts.clear()
+                routing.needs_av = routing.needs_wv = False
+                routing.bumps_av = routing.bumps_wv = False
+                routing.recording = True
+                try:
+                    result = op()
+                except (NotFound, FailedPrecondition, AlreadyExists):
+                    routing.recording = False
+                    self._rollback(routing)
+                    if refreshed:
+                        raise
+                    refreshed = True
+                    await self.refresh(tenant, routing, agents, contacts, decisions)
+                    continue
+                finally:
+                    routing.recording = False
+                outcome = await self.commit(tenant, routing)
+                if outcome == 1:
+                    return result
+                if outcome == 2 and self.catch_up is not None:
+                    await self.catch_up(tenant)
+            raise Unavailable("routing state is too contended right now: retry")
+
+    @staticmethod
+    def _rollback(routing: TenantRouting) -> None:
+        # Operations refuse before they change anything; nothing to undo, but
+        # nothing recorded may leak into the next attempt either.
+        routing.touched_agents.clear()
+        routing.touched_contacts.clear()
+
+    async def commit(self, tenant: str, routing: TenantRouting) -> int:
+        """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
+        has its current state); 2 an agent was freed or a contact queued elsewhere
+        while this operation concluded nothing was (the caller catches up)."""
+        entities: list[tuple[str, str]] = [("a", a) for a in sorted(routing.touched_agents)]
+        entities += [("c", c) for c in sorted(routing.touched_contacts)]
+        routing.touched_agents.clear()
+        routing.touched_contacts.clear()
+        if not entities:
+            return 1
+        keys = [self._k(tenant, "feed"), self._k(tenant, "agents"), self._k(tenant, "contacts"),
+                self._k(tenant, "av"), self._k(tenant, "wv")]
+        argv: list[str | int] = [
+            len(entities), int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
+            str(routing.av) if routing.needs_av else "",
+            str(routing.wv) if routing.needs_wv else "",
+            int(routing.bumps_av), int(routing.bumps_wv),
+        ]
+        for kind, eid in entities:
+            key = self._k(tenant, "ag" if kind == "a" else "ct", eid)
+            if kind == "a":
+                snap: dict[str, Any] | None = routing.agent_snapshot(eid)
+                expected = routing.agent_v.get(eid, 0)
+            else:
+                snap = routing.contact_snapshot(eid)
+                expected = routing.contact_v.get(eid, 0)
+            did = ""
+            if snap is not None and snap.get("d"):
+                did = snap["d"]["decision_id"]
+            keys += [key, self._k(tenant, "dc", did) if did else key]
+            argv += [kind, eid, expected, json.dumps(snap, separators=(",", ":")) if snap else "",
+                     did]
+        reply = await self._commit(keys=keys, args=argv)
+        if reply[0] == 1:
+            self.commits += 1
+            for (kind, eid), v in zip(entities, reply[1], strict=True):
+                (routing.agent_v if kind == "a" else routing.contact_v)[eid] = int(v)
+            return 1
+        self.conflicts += 1
+        # Undo this attempt's local changes: every entity back to Redis's state
+        # (on a counter conflict, fetched; on a version conflict, returned).
+        if reply[0] == 2:
+            await self._fetch(tenant, routing, entities)
+            return 2
+        payload = reply[1]
+        for i, (kind, eid) in enumerate(entities):
+            self.apply(routing, kind, eid, int(payload[2 * i]), payload[2 * i + 1], force=True)
+        return 0
+
+    @staticmethod
+    def apply(
+        routing: TenantRouting, kind: str, eid: str, version: int, raw: bytes | str,
+        *, force: bool = False,
+    ) -> bool:
+        """Make the mirror's copy equal to a snapshot at ``version`` unless it holds
+        a newer one (``force``: also when equal, to undo a local change)."""
+        versions = routing.agent_v if kind == "a" else routing.contact_v
+        held = versions.get(eid, 0)
+        if version < held or (version == held and not force):
+            return False
+        snap = _load(raw)
+        if kind == "a":
+            routing.apply_agent(eid, snap)
+        else:
+            routing.apply_contact(eid, snap)
+        versions[eid] = version
+        return True
+
+    async def refresh(
+        self,
+        tenant: str,
+        routing: TenantRouting,
+        agents: Iterable[str] = (),
+        contacts: Iterable[str] = (),
+        decisions: Iterable[str] = (),
+    ) -> None:
+        """Fetch named agents, contacts and decisions' contacts from Redis."""
+        contacts = list(contacts)
+        for did in decisions:
+            cid = await self.r.get(self._k(tenant, "dc", did))
+            if cid:
+                contacts.append(cid.decode())
+        wanted = [("a", a) for a in agents] + [("c", c) for c in contacts]
+        # A contact's agent matters too (its reservation lives on both).
+        for kind, eid in list(wanted):
+            if kind == "c" and eid in routing.contacts:
+                d = routing.contacts[eid].decision
+                if d is not None:
+                    wanted.append(("a", d.agent_id))
+        await self._fetch(tenant, routing, wanted)
+        # And the agents of contacts just fetched.
+        more = [("a", routing.contacts[c].decision.agent_id)  # type: ignore[union-attr]
+                for k, c in wanted if k == "c" and c in routing.contacts
+                and routing.contacts[c].decision is not None]
+        await self._fetch(tenant, routing, more)
+
+    async def _fetch(
+        self, tenant: str, routing: TenantRouting, wanted: list[tuple[str, str]]
+    ) -> None:
+        if not wanted:
+            return
+        async with self.r.pipeline(transaction=False) as p:
+            for kind, eid in wanted:
+                p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
+            rows = await p.execute()
+        for (kind, eid), (v, s) in zip(wanted, rows, strict=True):
+            self.apply(routing, kind, eid, int(v or 0), s or b"", force=True)
+
+    async def load(self, tenant: str, routing: TenantRouting) -> None:
+        """Rebuild the mirror from Redis (a replica starting up): the counters, every
+        agent, then every live contact."""
+        av, wv = await self.r.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
+        routing.av, routing.wv = int(av or 0), int(wv or 0)
+        agents = [a.decode() for a in await self.r.smembers(self._k(tenant, "agents"))]
+        contacts = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
+        for i in range(0, len(agents), 1000):
+            await self._fetch(tenant, routing, [("a", a) for a in agents[i:i + 1000]])
+        for i in range(0, len(contacts), 1000):
+            await self._fetch(tenant, routing, [("c", c) for c in contacts[i:i + 1000]])
+
+    def apply_feed(self, routing: TenantRouting, fields: dict[bytes, bytes]) -> list[str]:
+        """Apply one feed event of snapshots; returns ids of contacts that became
+        (or stayed) waiting, whose profiles the caller may want to load."""
+        waiting = []
+        routing.av = max(routing.av, int(fields.get(b"av", 0)))
+        routing.wv = max(routing.wv, int(fields.get(b"wv", 0)))
+        for name, value in fields.items():
+            if name in (b"k", b"av", b"wv"):
+                continue
+            kind, _, eid = name.decode().partition(":")
+            v, _, raw = value.partition(b"|")
+            if self.apply(routing, kind, eid, int(v), raw) and kind == "c" and raw:
+                c = routing.contacts.get(eid)
+                if c is not None and c.profile is None and c.digest:
+                    waiting.append(eid)
+        return waiting

@@ -1,0 +1,276 @@
+"""Several replicas on one Redis (and on a 3-master Redis Cluster): real servers in
+this process sharing a fake clock, each with its own Redis connections, mirror and
+change-feed follower. Calls go to any replica; every replica sees one state."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import redis
+from support import KEYS, Client, RedisClusterProcess, RedisProcess, contact, login, settings
+from test_concurrency import Tenant, _assert_exercised, drive, run_unary
+
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import insights_pb2 as ipb
+from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline.config import Settings
+from pairline.model import dump_model
+from pairline.server import PairlineServer
+from pairline.testing import FakeClock
+
+pytestmark = pytest.mark.slow
+
+
+def _flush(server: RedisProcess | RedisClusterProcess) -> None:
+    nodes = server.nodes if isinstance(server, RedisClusterProcess) else [server]
+    for n in nodes:
+        redis.Redis(port=n.port).flushall()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    server = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster")
+    _flush(server)
+    return server.url
+
+
+@dataclasses.dataclass
+class Replicas:
+    servers: list[PairlineServer]
+    clock: FakeClock
+    channels: list[grpc.aio.Channel]
+
+    def client(self, i: int, tenant: str = "acme") -> Client:
+        return Client(self.channels[i], KEYS[tenant])
+
+    async def settle(self) -> None:
+        """Every replica has applied every change made so far."""
+        for s in self.servers:
+            for name in s.settings.tenants:
+                await s.service._feed.catch_up(name.name)  # type: ignore[union-attr]
+
+
+@asynccontextmanager
+async def replicas(url: str, n: int = 2, cfg: Settings | None = None,
+                   clock: FakeClock | None = None) -> AsyncIterator[Replicas]:
+    clock = clock or FakeClock()
+    cfg = dataclasses.replace(cfg or settings(), redis_url=url)
+    servers: list[PairlineServer] = []
+    channels: list[grpc.aio.Channel] = []
+    try:
+        for _ in range(n):
+            s = PairlineServer(cfg, clock=clock)
+            await s.start()
+            servers.append(s)
+            channels.append(grpc.aio.insecure_channel(s.address))
+        yield Replicas(servers, clock, channels)
+    finally:
+        for c in channels:
+            await c.close()
+        for s in servers:
+            await s.stop(0.5)
+
+
+class TestOneStateAcrossReplicas:
+    async def test_agent_logged_in_on_one_is_routed_by_another(self, redis_url: str) -> None:
+        async with replicas(redis_url) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await a.router.SetAgentState(login("a1", "sales"))
+            # No waiting for the feed: B concludes nobody is free only if no agent
+            # was freed anywhere since its view; here one was, so it catches up.
+            d = (await b.router.RouteContact(contact("c1")))
+            assert d.mode == cpb.MODE_BASELINE and d.agent_id == "a1"
+            # The decision lives in Redis: confirmed through A, ended through B.
+            await a.router.ConfirmDecision(rpb.ConfirmDecisionRequest(decision_id=d.decision_id))
+            st = await a.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+            assert st.status == rpb.AGENT_STATUS_BUSY and list(st.contact_ids) == ["c1"]
+            end = await b.router.EndContact(rpb.EndContactRequest(
+                contact_id="c1", reason=rpb.END_REASON_HANDLED))
+            assert end.agent_id == "a1"
+
+    async def test_contact_queued_on_one_is_handed_to_an_agent_on_another(
+        self, redis_url: str
+    ) -> None:
+        async with replicas(redis_url) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await a.router.SetAgentState(login("a1", "sales", status=rpb.AGENT_STATUS_AWAY))
+            q = (await a.router.RouteContact(contact("c1")))
+            assert q.mode == cpb.MODE_QUEUED
+            d = (await b.router.AgentReady(rpb.AgentReadyRequest(agent_id="a1")))
+            assert d.contact_id == "c1" and d.agent_id == "a1"
+            # The same contact routed again (a retry through the other replica): same decision.
+            again = (await a.router.RouteContact(contact("c1")))
+            assert again.decision_id == d.decision_id
+
+    async def test_one_agent_two_replicas_racing(self, redis_url: str) -> None:
+        """Contacts routed at once through both replicas to one free agent: exactly
+        one gets it, the others wait, every time."""
+        async with replicas(redis_url) as rs:
+            a, b = rs.client(0), rs.client(1)
+            for rnd in range(10):
+                await a.router.SetAgentState(login("a1", "sales"))
+                await rs.settle()
+                calls = [(a if i % 2 else b).router.RouteContact(contact(f"r{rnd}-{i}"))
+                         for i in range(6)]
+                ds = list(await asyncio.gather(*calls))
+                got = [d for d in ds if d.mode != cpb.MODE_QUEUED]
+                assert len(got) == 1 and got[0].agent_id == "a1", ds
+                for d in ds:
+                    await a.router.EndContact(rpb.EndContactRequest(
+                        contact_id=d.contact_id, reason=rpb.END_REASON_ABANDONED))
+                await a.router.SetAgentState(
+                    login("a1", "sales", status=rpb.AGENT_STATUS_LOGGED_OUT))
+
+    async def test_an_expired_offer_returns_once(self, redis_url: str) -> None:
+        """Both replicas sweep: the lapsed offer returns agent and contact exactly once."""
+        async with replicas(redis_url) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await a.router.SetAgentState(login("a1", "sales"))
+            d = (await a.router.RouteContact(contact("c1")))
+            assert d.agent_id == "a1"
+            await rs.settle()
+            rs.clock.advance(11)  # offer timeout is 10 s
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                st = await b.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+                if st.status == rpb.AGENT_STATUS_AVAILABLE:
+                    break
+            await rs.settle()
+            for c in (a, b):
+                st = await c.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+                assert st.status == rpb.AGENT_STATUS_AVAILABLE and not st.contact_ids
+                stats = await c.insights.GetQueueStats(ipb.GetQueueStatsRequest(queue="sales"))
+                assert stats.queues[0].waiting == 1  # once, not twice
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await b.router.ConfirmDecision(
+                    rpb.ConfirmDecisionRequest(decision_id=d.decision_id))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            # Given again, to the same agent through the other replica.
+            d2 = (await b.router.AgentReady(rpb.AgentReadyRequest(agent_id="a1")))
+            assert d2.contact_id == "c1" and d2.decision_id != d.decision_id
+
+    async def test_a_new_replica_starts_from_the_shared_state(self, redis_url: str) -> None:
+        clock = FakeClock()
+        async with replicas(redis_url, n=1, clock=clock) as first:
+            a = first.client(0)
+            for i in range(5):
+                await a.router.SetAgentState(login(f"a{i}", "sales", "support"))
+            for i in range(8):
+                await a.router.RouteContact(contact(f"c{i}", queue="sales"))
+            before = await a.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+            async with replicas(redis_url, n=1, clock=clock) as second:
+                b = second.client(0)
+                after = await b.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+                assert after == before
+                assert after.queues[0].waiting == 3
+                for i in range(5):
+                    sa, sb = await asyncio.gather(
+                        a.router.GetAgentState(rpb.GetAgentStateRequest(agent_id=f"a{i}")),
+                        b.router.GetAgentState(rpb.GetAgentStateRequest(agent_id=f"a{i}")))
+                    assert sa == sb
+
+
+class TestSharedProfilesAndModels:
+    async def test_model_and_profiles_given_to_one_are_used_by_the_others(
+        self, redis_url: str
+    ) -> None:
+        async with replicas(redis_url, n=3, cfg=settings(policy="greedy")) as rs:
+            a, b, c = rs.client(0), rs.client(1), rs.client(2)
+            gen = np.random.default_rng(3)
+            model = dump_model(version="v7", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
+                               wa=gen.normal(size=3), b=0.0)
+            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+                ppb.AgentProfile(agent_id="a1", vector=[1, 0, 0], source_time_ms=1),
+                ppb.AgentProfile(agent_id="a2", vector=[0, 1, 0], source_time_ms=1)]))
+            await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+15550100", vector=[0.1, 0.2, 0.3, 0.4], source_time_ms=1))
+            await b.router.SetAgentState(login("a1", "sales"))
+            await b.router.SetAgentState(login("a2", "sales"))
+            await rs.settle()
+            d = (await c.router.RouteContact(contact("c1", customer_key="+15550100")))
+            assert (d.mode, d.policy, d.model_version) == (cpb.MODE_PAIRED, "greedy", "v7")
+            info = await b.profiles.GetModelInfo(ppb.GetModelInfoRequest())
+            assert info.active.version == "v7"
+            # A newer profile written through B replaces the one C had cached.
+            await b.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+15550100", vector=[9, 9, 9, 9], source_time_ms=2))
+            await rs.settle()
+            svc = rs.servers[2].service
+            digest = svc.tenants["acme"].pseudo.digest("+15550100")
+            row = await svc.store.get_customer_profile("acme", digest, rs.clock.now())
+            assert row is not None and row.vector[0] == 9
+
+
+class SpreadClient(Client):
+    """One tenant's stubs over several replicas: each call goes to a random one."""
+
+    def __init__(self, channels: list[grpc.aio.Channel], key: str, rng: random.Random) -> None:
+        super().__init__(channels[0], key)
+        self.channels = channels
+        self.rng = rng
+
+    def _wrap(self, stub: Any) -> Any:
+        kind = type(stub)
+        stubs = [kind(ch) for ch in self.channels]
+        client = self
+
+        class Bound:
+            def __getattr__(self, name: str) -> Any:
+                def call(*args: Any, **kw: Any) -> Any:
+                    kw.setdefault("metadata", client.metadata)
+                    kw.setdefault("timeout", 10)
+                    return getattr(client.rng.choice(stubs), name)(*args, **kw)
+
+                return call
+
+        return Bound()
+
+
+class SettlingTenant(Tenant):
+    """Reconciles only once every replica has applied every change (replies came
+    from whichever replica answered; the others follow within milliseconds)."""
+
+    replicas: Replicas
+
+    async def reconcile(self, t: int, wrap_hint: dict[str, int] | None = None) -> None:
+        await self.replicas.settle()
+        await super().reconcile(t, wrap_hint)
+
+
+class TestConcurrentAcrossReplicas:
+    @pytest.mark.parametrize("policy", ["baseline", "diagonal"])
+    async def test_invariants_hold_with_calls_spread_over_replicas(
+        self, redis_url: str, policy: str
+    ) -> None:
+        """The concurrency model test with every call sent to a random replica of
+        three: no agent over capacity, no contact given twice, none lost."""
+        rng = random.Random(77)
+        async with replicas(redis_url, n=3, cfg=settings(policy=policy)) as rs:
+            tenants = []
+            for name in ("acme", "globex"):
+                client = SpreadClient(rs.channels, KEYS[name], random.Random(rng.random()))
+                t = SettlingTenant(name, client, random.Random(rng.random()), policy, False)
+                t.replicas = rs
+                tenants.append(t)
+            if policy != "baseline":
+                for i, t in enumerate(tenants):
+                    await t.setup_pairing(model_seed=i)
+
+            class Clocked:
+                clock = rs.clock
+
+            kinds = await drive(Clocked, run_unary, tenants, rng)  # type: ignore[arg-type]
+            _assert_exercised(tenants, kinds)
+            conflicts = sum(s.service.shared.conflicts for s in rs.servers)  # type: ignore[union-attr]
+            assert conflicts > 0  # the replicas really raced
