@@ -6,13 +6,17 @@ import asyncio
 import urllib.request
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
-from support import Running, contact, login, running, settings
+from support import RedisProcess, Running, contact, login, running, settings
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.metrics import LIVE, PENDING, Metrics
+from pairline.model import dump_model
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -121,7 +125,6 @@ class TestEndpoint:
     async def test_every_documented_metric_is_exported(self, msrv: Running) -> None:
         """Live and pending metric families are all on the endpoint (pending at zero)."""
         assert msrv.server.metrics_endpoint is not None
-        msrv.server.metrics.opt_outs.labels("acme", "opt_out")  # a child makes a sample
         url = f"http://{msrv.server.metrics_endpoint.address}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
         names = {f.name for f in text_string_to_metric_families(text.decode())}
@@ -158,6 +161,45 @@ class TestWaits:
         assert value(m, "pairline_contact_wait_seconds_bucket", le="0.0", **w) == 1
         assert value(m, "pairline_contact_wait_seconds_bucket", le="20.0", **w) == 1
         assert value(m, "pairline_contact_wait_seconds_bucket", le="30.0", **w) == 2
+
+
+class TestRedis:
+    async def test_store_counters_are_live_on_redis(self, redis_server: RedisProcess) -> None:
+        """On the Redis store: routing commits, profile-cache lookups and the change-feed
+        lag come from the store's counters; the embedded store has no such samples."""
+        redis.Redis(port=redis_server.port).flushall()
+        cfg = replace(settings(policy="greedy"), metrics_listen="127.0.0.1:0",
+                      redis_url=redis_server.url)
+        async with running(cfg) as r:
+            gen = np.random.default_rng(1)
+            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
+                               wa=gen.normal(size=3), b=0.0)
+            p = r.acme.profiles
+            await p.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await p.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+1555", vector=[1, 0, 0, 0], version=1, source_time_ms=1))
+            await r.acme.router.SetAgentState(login("a1", "sales"))
+            d = await r.acme.router.RouteContact(contact("c1", customer_key="+1555"))
+            assert d.mode == cpb.MODE_PAIRED
+            await r.acme.router.RouteContact(contact("c2", customer_key="+1555"))
+            assert r.server.metrics_endpoint is not None
+            m = await scrape(r.server.metrics_endpoint.address)
+        commits = value(m, "pairline_routing_commits_total")
+        assert commits is not None and commits >= 3  # login and two routes
+        assert value(m, "pairline_claim_conflicts_total") == 0  # one replica: no race
+        hits = value(m, "pairline_cache_lookups_total", cache="customer_profiles", result="hit")
+        misses = value(m, "pairline_cache_lookups_total", cache="customer_profiles",
+                       result="miss")
+        assert hits is not None and misses is not None and hits + misses >= 2
+        lag = value(m, "pairline_change_feed_lag_seconds")
+        assert lag is not None and lag >= 0
+
+    async def test_embedded_store_has_no_redis_samples(self, msrv: Running) -> None:
+        """The Redis families are there (for dashboards) but empty on the embedded store."""
+        assert msrv.server.metrics_endpoint is not None
+        m = await scrape(msrv.server.metrics_endpoint.address)
+        assert value(m, "pairline_routing_commits_total") is None
+        assert value(m, "pairline_change_feed_lag_seconds") is None
 
 
 class TestRegistry:

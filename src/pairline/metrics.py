@@ -13,10 +13,12 @@ Three kinds of metric live here:
   counted on the hot path; :class:`StateCollector` asks the service for queue
   statistics when Prometheus scrapes, on the server's event loop (the routing
   state belongs to that loop).
-* **Hooks for parts built elsewhere** (Redis store: claim conflicts, cache
-  lookups, change-feed lag; privacy: opt-outs, deletions, tickets due). They are
-  registered and exported from day one (at zero) so dashboards and alerts can be
-  written now; :data:`LIVE` and :data:`PENDING` say which are fed today.
+* **Redis store counters** (claim conflicts, commits, profile-cache hits and
+  misses, change-feed lag) are the store's own plain counters, read at scrape
+  time too (no samples on the embedded store).
+* **Hooks for parts built elsewhere** (privacy: opt-outs, deletions, tickets
+  due). They are registered and exported from day one so dashboards and alerts
+  can be written now; :data:`LIVE` and :data:`PENDING` say which are fed today.
 
 Names follow the Prometheus conventions: ``pairline_`` prefix, base units in the
 name (``_seconds``, ``_ratio``), counters end in ``_total``.
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
@@ -50,13 +52,18 @@ WAIT_BUCKETS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 
                   300.0, 600.0)
 SCRAPE_TIMEOUT_S = 2.0
 
-# Metric names fed today, and those registered for work in progress (#5 Redis
-# store, privacy engine); the operations guide lists both.
+# Metric names fed today, and those registered for work in progress (privacy
+# engine); the operations guide lists both. The Redis ones have samples only
+# when the server runs on the Redis store.
 LIVE = (
     "pairline_decision_seconds",
     "pairline_decisions_total",
     "pairline_contact_wait_seconds",
     "pairline_offers_expired_total",
+    "pairline_claim_conflicts_total",
+    "pairline_routing_commits_total",
+    "pairline_cache_lookups_total",
+    "pairline_change_feed_lag_seconds",
     "pairline_queue_waiting_contacts",
     "pairline_queue_oldest_wait_seconds",
     "pairline_queue_agents",
@@ -64,9 +71,6 @@ LIVE = (
     "pairline_agent_occupancy_ratio",
 )
 PENDING = (
-    "pairline_claim_conflicts_total",
-    "pairline_cache_lookups_total",
-    "pairline_change_feed_lag_seconds",
     "pairline_opt_outs_total",
     "pairline_deletion_requests_total",
     "pairline_deletions_completed_total",
@@ -83,9 +87,6 @@ class Metrics:
 
     __slots__ = (
         "_children",
-        "cache_lookups",
-        "change_feed_lag",
-        "claim_conflicts",
         "contact_wait_seconds",
         "decision_seconds",
         "decisions",
@@ -114,23 +115,6 @@ class Metrics:
             "Time from a contact's arrival to its reservation for an agent (0 when an agent "
             "was free at once); service level = share under the threshold",
             ["tenant", "queue"], buckets=WAIT_BUCKETS_S, registry=r,
-        )
-        # Hooks for the Redis store (#5): not fed yet.
-        self.claim_conflicts = Counter(
-            "pairline_claim_conflicts",
-            "Claims that lost a race for an agent or contact to another replica (Redis store)",
-            ["tenant"], registry=r,
-        )
-        self.cache_lookups = Counter(
-            "pairline_cache_lookups",
-            "Replica-local cache lookups by cache and result (hit, miss); "
-            "hit ratio = rate(hit) / rate(all)",
-            ["cache", "result"], registry=r,
-        )
-        self.change_feed_lag = Gauge(
-            "pairline_change_feed_lag_seconds",
-            "Age of the newest change event applied by this replica (Redis store)",
-            registry=r,
         )
         # Hooks for the privacy engine: not fed yet.
         self.opt_outs = Counter(
@@ -174,6 +158,14 @@ class Snapshot:
 
     queues: list[tuple[str, QueueStats]] = field(default_factory=list)  # (tenant, stats)
     offers_expired: dict[str, int] = field(default_factory=dict)  # tenant -> count since start
+    # Redis store only (None on the embedded store): routing commits that lost a
+    # race with another replica, and all commits; customer-profile cache hits and
+    # misses; age of the newest change-feed event applied.
+    claim_conflicts: int | None = None
+    commits: int | None = None
+    cache_hits: int | None = None
+    cache_misses: int | None = None
+    feed_lag_s: float | None = None
 
 
 class StateCollector(Collector):
@@ -244,6 +236,7 @@ class StateCollector(Collector):
         for tenant, count in snap.offers_expired.items():
             expired.add_metric([tenant], count)
         yield expired
+        yield from self._redis(snap)
         tickets = GaugeMetricFamily(
             "pairline_deletion_tickets",
             "Open deletion tickets by state (open, due_soon, overdue)",
@@ -253,6 +246,33 @@ class StateCollector(Collector):
             for tenant, state, count in source():
                 tickets.add_metric([tenant, state], count)
         yield tickets
+
+
+    @staticmethod
+    def _redis(snap: Snapshot) -> Iterator[Metric]:
+        conflicts = CounterMetricFamily(
+            "pairline_claim_conflicts",
+            "Routing commits (claims of agents and contacts) that lost a race with another "
+            "replica and were run again (Redis store)")
+        commits = CounterMetricFamily(
+            "pairline_routing_commits", "Routing changes committed to Redis (Redis store)")
+        lookups = CounterMetricFamily(
+            "pairline_cache_lookups",
+            "Replica-local cache lookups by cache and result (hit, miss); hit ratio = "
+            "rate(hit) / rate(all) (Redis store)", labels=["cache", "result"])
+        lag = GaugeMetricFamily(
+            "pairline_change_feed_lag_seconds",
+            "Age of the newest change-feed event when this replica applied it (Redis store)")
+        if snap.claim_conflicts is not None:
+            conflicts.add_metric([], snap.claim_conflicts)
+        if snap.commits is not None:
+            commits.add_metric([], snap.commits)
+        if snap.cache_hits is not None and snap.cache_misses is not None:
+            lookups.add_metric(["customer_profiles", "hit"], snap.cache_hits)
+            lookups.add_metric(["customer_profiles", "miss"], snap.cache_misses)
+        if snap.feed_lag_s is not None:
+            lag.add_metric([], snap.feed_lag_s)
+        yield from (conflicts, commits, lookups, lag)
 
 
 class MetricsEndpoint:

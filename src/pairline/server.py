@@ -128,13 +128,22 @@ class PairlineServer:
         return self.port
 
     def _start_metrics(self) -> None:
-        service = self.service
+        service, store = self.service, self.store
 
         def snapshot() -> Snapshot:
-            return Snapshot(
+            snap = Snapshot(
                 queues=[(t, s) for t in service.tenants for s in service.queue_stats(t, "")],
                 offers_expired={t: rt.routing.expired_total for t, rt in service.tenants.items()},
             )
+            if service.shared is not None:
+                snap.claim_conflicts = service.shared.conflicts
+                snap.commits = service.shared.commits
+            if isinstance(store, RedisStore):
+                snap.cache_hits, snap.cache_misses = store.hits, store.misses
+            feed = getattr(service, "_feed", None)
+            if feed is not None:
+                snap.feed_lag_s = feed.lag_s
+            return snap
 
         self.metrics.registry.register(
             StateCollector(snapshot, self.metrics, asyncio.get_running_loop())
