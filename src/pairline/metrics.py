@@ -4,11 +4,12 @@ Every :class:`~pairline.server.PairlineServer` owns one :class:`Metrics` with it
 ``CollectorRegistry`` (never the process-global one), so several servers in one
 process (tests, the demo) keep separate numbers.
 
-Three kinds of metric live here:
+Four kinds of metric live here:
 
 * **Hot path** (per decision): :meth:`Metrics.observe_decision` does one dict lookup,
   one histogram observation and one counter increment (label children are
-  resolved once per label set and cached). See ``benchmarks/test_metrics_bench.py``.
+  resolved once per label set and cached); a reservation also observes the
+  contact's wait (:mod:`pairline.metered`). See ``benchmarks/test_metrics_bench.py``.
 * **Read at scrape time** (queue depths, waits, agents, occupancy): nothing is
   counted on the hot path; :class:`StateCollector` asks the service for queue
   statistics when Prometheus scrapes, on the server's event loop (the routing
