@@ -274,3 +274,93 @@ class TestConcurrentAcrossReplicas:
             _assert_exercised(tenants, kinds)
             conflicts = sum(s.service.shared.conflicts for s in rs.servers)  # type: ignore[union-attr]
             assert conflicts > 0  # the replicas really raced
+
+
+class TestRedisOutage:
+    async def test_routing_degrades_and_recovers_by_itself(self) -> None:
+        """Redis killed: every call still answers, DEGRADED, within its deadline;
+        Redis back: PAIRED again, and what was decided meanwhile is known to all."""
+        from grpc_health.v1 import health_pb2
+
+        own = RedisProcess()
+        try:
+            async with replicas(own.url, n=2, cfg=settings(policy="greedy")) as rs:
+                a, b = rs.client(0), rs.client(1)
+                gen = np.random.default_rng(5)
+                model = dump_model(version="v1", W=gen.normal(size=(4, 3)),
+                                   wc=gen.normal(size=4), wa=gen.normal(size=3), b=0.0)
+                await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+                await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+                    ppb.AgentProfile(agent_id=f"a{i}", vector=gen.normal(size=3).tolist(),
+                                     source_time_ms=1) for i in range(6)]))
+                await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                    customer_key="cust", vector=[0.1, 0.2, 0.3, 0.4], source_time_ms=1))
+                for i in range(6):
+                    await a.router.SetAgentState(login(f"a{i}", "sales"))
+                await rs.settle()
+                d = await b.router.RouteContact(contact("before", customer_key="cust"))
+                assert d.mode == cpb.MODE_PAIRED
+
+                own.kill()
+                loop = asyncio.get_running_loop()
+                degraded = []
+                for i, c in enumerate((a, b, a, b)):
+                    t0 = loop.time()
+                    d = await c.router.RouteContact(
+                        contact(f"out{i}", customer_key="cust"), timeout=2)
+                    assert loop.time() - t0 < 1.0
+                    assert d.mode == cpb.MODE_DEGRADED and d.agent_id, d
+                    degraded.append(d)
+                await c.router.ConfirmDecision(
+                    rpb.ConfirmDecisionRequest(decision_id=degraded[-1].decision_id))
+                hs = await a.health.Check(health_pb2.HealthCheckRequest(
+                    service="pairline.v1.Profiles"))
+                for _ in range(40):
+                    if hs.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        break
+                    await asyncio.sleep(0.05)
+                    hs = await a.health.Check(health_pb2.HealthCheckRequest(
+                        service="pairline.v1.Profiles"))
+                assert hs.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                hr = await a.health.Check(health_pb2.HealthCheckRequest(
+                    service="pairline.v1.Router"))
+                assert hr.status == health_pb2.HealthCheckResponse.SERVING
+
+                own.start()  # same port, same append-only file
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if not any(s.service.shared.degraded for s in rs.servers):  # type: ignore[union-attr]
+                        break
+                d = await a.router.RouteContact(contact("after", customer_key="cust"))
+                assert d.mode == cpb.MODE_PAIRED, d
+                await rs.settle()
+                # What was decided during the outage was written back. Both replicas
+                # gave away agents they each saw free; where they chose the same one,
+                # the first write-back keeps it and the other contact waits again.
+                # No agent is over capacity and no contact is lost.
+                kept, waiting = [], []
+                for dd in degraded:
+                    st = await b.router.GetAgentState(
+                        rpb.GetAgentStateRequest(agent_id=dd.agent_id))
+                    assert len(st.contact_ids) <= 1, st
+                    (kept if dd.contact_id in st.contact_ids else waiting).append(dd)
+                stats = await a.insights.GetQueueStats(ipb.GetQueueStatsRequest(queue="sales"))
+                assert stats.queues[0].waiting == len(waiting)
+                assert len(kept) >= 2 and len({d.agent_id for d in kept}) == len(kept)
+                assert len(kept) + len(waiting) == len(degraded)
+                for dd in kept:
+                    end = await b.router.EndContact(rpb.EndContactRequest(
+                        contact_id=dd.contact_id, reason=rpb.END_REASON_HANDLED))
+                    assert end.agent_id == dd.agent_id
+                for dd in waiting:
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await a.router.ConfirmDecision(
+                            rpb.ConfirmDecisionRequest(decision_id=dd.decision_id))
+                    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                    again = await a.router.RouteContact(contact(dd.contact_id))
+                    assert again.mode != cpb.MODE_QUEUED and again.agent_id  # a2..a5 free
+                hs = await b.health.Check(health_pb2.HealthCheckRequest(
+                    service="pairline.v1.Profiles"))
+                assert hs.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            own.stop()

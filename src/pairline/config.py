@@ -141,6 +141,8 @@ class Settings:
     redis_url: str = ""
     # Customer profiles each replica keeps in memory (per tenant, LRU).
     profile_cache_size: int = 100_000
+    # A Redis call that takes longer fails (routing then degrades to the baseline).
+    redis_timeout_s: float = 0.25
     # Prometheus /metrics over HTTP on HOST:PORT; empty = not served.
     metrics_listen: str = ""
     # The operators served: [[tenants]] tables in the file.

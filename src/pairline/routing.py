@@ -15,6 +15,7 @@ arrival, then a sequence number.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections.abc import Iterable
@@ -116,6 +117,23 @@ class Contact:
     @property
     def key(self) -> tuple[int, float, int, str]:
         return (-self.priority, self.arrival, self.seq, self.contact_id)
+
+
+def _contact_of(contact_id: str, snap: dict[str, Any], c: Contact | None = None) -> Contact:
+    """A contact as a snapshot describes it (``c`` updated in place when given, so
+    what this replica derived from its profile stays)."""
+    c = c or Contact(
+        contact_id=contact_id, queue="", channel=Channel.VOICE, priority=0, arrival=0.0,
+        seq=0, digest="", context=(), min_proficiency=0, excluded=frozenset(),
+    )
+    c.queue, c.channel, c.priority = snap["q"], Channel(snap["ch"]), int(snap["pr"])
+    c.arrival, c.seq, c.digest = float(snap["arr"]), int(snap["seq"]), snap["dg"]
+    c.context = tuple((str(k), float(v)) for k, v in snap["ctx"])
+    c.min_proficiency = int(snap["mp"])
+    c.excluded, c.preferred = frozenset(snap["ex"]), frozenset(snap["pf"])
+    c.state = ContactState(snap["st"])
+    c.decision = Decision.of(snap["d"]) if snap["d"] else None
+    return c
 
 
 class QueueIndex:
@@ -298,9 +316,25 @@ class TenantRouting:
         # this operation relied on the counter; ``bumps_*``: it moves it.
         self.av = 0
         self.wv = 0
+        # Changed while Redis could not be reached: written back when it returns.
+        self.dirty_agents: set[str] = set()
+        self.dirty_contacts: set[str] = set()
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
         # Reservations released by their offer timeout since start (a metric).
         self.expired_total = 0
+
+    def clear(self) -> None:
+        """Forget every agent, contact and reservation (before a rebuild from the
+        shared state); agent profiles stay."""
+        self.agents.clear()
+        self.contacts.clear()
+        self.queues.clear()
+        self.waiting.clear()
+        self.n_waiting = 0
+        self.reservations.clear()
+        self._expiry.clear()
+        self.agent_v.clear()
+        self.contact_v.clear()
 
     def _tc(self, contact_id: str) -> None:
         if self.recording:
@@ -722,17 +756,7 @@ class TenantRouting:
         if snap is None:
             self.contacts.pop(contact_id, None)
             return
-        c = old or Contact(
-            contact_id=contact_id, queue="", channel=Channel.VOICE, priority=0, arrival=0.0,
-            seq=0, digest="", context=(), min_proficiency=0, excluded=frozenset(),
-        )
-        c.queue, c.channel, c.priority = snap["q"], Channel(snap["ch"]), int(snap["pr"])
-        c.arrival, c.seq, c.digest = float(snap["arr"]), int(snap["seq"]), snap["dg"]
-        c.context = tuple((str(k), float(v)) for k, v in snap["ctx"])
-        c.min_proficiency = int(snap["mp"])
-        c.excluded, c.preferred = frozenset(snap["ex"]), frozenset(snap["pf"])
-        c.state = ContactState(snap["st"])
-        c.decision = Decision.of(snap["d"]) if snap["d"] else None
+        c = _contact_of(contact_id, snap, old)
         self.contacts[contact_id] = c
         if c.state is ContactState.WAITING:
             c.decision = None
@@ -744,6 +768,73 @@ class TenantRouting:
         elif c.state is ContactState.RESERVED and c.decision is not None:
             self.reservations[c.decision.decision_id] = c.decision
             heapq.heappush(self._expiry, (c.decision.expires_at, c.decision.decision_id))
+
+    def merge_back(
+        self,
+        agents: dict[str, dict[str, Any]],
+        contacts: dict[str, dict[str, Any] | None],
+        now: float,
+    ) -> list[str]:
+        """After an outage of the shared state: fold what this replica decided on its
+        own (``agents``, ``contacts``: its snapshots of what it changed) into the
+        current shared state held here. Agents take their presence, queues and
+        capacities; each contact keeps its decision if its agent still has room on
+        that channel, and otherwise waits again (the decision is dropped; the switch
+        learns it from NOT_FOUND on confirm). Nothing ever goes over capacity.
+        Returns the ids of contacts whose decision was dropped."""
+        for agent_id, snap in agents.items():
+            status = AgentStatus(snap["p"])
+            current = self.agents.get(agent_id)
+            if current is not None and status is AgentStatus.LOGGED_OUT and current.connected:
+                status = AgentStatus.BUSY  # calls it handles elsewhere: not logged out
+            try:
+                self.set_agent_state(agent_id, status, tuple(snap["q"]), tuple(snap["cap"]),
+                                     0.0, now)
+            except (FailedPrecondition, ResourceExhausted):
+                continue
+            agent = self.agents[agent_id]
+            agent.wrap_until = max(agent.wrap_until, float(snap["wu"]))
+            self._sync(agent)
+        dropped = []
+        for contact_id, snap in contacts.items():
+            current = self.contacts.get(contact_id)
+            if snap is None:  # ended here
+                if current is not None:
+                    reason = (EndReason.HANDLED if current.state is ContactState.CONNECTED
+                              else EndReason.ABANDONED)
+                    self.end_contact(contact_id, reason, 0.0, now)
+                continue
+            if current is not None and current.state is not ContactState.WAITING:
+                continue  # decided elsewhere too: the shared state's decision stands
+            local = _contact_of(contact_id, snap)
+            decision = local.decision
+            if current is not None:
+                current.decision = decision
+                local = current
+            local.state = ContactState.WAITING
+            agent = self.agents.get(decision.agent_id) if decision is not None else None
+            c = local.channel - 1
+            if (decision is None or agent is None or agent.presence is AgentStatus.LOGGED_OUT
+                    or agent.in_use[c] >= agent.capacity[c]):
+                if decision is not None:
+                    dropped.append(contact_id)
+                if current is None:
+                    with contextlib.suppress(ResourceExhausted):
+                        self.enqueue(local)
+                continue
+            if current is not None:
+                self._unwait(current)
+            self.contacts[contact_id] = local
+            local.state = ContactState.RESERVED
+            agent.in_use[c] += 1
+            agent.reservations[decision.decision_id] = contact_id
+            self.reservations[decision.decision_id] = decision
+            heapq.heappush(self._expiry, (decision.expires_at, decision.decision_id))
+            self._tc(contact_id)
+            self._sync(agent)
+            if ContactState(snap["st"]) is ContactState.CONNECTED:
+                self.confirm(decision.decision_id)
+        return dropped
 
     # ------------------------------------------------------------------ stats
     def queue_stats(self, queue: str | None, now: float) -> list[QueueStats]:

@@ -53,6 +53,7 @@ def redis_store(settings: Settings) -> RedisStore:
         settings.redis_url,
         {t.name: (t.customer_dim, t.agent_dim) for t in settings.tenants},
         cache_size=settings.profile_cache_size,
+        timeout_s=settings.redis_timeout_s,
         profile_ttl_s={t.name: t.profile_ttl_days * DAY_S for t in settings.tenants},
     )
 
@@ -75,6 +76,7 @@ class PairlineServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._degraded = False
         keys = {h: t.name for t in settings.tenants for h in t.api_key_sha256}
         self.guard = Guard(lambda: keys)
         self.metrics = Metrics()
@@ -161,7 +163,22 @@ class PairlineServer:
         await self.service.start()
 
     async def _expire(self) -> int:
-        return await self.service.expire_all()
+        n = await self.service.expire_all()
+        await self._redis_health()
+        return n
+
+    async def _redis_health(self) -> None:
+        """With shared state: while Redis is out of reach, Router stays SERVING
+        (decisions go on, DEGRADED) and the services that need Redis to answer
+        truthfully (Profiles, Privacy, Insights) say NOT_SERVING."""
+        shared = self.service.shared
+        if shared is None or shared.degraded == self._degraded or self._server is None:
+            return
+        self._degraded = shared.degraded
+        status = (health_pb2.HealthCheckResponse.NOT_SERVING if self._degraded
+                  else health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICE_NAMES[1:]:
+            await self.health.set(name, status)
 
     @staticmethod
     async def _every(period_s: float, job: object) -> None:

@@ -51,7 +51,7 @@ from pairline.privacy import Pseudonymiser
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 from pairline.stores.redis import FeedFollower
-from pairline.stores.shared import SharedRouting
+from pairline.stores.shared import REDIS_ERRORS, SharedRouting
 
 log = structlog.get_logger()
 
@@ -218,6 +218,10 @@ class Service:
     def _rt(self, tenant: str) -> TenantRuntime:
         return self.tenants[tenant]
 
+    def degraded(self, tenant: str) -> bool:
+        """Shared state out of reach for ``tenant``: routing goes on, by the baseline."""
+        return self.shared is not None and tenant in self.shared._resync
+
     # ---------------------------------------------------------------- routing
     def _x(self, scorer: Scorer, contact: Contact) -> np.ndarray | None:
         """The contact's model input for ``scorer`` (None without a profile)."""
@@ -270,7 +274,10 @@ class Service:
         monitor = rt.config.monitor
         slot_on, compared = rt.slot(contact.queue, now)
         choice = Choice(mode=Mode.BASELINE, policy="baseline")
-        if pol.name == "baseline" and not monitor:
+        if self.degraded(rt.config.name):
+            k = _baseline_pick(index, rows)
+            choice.mode = Mode.DEGRADED
+        elif pol.name == "baseline" and not monitor:
             k = _baseline_pick(index, rows)
         elif slot_on is False:
             k = _baseline_pick(index, rows)
@@ -330,11 +337,14 @@ class Service:
 
     async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
         ttl_s = rt.config.decision_ttl_days * DAY_S
-        await self.store.record_decision(
+        if self.degraded(tenant) and d.decision_id:
+            d.mode = Mode.DEGRADED  # decided while the shared state was out of reach
+            d.predicted_outcome = 0.0
+        await self._soft(self.store.record_decision(
             tenant,
             DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
                            context=contact.context),
-        )
+        ))
         log.debug(
             "contact_routed",
             tenant=tenant,
@@ -363,8 +373,10 @@ class Service:
         rt = self._rt(tenant)
         digest = rt.pseudo.digest(req.customer_key)
         profile = None
-        if digest and rt.scorer is not None and rt.wants_profiles(req.queue):
-            row = await self.store.get_customer_profile(tenant, digest, self.clock.now())
+        if (digest and rt.scorer is not None and rt.wants_profiles(req.queue)
+                and not self.degraded(tenant)):
+            row = await self._soft(
+                self.store.get_customer_profile(tenant, digest, self.clock.now()))
             profile = row.vector if row is not None else None
         decision, contact, accepted = await self.coord.run(
             tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile),
@@ -374,6 +386,17 @@ class Service:
         if contact is not None:
             await self._record(tenant, rt, contact, decision)
         return decision
+
+    async def _soft(self, call: Coroutine[Any, Any, T]) -> T | None:
+        """A store read or write on the routing path: with shared state, Redis
+        trouble gives None (the caller goes on without it) instead of failing."""
+        if self.shared is None:
+            return await call
+        try:
+            return await call
+        except REDIS_ERRORS as exc:
+            log.warning("store_unreachable", error=repr(exc))
+            return None
 
     def _route_op(
         self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None
@@ -428,6 +451,8 @@ class Service:
         pol = rt.policy(top[0].queue)
         scorer = rt.scorer
         a = rt.routing.agent_vectors.get(agent.agent_id)
+        if self.degraded(rt.config.name):
+            return top[0], Choice(mode=Mode.DEGRADED, policy="baseline")
         if pol.name == "baseline" and not rt.config.monitor:
             return top[0], Choice(mode=Mode.BASELINE, policy="baseline")
         slot_on, compared = rt.slot(top[0].queue, now)
@@ -659,6 +684,8 @@ class Service:
 
     async def expire_all(self) -> int:
         """Release timed-out reservations of every tenant (the periodic sweep)."""
+        if self.shared is not None and self.shared.degraded:
+            await self.shared.maintain({n: rt.routing for n, rt in self.tenants.items()})
         now = self.clock.now()
         n = 0
         for name, rt in self.tenants.items():
@@ -760,6 +787,8 @@ class Service:
             self._feed = FeedFollower(self.shared.store, self.on_feed)
             await self._feed.start()
             self.shared.catch_up = self._feed.catch_up
+            self.shared.on_recovered = self._readopt
+            self.shared.now = self.clock.now
             for name, rt in self.tenants.items():
                 for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
                     rt.routing.set_agent_vector(agent_id, row.vector)
@@ -777,6 +806,11 @@ class Service:
             for name, rt in self.tenants.items():
                 for contact_id in list(rt.routing.contacts):
                     await self._adopt(name, rt, contact_id)
+
+    async def _readopt(self, tenant: str) -> None:
+        rt = self.tenants[tenant]
+        for contact_id in list(rt.routing.contacts):
+            await self._soft(self._adopt(tenant, rt, contact_id))
 
     async def stop(self) -> None:
         if self._feed is not None:

@@ -46,6 +46,8 @@ import numpy as np
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from pairline.domain import Decision
@@ -60,10 +62,17 @@ FEED_MAXLEN = 100_000
 NO_EXPIRY_MS = 10**19 - 1  # "never" in the 20-digit expiry field
 
 
-def connect(url: str) -> Any:
+def connect(url: str, timeout_s: float = 0.5) -> Any:
     """A client for ``url``: ``redis://``, ``rediss://`` or ``unix://`` for one Redis;
     ``redis+cluster://host:port[,host:port...]`` (or ``rediss+cluster://``) for a
-    Redis Cluster given by one or more seed nodes."""
+    Redis Cluster given by one or more seed nodes. Calls fail after ``timeout_s``
+    instead of waiting on a Redis that does not answer, and are not retried here
+    (the caller decides: routing degrades, writes are refused as UNAVAILABLE)."""
+    common: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
     if "+cluster://" in url:
         scheme, _, rest = url.partition("+cluster://")
         seeds = rest.split("/", 1)[0].split(",")
@@ -73,9 +82,8 @@ def connect(url: str) -> Any:
         for seed in seeds:
             host, _, port = seed.rpartition(":")
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-        return RedisCluster(startup_nodes=nodes, ssl=scheme == "rediss",
-                            decode_responses=False)
-    return aioredis.Redis.from_url(url, decode_responses=False)
+        return RedisCluster(startup_nodes=nodes, ssl=scheme == "rediss", **common)
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
 
 
 def _order_key(row: ProfileRow) -> str:
@@ -230,8 +238,10 @@ class RedisStore:
         self.misses = 0
 
     @classmethod
-    def from_url(cls, url: str, dims: Mapping[str, tuple[int, int]], **kw: Any) -> RedisStore:
-        return cls(connect(url), dims, **kw)
+    def from_url(
+        cls, url: str, dims: Mapping[str, tuple[int, int]], *, timeout_s: float = 0.5, **kw: Any
+    ) -> RedisStore:
+        return cls(connect(url, timeout_s), dims, **kw)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, RuntimeError):

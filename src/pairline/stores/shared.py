@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
+from redis.exceptions import RedisError
 
 from pairline.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from pairline.routing import TenantRouting
@@ -51,21 +53,24 @@ T = TypeVar("T")
 CONTACT_TTL_S = 86_400.0  # a live contact record outlives any real call
 GONE_TTL_S = 3_600.0  # an ended contact's version is remembered this long
 MAX_ATTEMPTS = 8
+PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 # KEYS: feed, agents set, contacts set, av, wv, then per entity its key and its
 # decision key (pl:{T}:dc:<id>, or the entity key again when it has none).
 # ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any), expected wv,
-# bump av (0/1), bump wv, then per entity: kind (a/c), id, expected version,
-# snapshot ('' = gone), decision id ('' = none).
+# bump av (0/1), bump wv, force (1: no version check: writing back after an
+# outage), then per entity: kind (a/c), id, expected version, snapshot
+# ('' = gone), decision id ('' = none).
 # Returns {1, versions} | {0, current v/s of every entity} | {2} (a counter moved).
 _COMMIT = """
 local n = tonumber(ARGV[1])
 if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return {2} end
 if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return {2} end
 for i = 1, n do
-  local b = 7 + 5 * (i - 1)
+  local b = 8 + 5 * (i - 1)
   local cur = tonumber(redis.call('HGET', KEYS[4 + 2 * i], 'v') or '0')
-  if cur ~= tonumber(ARGV[b + 3]) then
+  if ARGV[8] ~= '1' and cur ~= tonumber(ARGV[b + 3]) then
     local out = {}
     for j = 1, n do
       local h = redis.call('HMGET', KEYS[4 + 2 * j], 'v', 's')
@@ -82,7 +87,7 @@ if ARGV[7] == '1' then wv = redis.call('INCR', KEYS[5]) end
 local feed = {'k', 'snap', 'av', av, 'wv', wv}
 local versions = {}
 for i = 1, n do
-  local b = 7 + 5 * (i - 1)
+  local b = 8 + 5 * (i - 1)
   local key = KEYS[4 + 2 * i]
   local kind, id, s, did = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
   local v = redis.call('HINCRBY', key, 'v', 1)
@@ -118,6 +123,13 @@ class SharedRouting:
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        self.tenants = list(store.dims)
+        self._resync: set[str] = set()
+        self._probe_at = 0.0
+        # Set by the service: re-adopts a tenant's contacts after a rebuild; and
+        # the service's clock (time of the write-back after an outage).
+        self.on_recovered: Callable[[str], Awaitable[None]] | None = None
+        self.now: Callable[[], float] | None = None
         # Set by the service once it follows the feed: reads the feed up to now.
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
         self.r = store.r
@@ -141,52 +153,140 @@ class SharedRouting:
     ) -> T:
         """Run ``op`` on the mirror and commit what it changed; on a conflict, or
         when ``op`` refuses on a state the mirror may not have caught up with, fetch
-        the named entities (``agents``, ``contacts``, ``decisions``) and run again."""
+        the named entities (``agents``, ``contacts``, ``decisions``) and run again.
+
+        When Redis cannot be reached, ``op`` runs on the mirror alone (the caller
+        sees :attr:`degraded` and routes by the baseline); what it changed is kept
+        and written back when Redis returns (see :meth:`maintain`)."""
         lock = self._locks.get(tenant)
         if lock is None:
             lock = self._locks[tenant] = asyncio.Lock()
         async with lock:
-            refreshed = False
-            for _ in range(MAX_ATTEMPTS):
-                routing.touched_agents.clear()
-                routing.touched_contacts.clear()
-                routing.needs_av = routing.needs_wv = False
-                routing.bumps_av = routing.bumps_wv = False
-                routing.recording = True
+            if tenant in self._resync and not await self._recover(tenant, routing):
+                return self._local(routing, op)
+            return await self._run_locked(tenant, routing, op, agents=agents,
+                                          contacts=contacts, decisions=decisions)
+
+    async def _run_locked(
+        self,
+        tenant: str,
+        routing: TenantRouting,
+        op: Callable[[], T],
+        *,
+        agents: Iterable[str] = (),
+        contacts: Iterable[str] = (),
+        decisions: Iterable[str] = (),
+    ) -> T:
+        refreshed = False
+        for _ in range(MAX_ATTEMPTS):
+            routing.touched_agents.clear()
+            routing.touched_contacts.clear()
+            routing.needs_av = routing.needs_wv = False
+            routing.bumps_av = routing.bumps_wv = False
+            routing.recording = True
+            try:
+                result = op()
+            except (NotFound, FailedPrecondition, AlreadyExists):
+                # Operations refuse before they change anything: nothing to undo.
+                routing.recording = False
+                if refreshed:
+                    raise
+                refreshed = True
                 try:
-                    result = op()
-                except (NotFound, FailedPrecondition, AlreadyExists):
-                    routing.recording = False
-                    self._rollback(routing)
-                    if refreshed:
-                        raise
-                    refreshed = True
                     await self.refresh(tenant, routing, agents, contacts, decisions)
-                    continue
-                finally:
-                    routing.recording = False
+                except REDIS_ERRORS as exc:
+                    self._degrade(exc)
+                    return self._local(routing, op)
+                continue
+            finally:
+                routing.recording = False
+            try:
                 outcome = await self.commit(tenant, routing)
-                if outcome == 1:
-                    return result
                 if outcome == 2 and self.catch_up is not None:
                     await self.catch_up(tenant)
-            raise Unavailable("routing state is too contended right now: retry")
+            except REDIS_ERRORS as exc:
+                # The change stays on this mirror, to be written back later.
+                self._degrade(exc)
+                routing.dirty_agents |= routing.touched_agents
+                routing.dirty_contacts |= routing.touched_contacts
+                return result
+            if outcome == 1:
+                return result
+        raise Unavailable("routing state is too contended right now: retry")
 
-    @staticmethod
-    def _rollback(routing: TenantRouting) -> None:
-        # Operations refuse before they change anything; nothing to undo, but
-        # nothing recorded may leak into the next attempt either.
+    # ----------------------------------------------------------- Redis trouble
+    @property
+    def degraded(self) -> bool:
+        """Some tenant's mirror is out of touch with Redis."""
+        return bool(self._resync)
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self._resync:
+            log.warning("redis_unreachable", error=repr(exc))
+        self._resync = set(self.tenants)
+        self._probe_at = time.monotonic()
+
+    def _local(self, routing: TenantRouting, op: Callable[[], T]) -> T:
         routing.touched_agents.clear()
         routing.touched_contacts.clear()
+        routing.recording = True
+        try:
+            return op()
+        finally:
+            routing.recording = False
+            routing.dirty_agents |= routing.touched_agents
+            routing.dirty_contacts |= routing.touched_contacts
 
-    async def commit(self, tenant: str, routing: TenantRouting) -> int:
+    async def maintain(self, routings: dict[str, TenantRouting]) -> None:
+        """Periodic: bring every out-of-touch tenant back once Redis answers."""
+        for tenant in list(self._resync):
+            lock = self._locks.setdefault(tenant, asyncio.Lock())
+            async with lock:
+                if tenant in self._resync:
+                    await self._recover(tenant, routings[tenant])
+
+    async def _recover(self, tenant: str, routing: TenantRouting) -> bool:
+        """Try (at most every PROBE_S) to reach Redis; if it answers, write back what
+        this mirror changed meanwhile (the latest writer wins: there was no other
+        authority), then rebuild the mirror from Redis. True when back in touch."""
+        now = time.monotonic()
+        if now - self._probe_at < PROBE_S:
+            return False
+        self._probe_at = now
+        try:
+            await self.r.ping()
+            agents = {a: routing.agent_snapshot(a) for a in routing.dirty_agents
+                      if a in routing.agents}
+            contacts = {c: routing.contact_snapshot(c) for c in routing.dirty_contacts}
+            routing.clear()
+            await self.load(tenant, routing)
+            if self.catch_up is not None:
+                await self.catch_up(tenant)
+            if agents or contacts:
+                now = time.time() if self.now is None else self.now()
+                dropped = await self._run_locked(
+                    tenant, routing, lambda: routing.merge_back(agents, contacts, now),
+                    agents=agents, contacts=contacts)
+                if dropped:
+                    log.warning("outage_decisions_dropped", tenant=tenant, n=len(dropped))
+            routing.dirty_agents.clear()
+            routing.dirty_contacts.clear()
+        except REDIS_ERRORS:
+            self._probe_at = time.monotonic()
+            return False
+        self._resync.discard(tenant)
+        if not self._resync:
+            log.info("redis_reachable_again")
+        if self.on_recovered is not None:
+            await self.on_recovered(tenant)
+        return True
+
+    async def commit(self, tenant: str, routing: TenantRouting, *, force: bool = False) -> int:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
         has its current state); 2 an agent was freed or a contact queued elsewhere
         while this operation concluded nothing was (the caller catches up)."""
         entities: list[tuple[str, str]] = [("a", a) for a in sorted(routing.touched_agents)]
         entities += [("c", c) for c in sorted(routing.touched_contacts)]
-        routing.touched_agents.clear()
-        routing.touched_contacts.clear()
         if not entities:
             return 1
         keys = [self._k(tenant, "feed"), self._k(tenant, "agents"), self._k(tenant, "contacts"),
@@ -195,7 +295,7 @@ class SharedRouting:
             len(entities), int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
             str(routing.av) if routing.needs_av else "",
             str(routing.wv) if routing.needs_wv else "",
-            int(routing.bumps_av), int(routing.bumps_wv),
+            int(routing.bumps_av), int(routing.bumps_wv), int(force),
         ]
         for kind, eid in entities:
             key = self._k(tenant, "ag" if kind == "a" else "ct", eid)
@@ -203,7 +303,8 @@ class SharedRouting:
                 snap: dict[str, Any] | None = routing.agent_snapshot(eid)
                 expected = routing.agent_v.get(eid, 0)
             else:
-                snap = routing.contact_snapshot(eid)
+                snap = (routing.contact_snapshot(eid)
+                        if not force or eid in routing.contacts else None)
                 expected = routing.contact_v.get(eid, 0)
             did = ""
             if snap is not None and snap.get("d"):
