@@ -193,6 +193,27 @@ class TestRedis:
         assert hits is not None and misses is not None and hits + misses >= 2
         lag = value(m, "pairline_change_feed_lag_seconds")
         assert lag is not None and lag >= 0
+        assert value(m, "pairline_redis_degraded") == 0
+
+    async def test_redis_outage_shows(self) -> None:
+        """Redis killed: the next decision is DEGRADED, and the scrape says so
+        (pairline_redis_degraded 1, decisions counted under mode degraded)."""
+        own = RedisProcess()
+        try:
+            cfg = replace(settings(), metrics_listen="127.0.0.1:0", redis_url=own.url)
+            async with running(cfg) as r:
+                await r.acme.router.SetAgentState(login("a1", "sales"))
+                await r.acme.router.SetAgentState(login("a2", "sales"))
+                own.kill()
+                d = await r.acme.router.RouteContact(contact("c1"), timeout=5)
+                assert d.mode == cpb.MODE_DEGRADED
+                assert r.server.metrics_endpoint is not None
+                m = await scrape(r.server.metrics_endpoint.address)
+        finally:
+            own.stop()
+        assert value(m, "pairline_redis_degraded") == 1
+        assert value(m, "pairline_decisions_total", tenant="acme", rpc="RouteContact",
+                     mode="degraded", policy="baseline") == 1
 
     async def test_embedded_store_has_no_redis_samples(self, msrv: Running) -> None:
         """The Redis families are there (for dashboards) but empty on the embedded store."""
@@ -200,6 +221,7 @@ class TestRedis:
         m = await scrape(msrv.server.metrics_endpoint.address)
         assert value(m, "pairline_routing_commits_total") is None
         assert value(m, "pairline_change_feed_lag_seconds") is None
+        assert value(m, "pairline_redis_degraded") is None
 
 
 class TestRegistry:

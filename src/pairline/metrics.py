@@ -65,6 +65,7 @@ LIVE = (
     "pairline_routing_commits_total",
     "pairline_cache_lookups_total",
     "pairline_change_feed_lag_seconds",
+    "pairline_redis_degraded",
     "pairline_queue_waiting_contacts",
     "pairline_queue_oldest_wait_seconds",
     "pairline_queue_agents",
@@ -167,6 +168,7 @@ class Snapshot:
     cache_hits: int | None = None
     cache_misses: int | None = None
     feed_lag_s: float | None = None
+    degraded: bool | None = None  # a tenant's mirror is out of touch with Redis
 
 
 class StateCollector(Collector):
@@ -273,7 +275,13 @@ class StateCollector(Collector):
             lookups.add_metric(["customer_profiles", "miss"], snap.cache_misses)
         if snap.feed_lag_s is not None:
             lag.add_metric([], snap.feed_lag_s)
-        yield from (conflicts, commits, lookups, lag)
+        degraded = GaugeMetricFamily(
+            "pairline_redis_degraded",
+            "1 while this replica cannot reach Redis and routes from its mirror (mode "
+            "DEGRADED), else 0 (Redis store)")
+        if snap.degraded is not None:
+            degraded.add_metric([], float(snap.degraded))
+        yield from (conflicts, commits, lookups, lag, degraded)
 
 
 class MetricsEndpoint:

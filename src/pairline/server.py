@@ -140,6 +140,7 @@ class PairlineServer:
             if service.shared is not None:
                 snap.claim_conflicts = service.shared.conflicts
                 snap.commits = service.shared.commits
+                snap.degraded = service.shared.degraded
             if isinstance(store, RedisStore):
                 snap.cache_hits, snap.cache_misses = store.hits, store.misses
             feed = getattr(service, "_feed", None)
