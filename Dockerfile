@@ -23,13 +23,18 @@ FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN groupadd --system --gid 10001 pairline \
  && useradd --system --uid 10001 --gid pairline --home-dir /var/lib/pairline \
       --shell /usr/sbin/nologin pairline \
- && install -d -o pairline -g pairline /var/lib/pairline /var/cache/pairline/numba
+ && install -d -o pairline -g pairline /var/lib/pairline /var/lib/pairline/data \
+      /var/cache/pairline/numba
 COPY --from=build /opt/pairline /opt/pairline
 ENV PATH=/opt/pairline/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     NUMBA_CACHE_DIR=/var/cache/pairline/numba \
     PAIRLINE_LISTEN=0.0.0.0:50051 \
-    PAIRLINE_METRICS_LISTEN=0.0.0.0:9464
+    PAIRLINE_METRICS_LISTEN=0.0.0.0:9464 \
+    PAIRLINE_DATA_DIR=/var/lib/pairline/data
+# The durable privacy records of the embedded store (opt-outs, deletion
+# tickets, tombstones, audit): mount a persistent volume here.
+VOLUME /var/lib/pairline/data
 USER pairline
 WORKDIR /var/lib/pairline
 # Compile every Numba kernel now, into the image, so a container reaches SERVING

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
 
-.PHONY: all venv run test bench demo proto check-proto redis-server node-example docs clean
+.PHONY: all venv run test fuzz bench demo proto check-proto redis-server node-example docs clean
 
 all: test
 
@@ -41,6 +41,12 @@ node-example:
 # docs/configuration.md is generated from pairline.config (a test fails if it is stale).
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_doc.py
+
+# The fuzz suite (part of `make test` at 10,000+ cases) longer and with random seeds.
+FUZZ_SCALE ?= 10
+fuzz: $(STAMP)
+	PAIRLINE_FUZZ_SCALE=$(FUZZ_SCALE) PAIRLINE_FUZZ_RANDOM=1 \
+		$(BIN)/python -m pytest tests/test_fuzz.py -p no:cacheprovider -s $(PYTEST_ARGS)
 
 # Simulate a history, train a model, run ON/OFF traffic through a real server,
 # print the benchmark report (about two minutes).

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from support import RedisClusterProcess, RedisProcess, Running, running
 
 
@@ -11,6 +12,16 @@ async def srv() -> AsyncIterator[Running]:
     """A real pairline server (embedded store, fake clock) on an ephemeral port."""
     async with running() as r:
         yield r
+
+
+@pytest.fixture(autouse=True)
+def _suite_logging() -> Iterator[None]:
+    """Each test starts and ends with the suite's logging: a test that runs a command
+    in process (``pairline simulate`` configures warning-level logs to the stderr of
+    that test, which pytest then closes) must not leave it to the next tests."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

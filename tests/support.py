@@ -26,7 +26,9 @@ from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.config import Settings, TenantConfig, hash_api_key
+from pairline.security import ApiKey
 from pairline.server import PairlineServer
+from pairline.stores import Store
 from pairline.testing import FakeClock
 
 KEYS = {"acme": "acme-key-0123456789", "globex": "globex-key-0123456789"}
@@ -116,9 +118,10 @@ class Running:
 
 
 @asynccontextmanager
-async def running(cfg: Settings | None = None, clock: FakeClock | None = None) -> AsyncIterator[Running]:
+async def running(cfg: Settings | None = None, clock: FakeClock | None = None,
+                  store: Store | None = None) -> AsyncIterator[Running]:
     clock = clock or FakeClock()
-    server = PairlineServer(cfg or settings(), clock=clock)
+    server = PairlineServer(cfg or settings(), clock=clock, store=store)
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
     try:
@@ -288,3 +291,49 @@ class RedisClusterProcess:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
+
+
+# ------------------------------------------------------------------ security
+def key_entry(key: str, tenant: str, *roles: str, name: str = "") -> ApiKey:
+    """A ``[[keys]]`` entry for the plain ``key`` (stored as its hash)."""
+    return ApiKey(hash_api_key(key), tenant, frozenset(roles), name)
+
+
+@dataclass(frozen=True)
+class Certs:
+    """PEM files made by :func:`make_certs` (paths as strings)."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    rogue_cert: str  # signed by another CA
+    rogue_key: str
+
+    def read(self, name: str) -> bytes:
+        with open(getattr(self, name), "rb") as fh:
+            return fh.read()
+
+
+def make_certs(directory: str) -> Certs:
+    """A CA, a server certificate for 127.0.0.1/localhost, a client certificate from
+    the same CA and one from a rogue CA, with the openssl command (EC P-256)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    ext = os.path.join(directory, "san.ext")
+    with open(ext, "w") as fh:
+        fh.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for ca in ("ca", "rogue-ca"):
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}")
+    for leaf, ca in (("server", "ca"), ("client", "ca"), ("rogue", "rogue-ca")):
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={leaf}")
+        run("x509", "-req", "-in", f"{leaf}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{leaf}.pem", "-days", "2", "-extfile", ext)
+    p = lambda n: os.path.join(directory, n)  # noqa: E731
+    return Certs(p("ca.pem"), p("server.pem"), p("server.key"), p("client.pem"), p("client.key"),
+                 p("rogue.pem"), p("rogue.key"))

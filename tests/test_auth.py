@@ -9,7 +9,7 @@ on them change nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -93,6 +93,11 @@ RPCS: list[tuple[str, Call]] = [
      lambda c, md: c.privacy.GetDeletion(xpb.GetDeletionRequest(ticket_id="t1"), metadata=md)),
     ("Privacy.ListDeletions",
      lambda c, md: c.privacy.ListDeletions(xpb.ListDeletionsRequest(), metadata=md)),
+    ("Privacy.BulkOptOut",
+     lambda c, md: c.privacy.BulkOptOut(
+         iter([xpb.BulkOptOutRequest(customer_keys=["k1", "k2"])]), metadata=md)),
+    ("Privacy.ReadAudit",
+     lambda c, md: c.privacy.ReadAudit(xpb.ReadAuditRequest(), metadata=md)),
     ("Insights.GetBenchmarkReport",
      lambda c, md: c.insights.GetBenchmarkReport(ipb.GetBenchmarkReportRequest(
          outcome="converted"), metadata=md)),
@@ -205,21 +210,18 @@ class TestOpenServices:
         assert await call.code() is grpc.StatusCode.OK
 
 
-class TestPrivacyNotYet:
-    PRIVACY = [(n, f) for n, f in RPCS if n.startswith("Privacy.")]
-
-    @pytest.mark.parametrize("rpc", [pytest.param(f, id=n) for n, f in PRIVACY])
-    async def test_privacy_rpcs_unimplemented_with_key(self, srv: Running, rpc: Call) -> None:
-        """With a valid key each Privacy RPC is UNIMPLEMENTED (not INTERNAL or UNKNOWN)."""
-        await rejected(rpc(srv.acme, srv.acme.metadata), grpc.StatusCode.UNIMPLEMENTED)
-        await rejected(rpc(srv.globex, srv.globex.metadata), grpc.StatusCode.UNIMPLEMENTED)
+class TestPrivacyNeedsAKey:
+    PRIVACY: ClassVar[list[tuple[str, Call]]] = [
+        (n, f) for n, f in RPCS if n.startswith("Privacy.")]
 
     @pytest.mark.parametrize("rpc", [pytest.param(f, id=n) for n, f in PRIVACY])
     async def test_privacy_rpcs_unauthenticated_without_key(
         self, srv: Running, rpc: Call
     ) -> None:
-        """Without a key each Privacy RPC is UNAUTHENTICATED, not UNIMPLEMENTED."""
+        """Without a key each Privacy RPC is UNAUTHENTICATED, and nothing is audited."""
         await rejected(rpc(srv.client(""), ()), UNAUTHENTICATED)
+        for c in (srv.acme, srv.globex):
+            assert not (await c.privacy.ReadAudit(xpb.ReadAuditRequest())).entries
 
 
 # ------------------------------------------------------------ tenant isolation

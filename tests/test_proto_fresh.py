@@ -98,7 +98,7 @@ class TestCheckerDetectsStaleness:
         shutil.copytree(gen.PROTOS, protos)
         proto = protos / "pairline" / "v1" / "privacy.proto"
         text = proto.read_text()
-        marker = "message GetDeletionRequest {\n  string ticket_id = 1;\n"
+        marker = "message GetDeletionRequest {\n"
         assert marker in text
         proto.write_text(text.replace(marker, marker + "  string note = 99;\n"))
         gen.PROTOS = protos

@@ -607,7 +607,7 @@ class TestCommandLine:
         rc = main(["simulate", "--hours", "2", "--json", "--plot", str(png), "--no-oracle"])
         out = json.loads(capsys.readouterr().out)
         assert rc == 0
-        assert [p["policy"] for p in out["policies"]] == ["baseline", "greedy", "diagonal"]
+        assert [p["policy"] for p in out["policies"]] == ["baseline", "greedy", "diagonal", "priced"]
         for row in out["policies"]:
             for key in ("contacts", "outcome_rate", "gain_vs_baseline", "service_level", "asa_s",
                         "abandon_rate", "occupancy_mean", "occupancy_spread"):

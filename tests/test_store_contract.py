@@ -180,3 +180,22 @@ class TestDecisions:
         assert [r.decision.decision_id for r in await store.decisions(t, 10)] == ["d2"]
         assert await store.sweep(10.5) >= 1
         assert [r.decision.decision_id for r in await store.decisions(t, 10.5)] == ["d2"]
+
+
+class TestErasure:
+    async def test_purge_customer_erases_profile_and_decisions(self, store_t) -> None:
+        store, t, other = store_t
+        await store.upsert_customer_profiles(t, [row("c1", 1.0), row("c2", 2.0)], 60, 0)
+        await store.upsert_customer_profiles(other, [row("c1", 1.0)], 60, 0)
+        await store.record_decision(t, record("d1", 0, digest="c1"))
+        await store.record_decision(t, record("d2", 1, digest="c2"))
+        await store.record_decision(t, record("d3", 2, digest="c1"))
+        await store.record_outcome(t, "d1", {"sale": 1.0}, 3)
+        assert await store.purge_customer(t, "c1") == 3
+        assert await store.get_customer_profile(t, "c1", 4) is None
+        assert await store.get_decision(t, "d1", 4) is None
+        assert await store.get_decision(t, "d3", 4) is None
+        assert [r.decision.decision_id for r in await store.decisions(t, 4)] == ["d2"]
+        assert await store.get_customer_profile(t, "c2", 4) is not None
+        assert await store.get_customer_profile(other, "c1", 4) is not None
+        assert await store.purge_customer(t, "c1") == 0  # again: nothing left, no error

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-POLICIES = ("baseline", "greedy", "diagonal")
+from pairline.security import ApiKey, build_index, parse_keys, read_tls, tenant_keys
+
+POLICIES = ("baseline", "greedy", "diagonal", "priced")
 
 DEMO_TENANT = "demo"
 DEMO_API_KEY = "demo-key-change-me"
@@ -78,6 +80,24 @@ class TenantConfig:
     # Limits per tenant: waiting contacts, known agents (RESOURCE_EXHAUSTED beyond).
     max_waiting: int = 100_000
     max_agents: int = 50_000
+    # Overload (see pairline.limits): requests (and stream events) per second,
+    # tokens banked (0: one second's worth), concurrent calls; 0 = unlimited.
+    rate_per_s: float = 0.0
+    rate_burst: float = 0.0
+    max_concurrent_rpcs: int = 0
+    # Privacy (issue #6). A waiting or live contact's customer data (digest,
+    # profile) is dropped once it is this old, should the switch never end it.
+    contact_data_ttl_s: float = 86_400.0
+    # Previous secrets in their rotation overlap: (secret, unix s until which
+    # lookups still try it). In TOML: previous_secrets = [{secret = "...",
+    # until = 2026-12-31T00:00:00Z}] (a datetime, or unix seconds).
+    previous_secrets: tuple[tuple[str, float], ...] = field(default=(), repr=False)
+    # Deletion deadlines: 30 business days in this time zone, skipping weekends
+    # and these ISO dates; or deletion_deadline_days calendar days if sooner
+    # (0 = no stricter deadline).
+    timezone: str = "UTC"
+    holidays: tuple[str, ...] = ()
+    deletion_deadline_days: float = 0.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name or ""):
@@ -119,6 +139,40 @@ class TenantConfig:
             )
         if self.offer_timeout_s <= 0 or self.wrap_up_s < 0:
             raise ValueError(f"tenant {self.name}: offer_timeout_s > 0 and wrap_up_s >= 0")
+        if self.rate_per_s < 0 or self.rate_burst < 0 or self.max_concurrent_rpcs < 0:
+            raise ValueError(
+                f"tenant {self.name}: rate_per_s, rate_burst, max_concurrent_rpcs >= 0"
+            )
+        _check_privacy(self)
+
+
+def _check_privacy(t: TenantConfig) -> None:
+    import datetime as dt
+    import zoneinfo
+
+    for secret, until in t.previous_secrets:
+        if len(secret) < 16 or until <= 0:
+            raise ValueError(
+                f"tenant {t.name}: previous_secrets need a secret of at least 16 chars "
+                "and an `until` time"
+            )
+        if secret == t.secret:
+            raise ValueError(f"tenant {t.name}: a previous secret equals the current one")
+    try:
+        zoneinfo.ZoneInfo(t.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"tenant {t.name}: unknown timezone {t.timezone!r}") from None
+    for h in t.holidays:
+        try:
+            dt.date.fromisoformat(h)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"tenant {t.name}: holidays are ISO dates (YYYY-MM-DD), not {h!r}"
+            ) from None
+    if not 0 <= t.deletion_deadline_days <= 3650 or t.contact_data_ttl_s <= 0:
+        raise ValueError(
+            f"tenant {t.name}: deletion_deadline_days 0..3650, contact_data_ttl_s > 0"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,16 +197,42 @@ class Settings:
     profile_cache_size: int = 100_000
     # A Redis call that takes longer fails (routing then degrades to the baseline).
     redis_timeout_s: float = 0.25
+    # Transport (see pairline.security): TLS with cert + key; mutual TLS when a
+    # client CA is given too (clients without a certificate it signed cannot call).
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    tls_client_ca_path: str = ""
+    # Keys with roles, re-read when the file changes (polled every keys_reload_s)
+    # and on SIGHUP: add and revoke keys without a restart.
+    keys_file: str = ""
+    keys_reload_s: float = 2.0
+    # Calls in the server at once (streams count while open); beyond: RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 10_000
+    # Embedded store: directory of the durable privacy records (opt-outs,
+    # deletion tickets, tombstones, audit). Empty: kept in memory only, which
+    # is NOT durable (the server warns at start); set it in production.
+    data_dir: str = ""
+    # How often the deletion worker looks for open tickets, in seconds (it
+    # also wakes at once on a new request). 0: no worker in this process
+    # (a replica that only routes; tickets wait for a process that has one).
+    deletion_interval_s: float = 5.0
     # Prometheus /metrics over HTTP on HOST:PORT; empty = not served.
     metrics_listen: str = ""
     # The operators served: [[tenants]] tables in the file.
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
+    # [[keys]]: hashed keys with a tenant and roles (tenants' own keys are admin).
+    keys: tuple[ApiKey, ...] = field(default_factory=tuple)
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:
         return {h: t for t in self.tenants for h in t.api_key_sha256}
 
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        """Every key of the configuration (not the keys file): tenants' keys as admin."""
+        return (*(k for t in self.tenants for k in tenant_keys(t.name, t.api_key_sha256)),
+                *self.keys)
 
-_SCALARS = {f.name: f for f in fields(Settings) if f.name != "tenants"}
+
+_SCALARS = {f.name: f for f in fields(Settings) if f.name not in ("tenants", "keys")}
 
 
 def _coerce(name: str, raw: str, like: Any) -> Any:
@@ -215,10 +295,31 @@ def _tenant(raw: Mapping[str, Any]) -> TenantConfig:
         plain = (plain,)
     hashed = tuple(keys) + tuple(hash_api_key(k) for k in plain)
     queue_policies = tuple(sorted(dict(data.pop("queue_policies", {})).items()))
+    if "holidays" in data:
+        data["holidays"] = tuple(str(h) for h in data["holidays"])
+    if "previous_secrets" in data:
+        data["previous_secrets"] = tuple(_previous(p) for p in data["previous_secrets"])
     steps = tuple((float(w), int(p)) for w, p in data.pop("relax_steps", ()))
     return TenantConfig(
         api_key_sha256=hashed, queue_policies=queue_policies, relax_steps=steps, **data
     )
+
+
+def _previous(raw: Any) -> tuple[str, float]:
+    import datetime as dt
+
+    if not isinstance(raw, Mapping) or set(raw) != {"secret", "until"}:
+        raise ValueError("previous_secrets entries are {secret = \"...\", until = <datetime>}")
+    until = raw["until"]
+    if isinstance(until, dt.datetime):
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.UTC)
+        until = until.timestamp()
+    elif isinstance(until, dt.date):
+        until = dt.datetime.combine(until, dt.time(0), dt.UTC).timestamp()
+    if not isinstance(until, int | float) or isinstance(until, bool):
+        raise ValueError("previous_secrets.until is a TOML datetime or unix seconds")
+    return str(raw["secret"]), float(until)
 
 
 def demo_tenant() -> TenantConfig:
@@ -243,14 +344,15 @@ def load_settings(
     if path:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    unknown = set(data) - set(_SCALARS) - {"tenants"}
+    unknown = set(data) - set(_SCALARS) - {"tenants", "keys"}
     if unknown:
         raise ValueError(f"unknown settings in {path}: {sorted(unknown)}")
     for name, value in data.items():
-        if name != "tenants":
+        if name not in ("tenants", "keys"):
             _check_type(name, value, _SCALARS[name].default)
     tenants = tuple(_tenant(t) for t in data.pop("tenants", ()))
-    settings = Settings(tenants=tenants, **data)
+    keys = parse_keys(data.pop("keys", []))
+    settings = Settings(tenants=tenants, keys=keys, **data)
     for name, f in _SCALARS.items():
         raw = env.get(f"PAIRLINE_{name.upper()}")
         if raw is not None:
@@ -266,4 +368,8 @@ def load_settings(
     owners = [h for t in settings.tenants for h in set(t.api_key_sha256)]
     if len(set(owners)) != len(owners):
         raise ValueError("an API key belongs to exactly one tenant")
+    build_index(settings.api_keys(), names)  # unknown tenants, one key twice
+    read_tls(settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path)
+    if settings.max_concurrent_rpcs < 1 or settings.keys_reload_s <= 0:
+        raise ValueError("max_concurrent_rpcs >= 1 and keys_reload_s > 0")
     return settings

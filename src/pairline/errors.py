@@ -13,6 +13,7 @@ class Code(IntEnum):
     """Canonical status codes (google.rpc.Code) used by pairline."""
 
     INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
     PERMISSION_DENIED = 7
@@ -41,6 +42,10 @@ class InvalidArgument(PairlineError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}", field=field)
+
+
+class DeadlineExceeded(PairlineError):
+    code = Code.DEADLINE_EXCEEDED
 
 
 class NotFound(PairlineError):

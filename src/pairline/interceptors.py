@@ -1,9 +1,10 @@
-"""One guard on every pairline method: authenticate the caller, bind its tenant,
-map errors.
+"""One guard on every pairline method: authenticate the caller, check its role,
+apply the limits, bind its tenant and deadline, map errors.
 
 Health and reflection need no key. Every other call needs
 ``authorization: Bearer <api key>``; the key's SHA-256 is looked up in the
-configuration and the tenant is bound to a context variable for the handler.
+key ring (:mod:`pairline.security`), its role checked against the method, and
+the tenant is bound to a context variable for the handler.
 A :class:`PairlineError` becomes its status (with ``google.rpc.BadRequest``
 details naming the field for INVALID_ARGUMENT); anything else is logged and
 answered INTERNAL without internals.
@@ -12,7 +13,7 @@ answered INTERNAL without internals.
 from __future__ import annotations
 
 import contextvars
-import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,7 +23,16 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from pairline.errors import PairlineError, Unauthenticated
+from pairline.errors import (
+    Code,
+    DeadlineExceeded,
+    InvalidArgument,
+    PairlineError,
+    PermissionDenied,
+    Unauthenticated,
+)
+from pairline.limits import Limits, bind_deadline, deadline_passed
+from pairline.security import ApiKey, KeyRing, role_for
 
 log = structlog.get_logger()
 
@@ -55,6 +65,25 @@ def internal_status() -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error (logged)")
 
 
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+# Refusals a flood produces are logged at most once per second per method and
+# code (with the number left out), so that logging does not amplify the flood.
+_FLOOD_CODES = frozenset({Code.RESOURCE_EXHAUSTED, Code.UNAUTHENTICATED})
+_last_logged: dict[tuple[str, int], list[float]] = {}
+
+
+def _sampled(method: str, code: int) -> int:
+    """-1 to skip this log line; else how many were skipped since the last one."""
+    now = time.monotonic()
+    seen = _last_logged.setdefault((method, code), [-1.0, 0.0])
+    if now - seen[0] < 1.0:
+        seen[1] += 1
+        return -1
+    skipped = int(seen[1])
+    seen[0], seen[1] = now, 0.0
+    return skipped
+
+
 def _bearer(metadata: Any) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
@@ -65,80 +94,192 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
+class Malformed:
+    """Stands for a request message that did not parse (see :meth:`Guard.wrap`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _message_name(deserializer: Any, method: str) -> str:
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", None)
+    return str(name) if name else f"{method} request"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, name: str) -> Any:
+    """A deserializer that returns :class:`Malformed` instead of raising: grpc
+    would answer a request that does not parse with INTERNAL ("Exception
+    deserializing request!"); the guard answers INVALID_ARGUMENT instead."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Malformed(f"not a valid {name} message")
+
+    return parse
+
+
+def _refuse_malformed(request: Any) -> None:
+    if type(request) is Malformed:
+        raise InvalidArgument("request", request.error)
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        _refuse_malformed(request)
+        yield request
+
+
 class Guard:
-    """Authentication, tenant binding and error mapping for every pairline method.
+    """Authentication, roles, limits, deadlines and error mapping for every
+    pairline method.
 
     Applied once, when the servicers are registered (see :class:`GuardedServer`),
     rather than as a ``grpc.aio.ServerInterceptor``: an interceptor runs a
     coroutine per call to choose the handler, which measured ~60 us of the
     ~130 us a RouteContact adds over a bare Health/Check here. Health and
     reflection are registered unguarded.
+
+    Per call, in order: the key (UNAUTHENTICATED), its role for the method
+    (PERMISSION_DENIED), the server's and tenant's concurrency and the tenant's
+    rate (RESOURCE_EXHAUSTED), the caller's deadline (DEADLINE_EXCEEDED when it
+    has already passed). ``abandon(tenant, response)`` is called when a unary
+    handler's caller is gone (deadline passed or cancelled) by the time its
+    response is ready, so that work it reserved can be undone.
     """
 
-    def __init__(self, key_hashes: Callable[[], dict[str, str]]) -> None:
-        """``key_hashes()`` maps hex SHA-256 of each API key to its tenant; it is
-        called per request so keys can change without a restart."""
-        self._key_hashes = key_hashes
+    def __init__(
+        self,
+        keys: KeyRing,
+        limits: Limits | None = None,
+        abandon: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        """``keys`` is consulted per request, so keys change without a restart."""
+        self.keys = keys
+        self.limits = limits or Limits(1 << 30, ())
+        self._abandon = abandon
 
-    def authenticate(self, metadata: Any) -> str:
+    def authenticate(self, metadata: Any) -> ApiKey:
         token = _bearer(metadata)
         if not token:
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
-        tenant = self._key_hashes().get(hashlib.sha256(token.encode()).hexdigest())
-        if tenant is None:
+        key = self.keys.lookup(token)
+        if key is None:
             raise Unauthenticated("unknown API key")
-        return tenant
+        return key
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         auth = self.authenticate
+        limits = self.limits
+        abandon = self._abandon
+        role = role_for(method)
+        short = method.rsplit("/", 1)[-1]
 
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
             if isinstance(exc, PairlineError):
-                log.info("rpc_rejected", method=method, code=exc.code.name, error=exc.message)
+                n = _sampled(method, exc.code) if exc.code in _FLOOD_CODES else 0
+                if n >= 0:
+                    log.info("rpc_rejected", method=method, code=exc.code.name,
+                             error=exc.message, **({"suppressed": n} if n > 0 else {}))
+                if exc.field is None:  # no details to attach: the cheaper path
+                    await context.abort(_GRPC_CODES[exc.code], exc.message)
                 await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
             log.error("rpc_failed", method=method, exc_info=exc)
             await context.abort_with_status(rpc_status.to_status(internal_status()))
 
-        def bind(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            _tenant.set(auth(context.invocation_metadata()))
+        def admit(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+            """Check the caller; returns its tenant, entered into the limits."""
+            key = auth(context.invocation_metadata())
+            if not key.allows(role):
+                raise PermissionDenied(
+                    f"key {key.label} has roles {sorted(key.roles)}; {short} needs {role!r}"
+                )
+            tenant = key.tenant
+            limits.enter(tenant)
+            try:
+                limits.take(tenant)
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded("the deadline passed before the call started")
+            except BaseException:
+                limits.leave(tenant)
+                raise
+            _tenant.set(tenant)
+            bind_deadline(remaining)
+            return tenant
 
-        def unary_response(inner: Any) -> Any:
+        def unary_response(inner: Any, streaming_in: bool) -> Any:
             async def call(request: Any, context: Any) -> Any:
+                tenant = None
                 try:
-                    bind(context)
-                    return await inner(request, context)
+                    tenant = admit(context)
+                    if streaming_in:
+                        request = _checked(request)
+                    else:
+                        _refuse_malformed(request)
+                    response = await inner(request, context)
+                    if abandon is not None and (deadline_passed() or context.cancelled()):
+                        abandon(tenant, response)
+                    return response
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await fail(context, exc)
+                finally:
+                    if tenant is not None:
+                        limits.leave(tenant)
 
             return call
 
-        def stream_response(inner: Any) -> Any:
+        def stream_response(inner: Any, streaming_in: bool) -> Any:
             async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+                tenant = None
                 try:
-                    bind(context)
+                    tenant = admit(context)
+                    if streaming_in:
+                        request = _checked(request)
+                    else:
+                        _refuse_malformed(request)
                     async for reply in inner(request, context):
-                        yield reply
+                        try:
+                            yield reply
+                        except BaseException:
+                            # Closed or cancelled while this reply was on its way:
+                            # the caller may never see it.
+                            if abandon is not None:
+                                abandon(tenant, reply)
+                            raise
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await fail(context, exc)
+                finally:
+                    if tenant is not None:
+                        limits.leave(tenant)
 
             return call
 
         kinds = (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler, unary_response),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler, unary_response),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler, stream_response),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler, stream_response),
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, unary_response, False),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, unary_response, True),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, stream_response, False),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, stream_response, True),
         )
-        for attr, make, wrap in kinds:
+        for attr, make, wrap, streaming_in in kinds:
             inner = getattr(handler, attr)
             if inner is not None:
                 return make(  # type: ignore[no-any-return]
-                    wrap(inner),
-                    request_deserializer=handler.request_deserializer,
+                    wrap(inner, streaming_in),
+                    request_deserializer=_tolerant(
+                        handler.request_deserializer,
+                        _message_name(handler.request_deserializer, short),
+                    ),
                     response_serializer=handler.response_serializer,
                 )
         return handler

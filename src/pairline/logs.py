@@ -1,11 +1,101 @@
-"""structlog setup: JSON lines (or console), ISO timestamps, level filter."""
+"""structlog setup: JSON lines (or console), ISO timestamps, level filter, and a
+redactor that keeps raw customer keys out of every log line.
+
+The redactor (:func:`redact_raw_keys`) runs on every event, after exception
+formatting and before rendering, so nothing reaches the output unscrubbed:
+
+- every key digested in the current task (see :func:`note_raw_key`, called by
+  the pseudonymiser for each key on entry) is replaced wherever it appears;
+- values of fields named like a customer key (``customer_key``, ``phone``,
+  ``email``, ...) are replaced whole;
+- anything shaped like a phone number (9+ digits with the usual separators,
+  or ``+`` and 7+ digits) or an e-mail address is replaced.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import structlog
+
+REDACTED = "[redacted]"
+
+# Field names whose values are raw identifiers by definition.
+_KEY_FIELDS = frozenset({
+    "customer_key", "customer_keys", "key", "raw_key", "phone", "phone_number", "msisdn",
+    "email", "account", "account_id", "caller_id", "ani",
+})
+# +CC and 7..15 digits (E.164, possibly with separators), or 9+ digits in a run
+# of digits and separators; e-mail addresses. Hex digests and ids are words
+# (letters and digits run together), so the word boundaries leave them alone.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+[\s().-]{0,2}\d(?:[\s().-]{0,2}\d){6,14}|\d(?:[\s().-]{0,2}\d){8,})"
+    r"(?!\w)"
+)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Keys digested in the current task (a request): scrubbed from its log lines.
+_MAX_NOTED = 8
+# Shorter keys would scrub ordinary words; the patterns below still apply.
+_MIN_NOTED = 6
+_noted: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "pairline_raw_keys", default=()
+)
+
+
+def note_raw_key(key: str) -> None:
+    """Remember ``key`` for the current task so its log lines cannot carry it."""
+    if len(key) < _MIN_NOTED:
+        return
+    keys = _noted.get()
+    if key in keys:
+        return
+    _noted.set((key, *keys[: _MAX_NOTED - 1]))
+
+
+def scrub(text: str) -> str:
+    for key in _noted.get():
+        if key in text:
+            text = text.replace(key, REDACTED)
+    text = _PHONE.sub(REDACTED, text)
+    return _EMAIL.sub(REDACTED, text)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, bytes):
+        return scrub(value.decode("utf-8", "replace"))
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if isinstance(k, str) and k.lower() in _KEY_FIELDS else _clean(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(v) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**8:
+            # A number that may be a phone number written as an int; ints that
+            # big in pairline's logs are unix ms, which are left alone.
+            return value if 10**12 <= abs(value) < 10**14 else scrub(str(value))
+        return value
+    return scrub(repr(value))
+
+
+def redact_raw_keys(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no raw customer key survives it (see the module doc)."""
+    for k in list(event_dict):
+        if k.lower() in _KEY_FIELDS:
+            event_dict[k] = REDACTED
+        else:
+            event_dict[k] = _clean(event_dict[k])
+    return event_dict
 
 
 def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> None:
@@ -19,8 +109,9 @@ def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> 
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_raw_keys,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -18,8 +18,9 @@ from pairline.servicers import RouterServicer
 
 
 class MeteredRouterServicer(RouterServicer):
-    def __init__(self, service: Service, metrics: Metrics) -> None:
-        super().__init__(service)
+    def __init__(self, service: Service, metrics: Metrics, *args: Any) -> None:
+        """``args`` go to :class:`RouterServicer` (its admission hook)."""
+        super().__init__(service, *args)
         self._observe = metrics.observe_decision
         self._wait = metrics.contact_wait_seconds
         self._waits: dict[tuple[str, str], Any] = {}

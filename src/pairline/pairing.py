@@ -26,6 +26,17 @@ Policies:
   the free agent whose band is closest to its percentile. ``skew`` widens the
   bands of stronger agents (0 = equal bands, balanced utilisation; large =
   towards greedy).
+- ``priced``: fair performance-and-interaction pairing. A pair's value is its
+  predicted outcome (probability) minus the agent's *price*; each contact takes
+  the free agent of highest value (L1), each free agent the waiting contact whose
+  value it loses least against that contact's best agent (L2, the reduced cost),
+  and batches minimise total reduced cost (L3). Prices play the part of the dual
+  variables of the fair ceiling's problem (assign contacts to equal agent
+  shares), set by feedback rather than solved for: an agent's price falls with
+  the time it has spent idle (:func:`charge`), so an agent picked more than its
+  share grows dearer than the rest until occupancies meet. Strong agents end up
+  priced so that they take the contacts they help most, and work stays spread
+  evenly, with no percentile bands and no skew to tune.
 """
 
 from __future__ import annotations
@@ -41,10 +52,19 @@ from pairline import kernels
 from pairline.model import Model
 from pairline.routing import QueueIndex
 
-POLICIES = ("baseline", "greedy", "diagonal")
+POLICIES = ("baseline", "greedy", "diagonal", "priced")
 # Waiting time is counted in units of this many seconds against pairing keys.
 WAIT_UNIT_S = 20.0
 _NO_PAIR = 1e9  # cost of an ineligible pair in a batch
+# Priced pairing: what an agent's idle time is worth, in outcome probability per
+# *cycle* of the queue: the time in which each agent takes one contact on average
+# (agents / decisions per second; about handle time / occupancy). An agent's price
+# falls by this much for every cycle it waits idle (see :func:`charge`), so an
+# agent that strong contacts keep busy grows dearer than one left idle until their
+# occupancies meet. Measured in cycles, the knob is the same for 5-minute calls and
+# 30-second chats: 0.04 prices a strong agent's edge of 5 points of probability at
+# about one cycle and a quarter of idle time.
+IDLE_WORTH = 0.04
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +126,8 @@ class QueuePairing:
     contact percentiles), the running mean contact input (for agent performance)
     and the agents' performance axis (for contact values)."""
 
-    __slots__ = ("axis", "count", "n", "pos", "rng", "since_sort", "sorted", "values", "xbar")
+    __slots__ = ("axis", "count", "decided", "gap_s", "last_decision", "n", "pos", "rng",
+                 "since_sort", "sorted", "values", "xbar")
 
     def __init__(self, rng: np.random.Generator, capacity: int = 1024) -> None:
         self.values = np.zeros(capacity, dtype=np.float64)
@@ -118,6 +139,26 @@ class QueuePairing:
         self.rng = rng
         self.xbar: np.ndarray | None = None
         self.axis: np.ndarray | None = None
+        # Priced: running mean time between the policy's decisions in the queue.
+        self.decided = 0
+        self.gap_s = 0.0
+        self.last_decision = 0.0
+
+    def idle_worth(self, index: QueueIndex, per_cycle: float = IDLE_WORTH) -> float:
+        """Priced: what one second of idle time is worth now (``per_cycle`` over the
+        queue's cycle, see :data:`IDLE_WORTH`); 0 until two decisions were made."""
+        n = int(index.logged_in.sum())
+        if self.decided < 2 or self.gap_s <= 0 or n == 0:
+            return 0.0
+        return per_cycle / (n * self.gap_s)
+
+    def decision(self, now: float) -> None:
+        """Priced: one more decision at ``now`` (for the cycle's length)."""
+        if self.decided:
+            alpha = max(1.0 / self.decided, 1.0 / 256)
+            self.gap_s += alpha * (max(0.0, now - self.last_decision) - self.gap_s)
+        self.decided += 1
+        self.last_decision = now
 
     def percentile(self, value: float) -> float:
         """Where ``value`` falls among recent contacts, uniform within ties."""
@@ -180,6 +221,47 @@ def contact_value(pairing: QueuePairing, u: np.ndarray, c0: float) -> float:
     return float(u @ pairing.axis)
 
 
+def link(raw: np.ndarray, logistic: bool) -> np.ndarray:
+    """Model scores as predicted outcomes (probabilities for a logistic model)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if not logistic:
+        return raw
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(raw, -60.0, 60.0)))
+    return out
+
+
+def _predicted(index: QueueIndex, rows: np.ndarray, u: np.ndarray, c0: float,
+               logistic: bool) -> np.ndarray:
+    """Predicted outcomes of one contact with the agents at ``rows`` (the greedy
+    kernel's scores: agents without a profile get the mean of the others)."""
+    keys = np.empty(rows.size, dtype=np.float64)
+    kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
+    return link(-keys, logistic)
+
+
+def contact_price_value(index: QueueIndex, u: np.ndarray, c0: float, logistic: bool) -> float:
+    """Priced: a contact's value, ``max_a (predicted(c, a) - price_a)`` over the
+    queue's logged-in agents."""
+    rows = np.flatnonzero(index.logged_in).astype(np.int64)
+    if rows.size == 0:
+        return 0.0
+    return float((_predicted(index, rows, u, c0, logistic) - index.price[rows]).max())
+
+
+def charge(index: QueueIndex, pairing: QueuePairing, row: int, now: float) -> None:
+    """Priced: the agent at ``row`` takes a contact at ``now``; its price falls by
+    the worth of the idle spell this ends (:meth:`QueuePairing.idle_worth`), then
+    every logged-in agent's price is shifted so that prices keep a mean of 0 (a
+    newcomer's 0 is the average). Prices are thus minus the worth of each agent's
+    total idle time, up to a common constant: an integral controller on occupancy."""
+    worth = pairing.idle_worth(index)
+    pairing.decision(now)
+    index.price[row] -= worth * max(0.0, now - float(index.idle_since[row]))
+    live = index.logged_in
+    if live.any():
+        index.price[live] -= index.price[live].mean()
+
+
 def _neutral(scores: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Scores of candidates without a profile set to the mean of the others."""
     if not known.all():
@@ -195,13 +277,21 @@ def choose_agent(
     u: np.ndarray | None,
     c0: float,
     pct: float,
+    logistic: bool = True,
+    idle_worth: float = 0.0,
 ) -> int:
     """L1: the chosen position in the eligible ``rows`` for one contact (folded into
-    the model as ``u``, ``c0``; ``pct`` its percentile). Each policy turns the rows
-    into keys, lower is better; ties go by the baseline's order."""
+    the model as ``u``, ``c0``; ``pct`` its percentile; ``idle_worth`` what a second
+    of idle time is worth, for priced). Each policy turns the rows into keys, lower
+    is better; ties go by the baseline's order."""
     if policy.name == "greedy" and u is not None:
         keys = np.empty(rows.size, dtype=np.float64)
         kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
+    elif policy.name == "priced" and u is not None:
+        # The current idle spell counts too: idle_worth * idle_since is, up to the
+        # common -idle_worth * now, the part of the price not yet charged.
+        keys = (index.price[rows] + idle_worth * index.idle_since[rows]
+                - _predicted(index, rows, u, c0, logistic))
     else:
         keys = np.zeros(rows.size, dtype=np.float64)
         if policy.name == "diagonal":
@@ -217,8 +307,14 @@ def contact_keys(
     v: np.ndarray | None,
     c0: float,
     band: tuple[float, float],
+    *,
+    values: Sequence[float] = (),
+    price: float | np.ndarray = 0.0,
+    logistic: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """L2 keys for waiting contacts (best first by priority then age) and raw scores."""
+    """L2 keys for waiting contacts (best first by priority then age) and raw scores.
+    ``band`` is the agent's diagonal band; ``values`` (the contacts' values) and
+    ``price`` (the agent's) are priced pairing's."""
     m = len(xs)
     scores = None
     if v is not None:
@@ -235,6 +331,12 @@ def contact_keys(
     if policy.name == "greedy":
         assert scores is not None
         keys = -scores.astype(np.float64)
+    elif policy.name == "priced":
+        if scores is None:
+            return np.arange(m, dtype=np.float64), scores
+        # Reduced cost: what the contact loses with this agent against its best one.
+        keys = np.asarray(values, dtype=np.float64) - (link(scores, logistic) - price)
+        keys[~known] = 0.0  # no profile: indifferent between agents, as far as we know
     else:
         lo, hi = band
         p = np.asarray(pcts, dtype=np.float64)

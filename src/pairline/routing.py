@@ -113,6 +113,11 @@ class Contact:
     u: np.ndarray | None = None
     c0: float = 0.0
     pct: float = 0.5
+    # Priced pairing: the contact's best price-adjusted predicted outcome over the
+    # queue's agents at arrival (its dual value; see pairing.contact_price_value).
+    value: float = 0.0
+    # The customer opted out: routed by the baseline, mode OPTED_OUT, no data.
+    opted_out: bool = False
 
     @property
     def key(self) -> tuple[int, float, int, str]:
@@ -133,6 +138,7 @@ def _contact_of(contact_id: str, snap: dict[str, Any], c: Contact | None = None)
     c.excluded, c.preferred = frozenset(snap["ex"]), frozenset(snap["pf"])
     c.state = ContactState(snap["st"])
     c.decision = Decision.of(snap["d"]) if snap["d"] else None
+    c.opted_out = bool(snap.get("oo", False))
     return c
 
 
@@ -153,6 +159,7 @@ class QueueIndex:
         "load",
         "logged_in",
         "name",
+        "price",
         "prof",
         "ready_at",
         "routable",
@@ -178,6 +185,8 @@ class QueueIndex:
         # Diagonal-pairing percentile band of each agent (see pairing.refresh_bands).
         self.lo = np.full(rows, 0.5, dtype=np.float64)
         self.hi = np.full(rows, 0.5, dtype=np.float64)
+        # Priced pairing: each agent's price (see pairing.charge); 0 is the mean.
+        self.price = np.zeros(rows, dtype=np.float64)
         self.bands_dirty = True
         self.bands_at = -1.0
         self._buf = np.empty(rows, dtype=np.int64)
@@ -192,7 +201,7 @@ class QueueIndex:
         self.free_rows.extend(range(new - 1, old - 1, -1))
         for name in (
             "routable", "ready_at", "free", "load", "idle_since", "prof", "logged_in", "vec",
-            "has_vec", "lo", "hi",
+            "has_vec", "lo", "hi", "price",
         ):
             arr = getattr(self, name)
             grown = np.zeros((new, *arr.shape[1:]), dtype=arr.dtype)
@@ -232,6 +241,7 @@ class QueueIndex:
             self.vec[row] = vector
             self.has_vec[row] = True
         self.lo[row] = self.hi[row] = 0.5
+        self.price[row] = 0.0
         self.bands_dirty = True
 
     def remove(self, agent_id: str) -> None:
@@ -319,6 +329,9 @@ class TenantRouting:
         # Changed while Redis could not be reached: written back when it returns.
         self.dirty_agents: set[str] = set()
         self.dirty_contacts: set[str] = set()
+        # Decision records to write with the commit:
+        # (id, JSON, ttl ms, expires at, customer digest).
+        self.outbox: list[tuple[str, bytes, int, float, str]] = []
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
         # Reservations released by their offer timeout since start (a metric).
         self.expired_total = 0
@@ -715,6 +728,7 @@ class TenantRouting:
             "seq": c.seq, "dg": c.digest, "ctx": [list(kv) for kv in c.context],
             "mp": c.min_proficiency, "ex": sorted(c.excluded), "pf": sorted(c.preferred),
             "st": int(c.state), "d": c.decision.as_dict() if c.decision else None,
+            "oo": c.opted_out,
         }
 
     def apply_agent(self, agent_id: str, snap: dict[str, Any] | None) -> None:

@@ -1,10 +1,11 @@
-"""The grpc.aio server: auth, health, reflection, periodic sweeps, graceful stop."""
+"""The grpc.aio server: TLS, auth, limits, health, reflection, periodic sweeps, graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,8 +22,10 @@ from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import Guard, GuardedServer
+from pairline.limits import Limits
 from pairline.metered import MeteredRouterServicer
 from pairline.metrics import Metrics, MetricsEndpoint, Snapshot, StateCollector
+from pairline.security import KeyRing, read_tls
 from pairline.service import Service
 from pairline.servicers import (
     InsightsServicer,
@@ -30,6 +33,7 @@ from pairline.servicers import (
     ProfilesServicer,
 )
 from pairline.stores import MemoryStore, Store
+from pairline.stores.privacy import FileLedger, MemoryLedger, PrivacyLedger
 from pairline.stores.redis import RedisStore
 from pairline.stores.shared import SharedRouting
 
@@ -62,7 +66,12 @@ class PairlineServer:
     """One server process. ``await start()``, then ``await stop()``."""
 
     def __init__(
-        self, settings: Settings, *, store: Store | None = None, clock: Clock | None = None
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         self.settings = settings
         shared = None
@@ -71,16 +80,25 @@ class PairlineServer:
         if isinstance(store, RedisStore):
             shared = SharedRouting(store)
         self.store = store or MemoryStore(settings.memory_max_decisions)
-        self.service = Service(settings, self.store, clock or SystemClock(), shared=shared)
+        self.ledger = ledger or privacy_ledger(settings)
+        self.service = Service(settings, self.store, clock or SystemClock(), shared=shared,
+                               ledger=self.ledger)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._degraded = False
-        keys = {h: t.name for t in settings.tenants for h in t.api_key_sha256}
-        self.guard = Guard(lambda: keys)
+        self.keys = KeyRing(settings.api_keys(), [t.name for t in settings.tenants],
+                            settings.keys_file or None)
+        self.limits = Limits(
+            settings.max_concurrent_rpcs,
+            ((t.name, t.rate_per_s, t.rate_burst, t.max_concurrent_rpcs)
+             for t in settings.tenants),
+        )
         self.metrics = Metrics()
         self.metrics_endpoint: MetricsEndpoint | None = None
+        self.router = MeteredRouterServicer(self.service, self.metrics, self.limits.take)
+        self.guard = Guard(self.keys, self.limits, self.router.abandon)
 
     @property
     def address(self) -> str:
@@ -101,18 +119,27 @@ class PairlineServer:
             ],
         )
         guarded: Any = GuardedServer(server, self.guard)
-        router = MeteredRouterServicer(self.service, self.metrics)
-        rpb_grpc.add_RouterServicer_to_server(router, guarded)
+        rpb_grpc.add_RouterServicer_to_server(self.router, guarded)
         ppb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.service), guarded)
-        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(), guarded)
+        xpb_grpc.add_PrivacyServicer_to_server(PrivacyServicer(self.service.privacy), guarded)
         ipb_grpc.add_InsightsServicer_to_server(InsightsServicer(self.service), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        s = self.settings
+        tls = read_tls(s.tls_cert_path, s.tls_key_path, s.tls_client_ca_path)
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            if tls is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.cert_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = server.add_secure_port(self.settings.listen, creds)
         except RuntimeError as exc:  # grpc's way of saying the bind failed
             raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from None
         if self.port == 0:
@@ -124,7 +151,13 @@ class PairlineServer:
             asyncio.create_task(self._every(self.settings.sweep_interval_s, self._expire)),
             asyncio.create_task(self._every(RETENTION_SWEEP_S, self.service.sweep_retention)),
         ]
+        if s.keys_file:
+            self._tasks.append(asyncio.create_task(self._every(s.keys_reload_s, self._reload)))
         await self._warm()
+        # After the privacy records are loaded (in _warm): resumes open tickets.
+        if self.settings.deletion_interval_s > 0:
+            self._tasks.append(asyncio.create_task(
+                self.service.privacy.worker(self.settings.deletion_interval_s)))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
         return self.port
@@ -162,6 +195,21 @@ class PairlineServer:
         the kernels compiled (or loaded from the cache), configured models loaded."""
         kernels.warm()
         await self.service.start()
+
+    def reload_keys(self, *, force: bool = False) -> bool:
+        """Re-read the keys file (on change, or always with ``force``: SIGHUP). A bad
+        file is logged and refused; the keys in force stay."""
+        try:
+            changed = self.keys.reload(force=force)
+        except Exception as exc:
+            log.error("keys_reload_failed", path=self.settings.keys_file, error=str(exc))
+            return False
+        if changed:
+            log.info("keys_reloaded", path=self.settings.keys_file, keys=len(self.keys))
+        return changed
+
+    async def _reload(self) -> None:
+        self.reload_keys()
 
     async def _expire(self) -> int:
         n = await self.service.expire_all()
@@ -207,6 +255,7 @@ class PairlineServer:
         await self.service.stop()
         if isinstance(self.store, RedisStore):
             await self.store.close()
+        await self.ledger.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
@@ -217,6 +266,15 @@ class PairlineServer:
             await self._server.wait_for_termination()
 
 
+def privacy_ledger(settings: Settings) -> PrivacyLedger:
+    """The embedded store's ledger: a file in ``data_dir``, or memory (with a
+    warning: not durable) when no directory is configured."""
+    if settings.data_dir:
+        return FileLedger(Path(settings.data_dir) / "privacy.jsonl")
+    log.warning("privacy_records_not_durable", reason="no data_dir configured")
+    return MemoryLedger()
+
+
 async def serve(settings: Settings, *, on_started: object = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     stop = asyncio.Event()
@@ -224,6 +282,7 @@ async def serve(settings: Settings, *, on_started: object = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: no window without them
         loop.add_signal_handler(sig, stop.set)
     server = PairlineServer(settings)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.reload_keys(force=True))
     await server.start()
     if callable(on_started):
         on_started(server)

@@ -8,6 +8,7 @@ awaiting in between, so a decision is atomic on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -34,6 +35,7 @@ from pairline.domain import (
     ReleaseReason,
 )
 from pairline.errors import AlreadyExists, InvalidArgument, NotFound
+from pairline.limits import check_deadline
 from pairline.model import Model, load_model
 from pairline.pairing import (
     NO_PAIR,
@@ -42,16 +44,20 @@ from pairline.pairing import (
     QueuePairing,
     Scorer,
     assign_batch,
+    charge,
     choose_agent,
     contact_keys,
+    contact_price_value,
     contact_value,
+    link,
     refresh_bands,
 )
-from pairline.privacy import Pseudonymiser
+from pairline.privacy_service import Privacy
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 from pairline.stores.redis import FeedFollower
 from pairline.stores.shared import REDIS_ERRORS, SharedRouting
+from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
 
@@ -96,12 +102,11 @@ class UpsertOutcome:
 class TenantRuntime:
     """Everything the service holds for one tenant."""
 
-    __slots__ = ("_default", "_pairings", "_policies", "config", "pseudo", "rng", "routing",
+    __slots__ = ("_default", "_pairings", "_policies", "config", "rng", "routing",
                  "schedule", "scorer")
 
     def __init__(self, config: TenantConfig, rng: np.random.Generator | None = None) -> None:
         self.config = config
-        self.pseudo = Pseudonymiser(config.secret)
         self.routing = TenantRouting(
             max_waiting=config.max_waiting,
             max_agents=config.max_agents,
@@ -196,15 +201,18 @@ class Service:
         *,
         seed: int | None = None,
         shared: SharedRouting | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         """``seed`` makes the service's random draws repeatable (simulations);
-        ``shared`` makes Redis the authority on routing state (replicas)."""
+        ``shared`` makes Redis the authority on routing state (replicas);
+        ``ledger`` keeps the privacy records (in memory only if not given)."""
         self.settings = settings
         self.store = store
         self.clock = clock
         self.shared = shared
         self.coord: SharedRouting | _Local = shared or _Local()
         self._feed: FeedFollower | None = None
+        self._background: set[asyncio.Future[Any]] = set()
         seeds = np.random.SeedSequence(seed).spawn(len(settings.tenants))
         self.tenants = {
             t.name: TenantRuntime(t, np.random.default_rng(s))
@@ -214,6 +222,9 @@ class Service:
         # replicas and restarts, and cheaper than a random id per decision).
         self._id_prefix = f"d{secrets.token_hex(6)}-"
         self._ids = itertools.count(1)
+        # Opt-outs, deletions, tombstones, audit (pairline.privacy_service).
+        self.privacy = Privacy(settings, ledger or MemoryLedger(), store, clock,
+                               lambda t: self.tenants[t].routing)
 
     def _rt(self, tenant: str) -> TenantRuntime:
         return self.tenants[tenant]
@@ -252,10 +263,15 @@ class Service:
         is accepted (so a refused request leaves the statistics as they were)."""
         scorer = rt.scorer
         pol = rt.policy(contact.queue)
-        if scorer is None or pol.name != "diagonal":
+        if scorer is None or pol.name not in ("diagonal", "priced"):
             return _nothing
         x = self._x(scorer, contact)
         if x is None:
+            return _nothing
+        if pol.name == "priced":
+            assert contact.u is not None
+            contact.value = contact_price_value(rt.routing.queue(contact.queue), contact.u,
+                                                contact.c0, scorer.logistic)
             return _nothing
         pairing = self._bands(rt, rt.routing.queue(contact.queue), scorer, pol, now)
         assert contact.u is not None
@@ -289,7 +305,9 @@ class Service:
             self._bands(rt, index, scorer, pol, now)
             u, c0 = contact.u, contact.c0
             assert u is not None
-            k = choose_agent(pol, index, rows, u, c0, contact.pct)
+            pairing = rt.pairing(index.name)
+            worth = pairing.idle_worth(index) if pol.name == "priced" else 0.0
+            k = choose_agent(pol, index, rows, u, c0, contact.pct, scorer.logistic, worth)
             choice = Choice(
                 mode=Mode.PAIRED,
                 policy=pol.name,
@@ -303,6 +321,8 @@ class Service:
                 choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
                 choice.shadow_predicted = choice.predicted
                 choice.predicted = _predict(scorer, index, int(rows[k]), u, c0)
+            if pol.name == "priced":  # the agent that takes the contact ends its idle spell
+                charge(index, pairing, int(rows[k]), now)
         choice.slot_on, choice.compared = slot_on, compared
         agent_id = index.ids[int(rows[k])]
         assert agent_id is not None
@@ -311,7 +331,11 @@ class Service:
     def _decide(
         self, rt: TenantRuntime, contact: Contact, agent: Agent, choice: Choice, now: float
     ) -> Decision:
-        """Reserve ``agent`` for ``contact`` and build the decision (no awaits)."""
+        """Reserve ``agent`` for ``contact`` and build the decision (no awaits).
+        Nothing is reserved once the caller's deadline has passed."""
+        check_deadline("an agent was claimed")
+        if contact.opted_out:  # baseline-routed (no profile): say why
+            choice = Choice(mode=Mode.OPTED_OUT, policy="baseline", slot_on=choice.slot_on)
         if not choice.model_version and rt.scorer is not None:
             choice.model_version = rt.scorer.version  # reported on every decision
         decision = Decision(
@@ -333,18 +357,32 @@ class Service:
             compared=choice.compared,
         )
         rt.routing.reserve(contact, agent, decision, now)
+        if self.shared is not None:  # written by the same commit as the reservation
+            self.shared.stage_record(rt.config.name, rt.routing, self._record_of(rt, contact, decision))
         return decision
 
-    async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
+    @staticmethod
+    def _record_of(rt: TenantRuntime, contact: Contact, d: Decision) -> DecisionRecord:
         ttl_s = rt.config.decision_ttl_days * DAY_S
-        if self.degraded(tenant) and d.decision_id:
-            d.mode = Mode.DEGRADED  # decided while the shared state was out of reach
-            d.predicted_outcome = 0.0
-        await self._soft(self.store.record_decision(
-            tenant,
-            DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
-                           context=contact.context),
-        ))
+        return DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
+                              context=contact.context)
+
+    async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
+        try:
+            if self.shared is None:
+                await self.store.record_decision(tenant, self._record_of(rt, contact, d))
+            elif self.degraded(tenant) and d.decision_id:
+                # Decided while the shared state was out of reach (the record could
+                # not go with the commit): say so, and keep it if Redis takes it.
+                d.mode = Mode.DEGRADED
+                d.predicted_outcome = 0.0
+                await self._soft(
+                    self.store.record_decision(tenant, self._record_of(rt, contact, d)))
+        except BaseException:
+            # Cancelled (caller gone) or the store failed: the decision will not
+            # reach the caller, so its reservation must not outlive this call.
+            self.abandon(tenant, d.decision_id)
+            raise
         log.debug(
             "contact_routed",
             tenant=tenant,
@@ -371,15 +409,17 @@ class Service:
 
     async def route_contact(self, tenant: str, req: ContactRequest) -> Decision:
         rt = self._rt(tenant)
-        digest = rt.pseudo.digest(req.customer_key)
+        # Opted out: no digest kept, no profile read (an in-memory set lookup).
+        digests, opted_out = self.privacy.screen(tenant, req.customer_key)
+        digest = digests[0] if digests else ""
         profile = None
         if (digest and rt.scorer is not None and rt.wants_profiles(req.queue)
                 and not self.degraded(tenant)):
             row = await self._soft(
-                self.store.get_customer_profile(tenant, digest, self.clock.now()))
+                self.privacy.customer_profile(tenant, digests, self.clock.now()))
             profile = row.vector if row is not None else None
         decision, contact, accepted = await self.coord.run(
-            tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile),
+            tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile, opted_out),
             contacts=(req.contact_id,),
         )
         accepted()
@@ -399,7 +439,8 @@ class Service:
             return None
 
     def _route_op(
-        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None
+        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None,
+        opted_out: bool,
     ) -> tuple[Decision, Contact | None, Callable[[], None]]:
         """RouteContact on the routing state (no awaits): the decision, the contact
         when a new decision is to be recorded, and the step that adds the contact to
@@ -428,13 +469,14 @@ class Service:
             req.channel,
             req.priority,
             digest,
-            req.context,
+            () if opted_out else req.context,
             req.min_proficiency,
             req.excluded_agent_ids,
             now,
             req.preferred_agent_ids,
         )
         contact.profile = profile
+        contact.opted_out = opted_out
         accepted = self._arrive(rt, contact, now)
         decision = self._route(rt, contact, now)
         if decision is None:
@@ -449,6 +491,9 @@ class Service:
         """Contact surplus: choose among ``candidates`` (best first by priority, age)."""
         top = [c for c in candidates if c.priority == candidates[0].priority]
         pol = rt.policy(top[0].queue)
+        if pol.name == "priced":
+            # Prices are per queue: pair within the queue the baseline would serve.
+            top = [c for c in top if c.queue == top[0].queue]
         scorer = rt.scorer
         a = rt.routing.agent_vectors.get(agent.agent_id)
         if self.degraded(rt.config.name):
@@ -466,18 +511,24 @@ class Service:
         v, c0 = scorer.fold_agent(a)
         lo = np.empty(len(top))
         hi = np.empty(len(top))
+        price = np.empty(len(top))
         for i, c in enumerate(top):
             index = rt.routing.queue(c.queue)
             self._bands(rt, index, scorer, pol, now)
             row = index.row_of[agent.agent_id]
-            lo[i], hi[i] = index.lo[row], index.hi[row]
+            lo[i], hi[i], price[i] = index.lo[row], index.hi[row], index.price[row]
         waits = [now - c.arrival for c in top]
-        keys, scores = contact_keys(pol, xs, [c.pct for c in top], waits, v, float(c0), (lo, hi))
+        keys, scores = contact_keys(pol, xs, [c.pct for c in top], waits, v, float(c0), (lo, hi),
+                                    values=[c.value for c in top], price=price,
+                                    logistic=scorer.logistic)
         j = int(np.argmin(keys))
         if pol.batch and len(top) > 1:
             j = self._batch(rt, agent, top, xs, keys, pol, scorer, now, j)
         assert scores is not None
         chosen = top[j]
+        if pol.name == "priced":
+            index = rt.routing.queue(chosen.queue)
+            charge(index, rt.pairing(chosen.queue), index.row_of[agent.agent_id], now)
         choice = Choice(
             mode=Mode.PAIRED if xs[j] is not None else Mode.NO_PROFILE,
             policy=pol.name,
@@ -527,7 +578,7 @@ class Service:
         cost[:, 0] = keys
         waits = np.array([now - c.arrival for c in top]) / WAIT_UNIT_S * pol.wait_weight
         scores = None
-        if pol.name == "greedy":
+        if pol.name in ("greedy", "priced"):
             # Contacts without a profile score as their key says; agents without
             # one as zeros (the model's baseline).
             X = np.stack([x if x is not None else np.zeros(scorer.W.shape[0], np.float32)
@@ -541,7 +592,15 @@ class Service:
             rows_ok = [i for i, ids in enumerate(eligible) if other in ids]
             if not rows_ok:
                 continue
-            if scores is not None:
+            if pol.name == "priced":
+                assert scores is not None
+                for i in rows_ok:
+                    index = rt.routing.queue(top[i].queue)
+                    # Reduced cost, as contact_keys gives it (0 without a profile).
+                    cost[i, col] = (top[i].value - float(link(scores[i, col], scorer.logistic))
+                                    + index.price[index.row_of[other]]
+                                    if xs[i] is not None else 0.0) - waits[i]
+            elif scores is not None:
                 for i in rows_ok:
                     s = float(scores[i, col]) if xs[i] is not None else float(-keys[i])
                     cost[i, col] = -s - waits[i]
@@ -640,6 +699,11 @@ class Service:
     async def report_outcome(
         self, tenant: str, decision_id: str, outcomes: dict[str, float]
     ) -> bool:
+        """False when the outcome is not stored: the decision was for an
+        opted-out customer (only counted)."""
+        record = await self.store.get_decision(tenant, decision_id, self.clock.now())
+        if self.privacy.withhold_outcome(tenant, record):
+            return False
         if not await self.store.record_outcome(tenant, decision_id, outcomes, self.clock.now()):
             raise NotFound(f"decision {decision_id!r} is not known (or past retention)")
         return True
@@ -682,6 +746,30 @@ class Service:
             rt.routing.expire(now)
         return rt.routing.queue_stats(queue or None, now)
 
+    def abandon(self, tenant: str, decision_id: str) -> bool:
+        """Undo a reservation whose caller is gone (cancelled, or its deadline passed
+        before the decision reached it): as if the offer had timed out at once, the
+        agent is free again and the contact waits in its place. False when the
+        decision holds no reservation (already confirmed, released or expired).
+        With shared state the release is committed in the background."""
+        rt = self.tenants.get(tenant)
+        if rt is None or decision_id not in rt.routing.reservations:
+            return False
+        log.info("decision_abandoned", tenant=tenant, decision_id=decision_id)
+        if self.shared is None:
+            rt.routing.release(decision_id, ReleaseReason.NOT_CONNECTED, self.clock.now())
+            return True
+
+        def op() -> None:
+            if decision_id in rt.routing.reservations:
+                rt.routing.release(decision_id, ReleaseReason.NOT_CONNECTED, self.clock.now())
+
+        task = asyncio.ensure_future(
+            self.coord.run(tenant, rt.routing, op, decisions=(decision_id,)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
     async def expire_all(self) -> int:
         """Release timed-out reservations of every tenant (the periodic sweep)."""
         if self.shared is not None and self.shared.degraded:
@@ -695,7 +783,8 @@ class Service:
         return n
 
     async def sweep_retention(self) -> int:
-        return await self.store.sweep(self.clock.now())
+        now = self.clock.now()
+        return await self.store.sweep(now) + self.privacy.sweep_contacts(now)
 
     # --------------------------------------------------------------- profiles
     @staticmethod
@@ -725,9 +814,18 @@ class Service:
         self, tenant: str, profiles: Sequence[ProfileIn], field: str | None = "profiles"
     ) -> UpsertOutcome:
         rt = self._rt(tenant)
-        rows = self._rows(profiles, rt.config.customer_dim, field, rt.pseudo.digest)
+        keys = self.privacy.tenants[tenant].keys
+        rows = self._rows(profiles, rt.config.customer_dim, field, keys.digest)
         ttl_s = rt.config.profile_ttl_days * DAY_S
-        stale = await self.store.upsert_customer_profiles(tenant, rows, ttl_s, self.clock.now())
+
+        async def write(kept: Sequence[ProfileRow]) -> list[int]:
+            if not kept:
+                return []
+            return await self.store.upsert_customer_profiles(tenant, kept, ttl_s,
+                                                             self.clock.now())
+
+        # Tombstoned customers' older data is refused (and audited) here.
+        stale = await self.privacy.upsert_profiles(tenant, rows, write)
         return UpsertOutcome(len(rows) - len(stale), stale)
 
     async def upsert_agent_profiles(
@@ -782,7 +880,9 @@ class Service:
         """Load models named in the configuration; restore the active ones. With
         shared state, also rebuild every tenant's routing mirror from Redis and
         follow the change feed (started first, so nothing changed meanwhile is
-        missed: older snapshots are ignored by version)."""
+        missed: older snapshots are ignored by version); load the privacy
+        records."""
+        await self.privacy.start()
         if self.shared is not None:
             self._feed = FeedFollower(self.shared.store, self.on_feed)
             await self._feed.start()

@@ -18,24 +18,33 @@ from pairline import convert
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
-from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
-from pairline.errors import InvalidArgument, PairlineError, Unimplemented
+from pairline.errors import InvalidArgument, PairlineError
 from pairline.interceptors import current_tenant, internal_status, to_rpc_status
+from pairline.privacy_servicer import PrivacyServicer
 from pairline.service import Service
 
 log = structlog.get_logger()
+
+__all__ = ["InsightsServicer", "PrivacyServicer", "ProfilesServicer", "RouterServicer"]
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_EVENTS_PER_BATCH = 1000
 
 
+def _no_limit(tenant: str) -> None:
+    return None
+
+
 class RouterServicer(rpb_grpc.RouterServicer):
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, admit: Callable[[str], None] = _no_limit) -> None:
+        """``admit(tenant)`` is called per stream event (the tenant's rate limit);
+        it raises to refuse the event."""
         self._s = service
+        self._admit = admit
         # Connect: event field -> handler(event message, tenant) -> (reply field, reply)
         self._events: dict[str, Callable[[Any, str], Awaitable[tuple[str, Any]]]] = {
             "route_contact": self._ev_route,
@@ -86,6 +95,20 @@ class RouterServicer(rpb_grpc.RouterServicer):
         did, outcomes = convert.report_outcome(req, at)
         stored = await self._s.report_outcome(tenant, did, outcomes)
         return rpb.ReportOutcomeResponse(decision_id=did, stored=stored)
+
+    def abandon(self, tenant: str, response: Any) -> None:
+        """Undo the reservations of decisions whose caller is gone (see the guard)."""
+        if isinstance(response, cpb.Decision):
+            decisions = [response]
+        elif isinstance(response, rpb.SwitchReply):
+            decisions = [response.decision] if response.HasField("decision") else []
+        elif isinstance(response, rpb.SwitchReplyBatch):
+            decisions = [r.decision for r in response.replies if r.HasField("decision")]
+        else:
+            return
+        for d in decisions:
+            if d.decision_id:
+                self._s.abandon(tenant, d.decision_id)
 
     # Unary RPCs.
     async def RouteContact(self, request: rpb.RouteContactRequest, context: Ctx) -> cpb.Decision:
@@ -151,6 +174,7 @@ class RouterServicer(rpb_grpc.RouterServicer):
         try:
             rid = convert.text(event.request_id, "request_id", required=False)
             kind = event.WhichOneof("event")
+            self._admit(tenant)
             if kind is None:
                 raise InvalidArgument("event", "one event is required")
             name, reply = await self._events[kind](getattr(event, kind), tenant)
@@ -271,21 +295,3 @@ class InsightsServicer(ipb_grpc.InsightsServicer):
         queue = convert.text(request.queue, "queue", required=False)
         report = await self._s.benchmark_report(current_tenant(), outcome, queue)
         return convert.benchmark_report(outcome, report)
-
-
-def _not_yet(name: str) -> Callable[..., Awaitable[Any]]:
-    async def method(self: Any, request: Any, context: Ctx) -> Any:
-        raise Unimplemented(f"Privacy.{name} is not available yet")
-
-    method.__name__ = name
-    return method
-
-
-class PrivacyServicer(xpb_grpc.PrivacyServicer):
-    """Answers UNIMPLEMENTED (after authentication) until the privacy work lands."""
-
-    OptOut = _not_yet("OptOut")
-    WithdrawOptOut = _not_yet("WithdrawOptOut")
-    RequestDeletion = _not_yet("RequestDeletion")
-    GetDeletion = _not_yet("GetDeletion")
-    ListDeletions = _not_yet("ListDeletions")

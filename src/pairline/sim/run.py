@@ -13,7 +13,8 @@ The result is plain JSON (the contract the CLI and the report build on)::
         {"policy": "diagonal", "base_policy": "diagonal", "skew": 0.0, ...,
          "contacts": 3652, "handled": 3611, "abandoned": 41,
          "outcome_rate": 0.283, "expected_outcome_rate": 0.281,
-         "gain_vs_baseline": 0.031, "expected_gain_vs_baseline": 0.027,
+         "gain_vs_baseline": 0.031, "gain_ci_low": 0.012, "gain_ci_high": 0.050,
+         "expected_gain_vs_baseline": 0.027,
          "ceiling_share": 0.42,
          "service_level": 0.81, "asa_s": 9.6, "abandon_rate": 0.011, "wait_p90_s": 31.0,
          "occupancy_mean": 0.85, "occupancy_spread": 0.07, "occupancy_gini": 0.011,
@@ -28,7 +29,8 @@ The result is plain JSON (the contract the CLI and the report build on)::
       "run_time_s": 12.3
     }
 
-``gain_vs_baseline`` is relative (``rate / baseline_rate - 1``) on the drawn
+``gain_ci_low`` / ``gain_ci_high`` bound ``gain_vs_baseline`` at 95 % (see
+:func:`gain_interval`). ``gain_vs_baseline`` is relative (``rate / baseline_rate - 1``) on the drawn
 outcomes; ``expected_gain_vs_baseline`` the same on the true probabilities of the
 pairs made (less noisy). ``ceiling_share`` is the share of the fair ceiling's
 gain captured: ``(expected rate - baseline's expected rate) / (fair ceiling -
@@ -42,6 +44,7 @@ surplus, batch assignment) as every other policy.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -49,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from pairline.benchmark import Z95
 from pairline.sim.engine import Engine, agent_logins, customer_key
 from pairline.sim.metrics import summarise
 from pairline.sim.scenario import PolicySpec, Scenario, default_scenario, scenario_summary
@@ -57,7 +61,7 @@ from pairline.sim.truth import GroundTruth, fair_ceiling
 from pairline.sim.workload import Workload, streams
 
 SWITCHES = ("service", "pure")
-DEFAULT_POLICIES = ("baseline", "greedy", "diagonal")
+DEFAULT_POLICIES = ("baseline", "greedy", "diagonal", "priced")
 # Builds the switch of one policy run: (policy, setup, seed) -> Switch.
 SwitchFactory = Callable[[PolicySpec, SwitchSetup, int], Switch]
 
@@ -114,11 +118,29 @@ def run_policy(
     return row
 
 
+def gain_interval(rate: float | None, n: int, base_rate: float | None,
+                  base_n: int) -> tuple[float | None, float | None]:
+    """95 % interval of ``rate / base_rate - 1`` (delta method), the two runs' drawn
+    outcomes taken as independent binomial samples. The runs share their outcome
+    draws (common random numbers), which correlates them positively, so the
+    interval is conservative (wider than it need be)."""
+    if rate is None or base_rate is None or not base_rate or n < 2 or base_n < 2:
+        return None, None
+    gain = rate / base_rate - 1
+    var = rate * (1 - rate) / n / base_rate**2 + rate**2 * base_rate * (1 - base_rate) / (
+        base_n * base_rate**4)
+    half = Z95 * math.sqrt(var)
+    return gain - half, gain + half
+
+
 def _compare(row: dict[str, Any], base: dict[str, Any] | None, ceiling_gain: float | None) -> None:
     def rel(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b - 1
 
     row["gain_vs_baseline"] = rel(row["outcome_rate"], base["outcome_rate"]) if base else None
+    row["gain_ci_low"], row["gain_ci_high"] = (
+        gain_interval(row["outcome_rate"], row["handled"], base["outcome_rate"], base["handled"])
+        if base else (None, None))
     row["expected_gain_vs_baseline"] = (
         rel(row["expected_outcome_rate"], base["expected_outcome_rate"]) if base else None)
     row["ceiling_share"] = None

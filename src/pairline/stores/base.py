@@ -87,3 +87,8 @@ class Store(Protocol):
 
     async def sweep(self, now: float) -> int:
         """Drop records past their time to live; returns how many."""
+
+    async def purge_customer(self, tenant: str, digest: str) -> int:
+        """Erase the customer's profile and every kept decision (with its
+        outcomes) linked to ``digest``; returns how many records went.
+        Idempotent: the deletion worker may run it again after a crash."""

@@ -145,3 +145,10 @@ class MemoryStore:
             dropped += len(gone)
             t.next_expiry = min((exp for _, exp in t.customers.values()), default=float("inf"))
         return dropped
+
+    async def purge_customer(self, tenant: str, digest: str) -> int:
+        t = self._t(tenant)
+        gone = [k for k, r in t.decisions.items() if r.customer_digest == digest]
+        for k in gone:
+            del t.decisions[k]
+        return len(gone) + (t.customers.pop(digest, None) is not None)

@@ -179,7 +179,22 @@ return 1
 """ % FEED_MAXLEN
 
 
-def _record_json(record: DecisionRecord) -> bytes:
+# KEYS: profile, the customer's decision index, the decision index, feed, the
+# decision key prefix. ARGV: digest. Erases the profile and every decision of the
+# customer; returns how many records went.
+_PURGE = """
+local n = redis.call('DEL', KEYS[1])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  n = n + redis.call('DEL', KEYS[5] .. id)
+  redis.call('ZREM', KEYS[3], id)
+end
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', %d, '*', 'k', 'cp', 'ids', ARGV[1])
+return n
+""" % FEED_MAXLEN
+
+
+def record_json(record: DecisionRecord) -> bytes:
     d = record.decision.as_dict()
     return json.dumps(
         {
@@ -224,12 +239,16 @@ class RedisStore:
     ) -> None:
         self.r = client
         self.dims = dict(dims)
+        # A bound on every call on the routing path, besides the socket timeout
+        # (a safety net: a call must never wait past it, whatever the client does).
+        self.timeout_s = 0.5
         self.cache_size = cache_size
         # Agent profiles live as long as the tenant's profile retention.
         self.profile_ttl_s = dict(profile_ttl_s or {})
         self._upsert = client.register_script(_UPSERT)
         self._outcome = client.register_script(_OUTCOME)
         self._activate = client.register_script(_ACTIVATE)
+        self._purge = client.register_script(_PURGE)
         # digest -> row or None (known absent); bounded, least recently used out.
         self._cache: dict[str, OrderedDict[str, tuple[ProfileRow, float] | None]] = {
             t: OrderedDict() for t in self.dims
@@ -241,7 +260,9 @@ class RedisStore:
     def from_url(
         cls, url: str, dims: Mapping[str, tuple[int, int]], *, timeout_s: float = 0.5, **kw: Any
     ) -> RedisStore:
-        return cls(connect(url, timeout_s), dims, **kw)
+        store = cls(connect(url, timeout_s), dims, **kw)
+        store.timeout_s = timeout_s
+        return store
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, RuntimeError):
@@ -363,9 +384,13 @@ class RedisStore:
         did = record.decision.decision_id
         index = self.key(tenant, "decs")
         async with self.r.pipeline(transaction=False) as p:
-            p.set(self.key(tenant, "dec", did), _record_json(record), px=ttl_ms)
+            p.set(self.key(tenant, "dec", did), record_json(record), px=ttl_ms)
             p.zadd(index, {did: record.expires_at})
             p.pexpire(index, ttl_ms)
+            if record.customer_digest:  # for erasure: the customer's decisions
+                by_customer = self.key(tenant, "cd", record.customer_digest)
+                p.sadd(by_customer, did)
+                p.pexpire(by_customer, ttl_ms)
             await p.execute()
 
     async def get_decision(
@@ -398,6 +423,16 @@ class RedisStore:
                         out.append(record)
         out.sort(key=lambda r: r.decision.decided_at)
         return out
+
+    async def purge_customer(self, tenant: str, digest: str) -> int:
+        """Erase the customer's profile and decisions (one script; safe to repeat);
+        replicas drop their cached copy (feed)."""
+        return int(await self._purge(
+            keys=[self.key(tenant, "cp", digest), self.key(tenant, "cd", digest),
+                  self.key(tenant, "decs"), self.key(tenant, "feed"),
+                  self.key(tenant, "dec", "")],
+            args=[digest],
+        ))
 
     async def sweep(self, now: float) -> int:
         """Redis expires the records by itself; this trims the decision indexes."""
@@ -452,11 +487,15 @@ class FeedFollower:
                     got = []
                     per = max(1, self.block_ms // max(1, len(self.last)))
                     for tenant, last in self.last.items():
-                        got += await r.xread({self.store.key(tenant, "feed"): last},
-                                             count=500, block=per) or []
+                        got += await asyncio.wait_for(
+                            r.xread({self.store.key(tenant, "feed"): last}, count=500,
+                                    block=per),
+                            per / 1000 + self.store.timeout_s) or []
                 else:
                     streams = {self.store.key(t, "feed"): last for t, last in self.last.items()}
-                    got = await r.xread(streams, count=500, block=self.block_ms) or []
+                    got = await asyncio.wait_for(
+                        r.xread(streams, count=500, block=self.block_ms),
+                        self.block_ms / 1000 + self.store.timeout_s) or []
                 self.connected = True
                 delay = 0.05
                 for stream, entries in got:
@@ -465,7 +504,7 @@ class FeedFollower:
                         await self._apply(tenant, entry_id.decode(), fields)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if self.connected:
                     log.warning("feed_disconnected", error=str(exc))
                 self.connected = False
@@ -477,7 +516,9 @@ class FeedFollower:
         (an operation needs the latest state before it can conclude)."""
         stream = self.store.key(tenant, "feed")
         while True:
-            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
+            got = await asyncio.wait_for(
+                self.store.r.xread({stream: self.last[tenant]}, count=1000),
+                self.store.timeout_s)
             entries = got[0][1] if got else []
             for entry_id, fields in entries:
                 await self._apply(tenant, entry_id.decode(), fields)

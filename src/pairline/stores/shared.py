@@ -45,7 +45,8 @@ from redis.exceptions import RedisError
 
 from pairline.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from pairline.routing import TenantRouting
-from pairline.stores.redis import FEED_MAXLEN, RedisStore
+from pairline.stores.base import DecisionRecord
+from pairline.stores.redis import FEED_MAXLEN, RedisStore, record_json
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -61,8 +62,11 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 # ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any), expected wv,
 # bump av (0/1), bump wv, force (1: no version check: writing back after an
 # outage), then per entity: kind (a/c), id, expected version, snapshot
-# ('' = gone), decision id ('' = none).
-# Returns {1, versions} | {0, current v/s of every entity} | {2} (a counter moved).
+# ('' = gone), decision id ('' = none); then the number of decision records to
+# write with the change, and per record: decision id, JSON, ttl ms, expiry (its
+# keys: the record's, the index's, and its customer's index, or the record's
+# again when it has no customer).
+# Returns {1, versions} | {0} (an entity moved on) | {2} (a counter moved).
 _COMMIT = """
 local n = tonumber(ARGV[1])
 if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return {2} end
@@ -70,15 +74,7 @@ if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return 
 for i = 1, n do
   local b = 8 + 5 * (i - 1)
   local cur = tonumber(redis.call('HGET', KEYS[4 + 2 * i], 'v') or '0')
-  if ARGV[8] ~= '1' and cur ~= tonumber(ARGV[b + 3]) then
-    local out = {}
-    for j = 1, n do
-      local h = redis.call('HMGET', KEYS[4 + 2 * j], 'v', 's')
-      out[#out + 1] = h[1] or '0'
-      out[#out + 1] = h[2] or ''
-    end
-    return {0, out}
-  end
+  if ARGV[8] ~= '1' and cur ~= tonumber(ARGV[b + 3]) then return {0} end
 end
 local av = tonumber(redis.call('GET', KEYS[4]) or '0')
 local wv = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -105,6 +101,18 @@ for i = 1, n do
   versions[#versions + 1] = v
   feed[#feed + 1] = kind .. ':' .. id
   feed[#feed + 1] = v .. '|' .. s
+end
+local o = 8 + 5 * n
+for j = 1, tonumber(ARGV[o + 1] or '0') do
+  local b = o + 1 + 4 * (j - 1)
+  local k = 5 + 2 * n + 3 * (j - 1)
+  redis.call('SET', KEYS[k], ARGV[b + 2], 'PX', ARGV[b + 3])
+  redis.call('ZADD', KEYS[k + 1], ARGV[b + 4], ARGV[b + 1])
+  redis.call('PEXPIRE', KEYS[k + 1], ARGV[b + 3])
+  if KEYS[k + 2] ~= KEYS[k] then
+    redis.call('SADD', KEYS[k + 2], ARGV[b + 1])
+    redis.call('PEXPIRE', KEYS[k + 2], ARGV[b + 3])
+  end
 end
 redis.call('EXPIRE', KEYS[3], %d)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', %d, '*', unpack(feed))
@@ -137,6 +145,7 @@ class SharedRouting:
         self._locks: dict[str, asyncio.Lock] = {}
         self.conflicts = 0
         self.commits = 0
+        self.rebuilds = 0
 
     def _k(self, tenant: str, *parts: str) -> str:
         return self.store.key(tenant, *parts)
@@ -183,9 +192,22 @@ class SharedRouting:
             routing.touched_contacts.clear()
             routing.needs_av = routing.needs_wv = False
             routing.bumps_av = routing.bumps_wv = False
+            routing.outbox.clear()
             routing.recording = True
             try:
                 result = op()
+            except LookupError:
+                # The mirror was caught between two snapshots that do not agree
+                # yet (an agent's before its contact's): rebuild it and run again.
+                routing.recording = False
+                self.rebuilds += 1
+                log.info("mirror_rebuilt", tenant=tenant, exc_info=True)
+                try:
+                    await self.rebuild(tenant, routing)
+                except REDIS_ERRORS as exc:
+                    self._degrade(exc)
+                    return self._local(routing, op)
+                continue
             except (NotFound, FailedPrecondition, AlreadyExists):
                 # Operations refuse before they change anything: nothing to undo.
                 routing.recording = False
@@ -254,14 +276,11 @@ class SharedRouting:
             return False
         self._probe_at = now
         try:
-            await self.r.ping()
+            await self._io(self.r.ping())
             agents = {a: routing.agent_snapshot(a) for a in routing.dirty_agents
                       if a in routing.agents}
             contacts = {c: routing.contact_snapshot(c) for c in routing.dirty_contacts}
-            routing.clear()
-            await self.load(tenant, routing)
-            if self.catch_up is not None:
-                await self.catch_up(tenant)
+            await self.rebuild(tenant, routing)
             if agents or contacts:
                 now = time.time() if self.now is None else self.now()
                 dropped = await self._run_locked(
@@ -280,6 +299,18 @@ class SharedRouting:
         if self.on_recovered is not None:
             await self.on_recovered(tenant)
         return True
+
+    def _io(self, call: Awaitable[T]) -> Awaitable[T]:
+        """A Redis call that fails (TimeoutError) rather than waits past the bound."""
+        return asyncio.wait_for(call, self.store.timeout_s)
+
+    @staticmethod
+    def stage_record(tenant: str, routing: TenantRouting, record: DecisionRecord) -> None:
+        """Write ``record`` with the commit of the operation that made it."""
+        d = record.decision
+        ttl_ms = max(1, int((record.expires_at - d.decided_at) * 1000))
+        routing.outbox.append((d.decision_id, record_json(record), ttl_ms, record.expires_at,
+                               record.customer_digest))
 
     async def commit(self, tenant: str, routing: TenantRouting, *, force: bool = False) -> int:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
@@ -312,7 +343,12 @@ class SharedRouting:
             keys += [key, self._k(tenant, "dc", did) if did else key]
             argv += [kind, eid, expected, json.dumps(snap, separators=(",", ":")) if snap else "",
                      did]
-        reply = await self._commit(keys=keys, args=argv)
+        argv.append(len(routing.outbox))
+        for did, raw, ttl_ms, expires_at, digest in routing.outbox:
+            rec = self._k(tenant, "dec", did)
+            keys += [rec, self._k(tenant, "decs"), self._k(tenant, "cd", digest) if digest else rec]
+            argv += [did, raw, ttl_ms, expires_at]
+        reply = await self._io(self._commit(keys=keys, args=argv))
         if reply[0] == 1:
             self.commits += 1
             for (kind, eid), v in zip(entities, reply[1], strict=True):
@@ -321,13 +357,8 @@ class SharedRouting:
         self.conflicts += 1
         # Undo this attempt's local changes: every entity back to Redis's state
         # (on a counter conflict, fetched; on a version conflict, returned).
-        if reply[0] == 2:
-            await self._fetch(tenant, routing, entities)
-            return 2
-        payload = reply[1]
-        for i, (kind, eid) in enumerate(entities):
-            self.apply(routing, kind, eid, int(payload[2 * i]), payload[2 * i + 1], force=True)
-        return 0
+        await self._fetch(tenant, routing, entities)
+        return 2 if reply[0] == 2 else 0
 
     @staticmethod
     def apply(
@@ -359,34 +390,48 @@ class SharedRouting:
         """Fetch named agents, contacts and decisions' contacts from Redis."""
         contacts = list(contacts)
         for did in decisions:
-            cid = await self.r.get(self._k(tenant, "dc", did))
+            cid = await self._io(self.r.get(self._k(tenant, "dc", did)))
             if cid:
                 contacts.append(cid.decode())
         wanted = [("a", a) for a in agents] + [("c", c) for c in contacts]
-        # A contact's agent matters too (its reservation lives on both).
-        for kind, eid in list(wanted):
-            if kind == "c" and eid in routing.contacts:
-                d = routing.contacts[eid].decision
-                if d is not None:
-                    wanted.append(("a", d.agent_id))
         await self._fetch(tenant, routing, wanted)
-        # And the agents of contacts just fetched.
-        more = [("a", routing.contacts[c].decision.agent_id)  # type: ignore[union-attr]
-                for k, c in wanted if k == "c" and c in routing.contacts
-                and routing.contacts[c].decision is not None]
-        await self._fetch(tenant, routing, more)
 
     async def _fetch(
-        self, tenant: str, routing: TenantRouting, wanted: list[tuple[str, str]]
+        self, tenant: str, routing: TenantRouting, wanted: list[tuple[str, str]],
+        depth: int = 2,
     ) -> None:
-        if not wanted:
-            return
-        async with self.r.pipeline(transaction=False) as p:
-            for kind, eid in wanted:
-                p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
-            rows = await p.execute()
-        for (kind, eid), (v, s) in zip(wanted, rows, strict=True):
-            self.apply(routing, kind, eid, int(v or 0), s or b"", force=True)
+        """Make the mirror's copy of ``wanted`` equal to Redis's, together with what
+        they refer to (an agent's reservations and calls, a contact's agent), so the
+        mirror stays consistent across entities (``depth`` levels)."""
+        seen: set[tuple[str, str]] = set()
+        while wanted and depth >= 0:
+            wanted = [w for w in dict.fromkeys(wanted) if w not in seen]
+            if not wanted:
+                return
+            seen.update(wanted)
+            async with self.r.pipeline(transaction=False) as p:
+                for kind, eid in wanted:
+                    p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
+                rows = await self._io(p.execute())
+            refs: list[tuple[str, str]] = []
+            for (kind, eid), (v, raw) in zip(wanted, rows, strict=True):
+                self.apply(routing, kind, eid, int(v or 0), raw or b"", force=True)
+                snap = _load(raw or b"")
+                if snap is None:
+                    continue
+                if kind == "a":
+                    refs += [("c", c) for c in snap["res"].values()]
+                    refs += [("c", c) for c in snap["con"]]
+                elif snap.get("d"):
+                    refs.append(("a", snap["d"]["agent_id"]))
+            wanted = refs
+            depth -= 1
+
+    async def rebuild(self, tenant: str, routing: TenantRouting) -> None:
+        routing.clear()
+        await self.load(tenant, routing)
+        if self.catch_up is not None:
+            await self.catch_up(tenant)
 
     async def load(self, tenant: str, routing: TenantRouting) -> None:
         """Rebuild the mirror from Redis (a replica starting up): the counters, every

@@ -24,29 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pairline/v1/privacy.proto\x12\x0bpairline.v1\"%\n\rOptOutRequest\x12\x14\n\x0c\x63ustomer_key\x18\x01 \x01(\t\"B\n\x0eOptOutResponse\x12\x17\n\x0f\x63ustomer_digest\x18\x01 \x01(\t\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_at_ms\x18\x02 \x01(\x03\".\n\x16RequestDeletionRequest\x12\x14\n\x0c\x63ustomer_key\x18\x01 \x01(\t\"\xad\x01\n\x0e\x44\x65letionTicket\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ustomer_digest\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.pairline.v1.DeletionStatus\x12\x16\n\x0ereceived_at_ms\x18\x04 \x01(\x03\x12\x11\n\tdue_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0f\x63ompleted_at_ms\x18\x06 \x01(\x03\"\'\n\x12GetDeletionRequest\x12\x11\n\tticket_id\x18\x01 \x01(\t\"S\n\x14ListDeletionsRequest\x12\x14\n\x0coverdue_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x15ListDeletionsResponse\x12,\n\x07tickets\x18\x01 \x03(\x0b\x32\x1b.pairline.v1.DeletionTicket\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8f\x01\n\x0e\x44\x65letionStatus\x12\x1f\n\x1b\x44\x45LETION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LETION_STATUS_RECEIVED\x10\x01\x12\x1f\n\x1b\x44\x45LETION_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n\x19\x44\x45LETION_STATUS_COMPLETED\x10\x03\x32\x91\x03\n\x07Privacy\x12\x41\n\x06OptOut\x12\x1a.pairline.v1.OptOutRequest\x1a\x1b.pairline.v1.OptOutResponse\x12I\n\x0eWithdrawOptOut\x12\x1a.pairline.v1.OptOutRequest\x1a\x1b.pairline.v1.OptOutResponse\x12S\n\x0fRequestDeletion\x12#.pairline.v1.RequestDeletionRequest\x1a\x1b.pairline.v1.DeletionTicket\x12K\n\x0bGetDeletion\x12\x1f.pairline.v1.GetDeletionRequest\x1a\x1b.pairline.v1.DeletionTicket\x12V\n\rListDeletions\x12!.pairline.v1.ListDeletionsRequest\x1a\".pairline.v1.ListDeletionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pairline/v1/privacy.proto\x12\x0bpairline.v1\"%\n\rOptOutRequest\x12\x14\n\x0c\x63ustomer_key\x18\x01 \x01(\t\"S\n\x0eOptOutResponse\x12\x17\n\x0f\x63ustomer_digest\x18\x01 \x01(\t\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_at_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\";\n\x11\x42ulkOptOutRequest\x12\x15\n\rcustomer_keys\x18\x01 \x03(\t\x12\x0f\n\x07replace\x18\x02 \x01(\x08\"\x80\x01\n\x12\x42ulkOptOutResponse\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x11\n\topted_out\x18\x02 \x01(\x03\x12\x19\n\x11\x61lready_opted_out\x18\x03 \x01(\x03\x12\x11\n\twithdrawn\x18\x04 \x01(\x03\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_at_ms\x18\x05 \x01(\x03\".\n\x16RequestDeletionRequest\x12\x14\n\x0c\x63ustomer_key\x18\x01 \x01(\t\"\xcc\x01\n\x0e\x44\x65letionTicket\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ustomer_digest\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.pairline.v1.DeletionStatus\x12\x16\n\x0ereceived_at_ms\x18\x04 \x01(\x03\x12\x11\n\tdue_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0f\x63ompleted_at_ms\x18\x06 \x01(\x03\x12\x0f\n\x07overdue\x18\x07 \x01(\x08\x12\x0c\n\x04step\x18\x08 \x01(\t\"\'\n\x12GetDeletionRequest\x12\x11\n\tticket_id\x18\x01 \x01(\t\"l\n\x14ListDeletionsRequest\x12\x14\n\x0coverdue_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0f\x64ue_within_days\x18\x04 \x01(\x05\"}\n\x15ListDeletionsResponse\x12,\n\x07tickets\x18\x01 \x03(\x0b\x32\x1b.pairline.v1.DeletionTicket\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0c\n\x04open\x18\x03 \x01(\x03\x12\x0f\n\x07overdue\x18\x04 \x01(\x03\"8\n\x10ReadAuditRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"p\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\n\n\x02op\x18\x03 \x01(\t\x12\x17\n\x0f\x63ustomer_digest\x18\x04 \x01(\t\x12\x11\n\tticket_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"U\n\x11ReadAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.pairline.v1.AuditEntry\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x03*\x8f\x01\n\x0e\x44\x65letionStatus\x12\x1f\n\x1b\x44\x45LETION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LETION_STATUS_RECEIVED\x10\x01\x12\x1f\n\x1b\x44\x45LETION_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n\x19\x44\x45LETION_STATUS_COMPLETED\x10\x03\x32\xae\x04\n\x07Privacy\x12\x41\n\x06OptOut\x12\x1a.pairline.v1.OptOutRequest\x1a\x1b.pairline.v1.OptOutResponse\x12I\n\x0eWithdrawOptOut\x12\x1a.pairline.v1.OptOutRequest\x1a\x1b.pairline.v1.OptOutResponse\x12O\n\nBulkOptOut\x12\x1e.pairline.v1.BulkOptOutRequest\x1a\x1f.pairline.v1.BulkOptOutResponse(\x01\x12S\n\x0fRequestDeletion\x12#.pairline.v1.RequestDeletionRequest\x1a\x1b.pairline.v1.DeletionTicket\x12K\n\x0bGetDeletion\x12\x1f.pairline.v1.GetDeletionRequest\x1a\x1b.pairline.v1.DeletionTicket\x12V\n\rListDeletions\x12!.pairline.v1.ListDeletionsRequest\x1a\".pairline.v1.ListDeletionsResponse\x12J\n\tReadAudit\x12\x1d.pairline.v1.ReadAuditRequest\x1a\x1e.pairline.v1.ReadAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pairline.v1.privacy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELETIONSTATUS']._serialized_start=596
-  _globals['_DELETIONSTATUS']._serialized_end=739
+  _globals['_DELETIONSTATUS']._serialized_start=1151
+  _globals['_DELETIONSTATUS']._serialized_end=1294
   _globals['_OPTOUTREQUEST']._serialized_start=42
   _globals['_OPTOUTREQUEST']._serialized_end=79
   _globals['_OPTOUTRESPONSE']._serialized_start=81
-  _globals['_OPTOUTRESPONSE']._serialized_end=147
-  _globals['_REQUESTDELETIONREQUEST']._serialized_start=149
-  _globals['_REQUESTDELETIONREQUEST']._serialized_end=195
-  _globals['_DELETIONTICKET']._serialized_start=198
-  _globals['_DELETIONTICKET']._serialized_end=371
-  _globals['_GETDELETIONREQUEST']._serialized_start=373
-  _globals['_GETDELETIONREQUEST']._serialized_end=412
-  _globals['_LISTDELETIONSREQUEST']._serialized_start=414
-  _globals['_LISTDELETIONSREQUEST']._serialized_end=497
-  _globals['_LISTDELETIONSRESPONSE']._serialized_start=499
-  _globals['_LISTDELETIONSRESPONSE']._serialized_end=593
-  _globals['_PRIVACY']._serialized_start=742
-  _globals['_PRIVACY']._serialized_end=1143
+  _globals['_OPTOUTRESPONSE']._serialized_end=164
+  _globals['_BULKOPTOUTREQUEST']._serialized_start=166
+  _globals['_BULKOPTOUTREQUEST']._serialized_end=225
+  _globals['_BULKOPTOUTRESPONSE']._serialized_start=228
+  _globals['_BULKOPTOUTRESPONSE']._serialized_end=356
+  _globals['_REQUESTDELETIONREQUEST']._serialized_start=358
+  _globals['_REQUESTDELETIONREQUEST']._serialized_end=404
+  _globals['_DELETIONTICKET']._serialized_start=407
+  _globals['_DELETIONTICKET']._serialized_end=611
+  _globals['_GETDELETIONREQUEST']._serialized_start=613
+  _globals['_GETDELETIONREQUEST']._serialized_end=652
+  _globals['_LISTDELETIONSREQUEST']._serialized_start=654
+  _globals['_LISTDELETIONSREQUEST']._serialized_end=762
+  _globals['_LISTDELETIONSRESPONSE']._serialized_start=764
+  _globals['_LISTDELETIONSRESPONSE']._serialized_end=889
+  _globals['_READAUDITREQUEST']._serialized_start=891
+  _globals['_READAUDITREQUEST']._serialized_end=947
+  _globals['_AUDITENTRY']._serialized_start=949
+  _globals['_AUDITENTRY']._serialized_end=1061
+  _globals['_READAUDITRESPONSE']._serialized_start=1063
+  _globals['_READAUDITRESPONSE']._serialized_end=1148
+  _globals['_PRIVACY']._serialized_start=1297
+  _globals['_PRIVACY']._serialized_end=1855
 # @@protoc_insertion_point(module_scope)

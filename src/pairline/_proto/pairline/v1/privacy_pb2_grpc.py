@@ -44,6 +44,11 @@ class PrivacyStub:
                 request_serializer=pairline_dot_v1_dot_privacy__pb2.OptOutRequest.SerializeToString,
                 response_deserializer=pairline_dot_v1_dot_privacy__pb2.OptOutResponse.FromString,
                 _registered_method=True)
+        self.BulkOptOut = channel.stream_unary(
+                '/pairline.v1.Privacy/BulkOptOut',
+                request_serializer=pairline_dot_v1_dot_privacy__pb2.BulkOptOutRequest.SerializeToString,
+                response_deserializer=pairline_dot_v1_dot_privacy__pb2.BulkOptOutResponse.FromString,
+                _registered_method=True)
         self.RequestDeletion = channel.unary_unary(
                 '/pairline.v1.Privacy/RequestDeletion',
                 request_serializer=pairline_dot_v1_dot_privacy__pb2.RequestDeletionRequest.SerializeToString,
@@ -59,40 +64,70 @@ class PrivacyStub:
                 request_serializer=pairline_dot_v1_dot_privacy__pb2.ListDeletionsRequest.SerializeToString,
                 response_deserializer=pairline_dot_v1_dot_privacy__pb2.ListDeletionsResponse.FromString,
                 _registered_method=True)
+        self.ReadAudit = channel.unary_unary(
+                '/pairline.v1.Privacy/ReadAudit',
+                request_serializer=pairline_dot_v1_dot_privacy__pb2.ReadAuditRequest.SerializeToString,
+                response_deserializer=pairline_dot_v1_dot_privacy__pb2.ReadAuditResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServicer:
     """Missing associated documentation comment in .proto file."""
 
     def OptOut(self, request, context):
-        """Stop routing on a customer's data. Acknowledged once durable.
+        """Stop routing on a customer's data. Acknowledged once durable: from then
+        on the customer is routed by the baseline with MODE_OPTED_OUT, their
+        profile is not read and no outcome is stored against their digest.
+        Opting out an opted-out customer is harmless (same answer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawOptOut(self, request, context):
-        """The customer withdrew their opt-out.
+        """The customer withdrew their opt-out. Acknowledged once durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BulkOptOut(self, request_iterator, context):
+        """Bulk opt-out: the tenant's suppression list as a stream of batches.
+        Every batch is validated before anything is applied; the whole call is
+        applied at once, and acknowledged once durable. With `replace`, the list
+        becomes the tenant's whole suppression list (customers not in it are
+        withdrawn).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RequestDeletion(self, request, context):
-        """Erase a customer's data. Acknowledged once durable, with a ticket.
+        """Erase a customer's data. Acknowledged once durable, with a ticket. A
+        second request for a customer with an open ticket returns that ticket.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDeletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One ticket of the caller's tenant (NOT_FOUND otherwise).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeletions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tickets of the caller's tenant, oldest first; optionally only the open
+        ones that are overdue or due soon.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadAudit(self, request, context):
+        """The caller's tenant's audit log of privacy operations, oldest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -110,6 +145,11 @@ def add_PrivacyServicer_to_server(servicer, server):
                     request_deserializer=pairline_dot_v1_dot_privacy__pb2.OptOutRequest.FromString,
                     response_serializer=pairline_dot_v1_dot_privacy__pb2.OptOutResponse.SerializeToString,
             ),
+            'BulkOptOut': grpc.stream_unary_rpc_method_handler(
+                    servicer.BulkOptOut,
+                    request_deserializer=pairline_dot_v1_dot_privacy__pb2.BulkOptOutRequest.FromString,
+                    response_serializer=pairline_dot_v1_dot_privacy__pb2.BulkOptOutResponse.SerializeToString,
+            ),
             'RequestDeletion': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestDeletion,
                     request_deserializer=pairline_dot_v1_dot_privacy__pb2.RequestDeletionRequest.FromString,
@@ -124,6 +164,11 @@ def add_PrivacyServicer_to_server(servicer, server):
                     servicer.ListDeletions,
                     request_deserializer=pairline_dot_v1_dot_privacy__pb2.ListDeletionsRequest.FromString,
                     response_serializer=pairline_dot_v1_dot_privacy__pb2.ListDeletionsResponse.SerializeToString,
+            ),
+            'ReadAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAudit,
+                    request_deserializer=pairline_dot_v1_dot_privacy__pb2.ReadAuditRequest.FromString,
+                    response_serializer=pairline_dot_v1_dot_privacy__pb2.ReadAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +225,33 @@ class Privacy:
             '/pairline.v1.Privacy/WithdrawOptOut',
             pairline_dot_v1_dot_privacy__pb2.OptOutRequest.SerializeToString,
             pairline_dot_v1_dot_privacy__pb2.OptOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkOptOut(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pairline.v1.Privacy/BulkOptOut',
+            pairline_dot_v1_dot_privacy__pb2.BulkOptOutRequest.SerializeToString,
+            pairline_dot_v1_dot_privacy__pb2.BulkOptOutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,6 +333,33 @@ class Privacy:
             '/pairline.v1.Privacy/ListDeletions',
             pairline_dot_v1_dot_privacy__pb2.ListDeletionsRequest.SerializeToString,
             pairline_dot_v1_dot_privacy__pb2.ListDeletionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairline.v1.Privacy/ReadAudit',
+            pairline_dot_v1_dot_privacy__pb2.ReadAuditRequest.SerializeToString,
+            pairline_dot_v1_dot_privacy__pb2.ReadAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

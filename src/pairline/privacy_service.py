@@ -1,0 +1,438 @@
+"""The privacy side of the service (issue #6): opt-outs, deletions, tombstones,
+audit, secret rotation. Imports no gRPC.
+
+State that the hot path reads is held in memory per tenant (the suppression
+set, the tombstones) and changed only through :meth:`Privacy.apply_opt_outs`
+and :meth:`Privacy.apply_deletion`, after the ledger made the change durable.
+A change-feed follower (Redis, issue #5) calls the same two methods for changes
+made on other replicas, so every replica applies an opt-out or a deletion the
+same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+import structlog
+
+from pairline.clock import Clock
+from pairline.config import Settings, TenantConfig
+from pairline.domain import Mode
+from pairline.errors import InvalidArgument, NotFound, Unavailable
+from pairline.privacy import KeyRing, deletion_due_ms
+from pairline.routing import TenantRouting
+from pairline.stores.base import DecisionRecord, ProfileRow, Store
+from pairline.stores.privacy import (
+    AUDIT_DELETION_COMPLETED,
+    AUDIT_DELETION_RECEIVED,
+    AUDIT_OPT_OUT,
+    AUDIT_SECRET_ROTATED,
+    AUDIT_STALE_REFUSED,
+    AUDIT_WITHDRAWN,
+    STEP_COMPLETED,
+    STEP_PURGED,
+    STEP_RECEIVED,
+    STEP_TOMBSTONED,
+    AuditEntry,
+    PrivacyLedger,
+    Ticket,
+    TicketStatus,
+)
+
+log = structlog.get_logger()
+
+MAX_BULK_KEYS = 1_000_000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+DAY_MS = 86_400_000
+
+
+def _ms(t: float) -> int:
+    return round(t * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutResult:
+    digest: str
+    effective_at_ms: int
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    received: int
+    opted_out: int
+    already: int
+    withdrawn: int
+    effective_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TicketPage:
+    tickets: list[Ticket]
+    next_token: str
+    open: int
+    overdue: int
+
+
+class TenantPrivacy:
+    """One tenant's privacy state in memory."""
+
+    __slots__ = ("config", "keys", "lock", "outcomes_withheld", "suppressed", "tombstones")
+
+    def __init__(self, config: TenantConfig) -> None:
+        self.config = config
+        self.keys = KeyRing(config.secret, config.previous_secrets)
+        self.suppressed: set[str] = set()
+        self.tombstones: dict[str, int] = {}  # digest -> deletion time, unix ms
+        # Outcomes reported for opted-out decisions: counted, never stored.
+        self.outcomes_withheld = 0
+        # Serialises privacy writes of the tenant, so the order in memory is
+        # the order in the ledger.
+        self.lock = asyncio.Lock()
+
+
+class Privacy:
+    """Privacy operations of every tenant, over a :class:`PrivacyLedger`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: PrivacyLedger,
+        store: Store,
+        clock: Clock,
+        routing_of: Callable[[str], TenantRouting],
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.clock = clock
+        self._routing_of = routing_of
+        self.tenants = {t.name: TenantPrivacy(t) for t in settings.tenants}
+        # Set when a deletion is requested: the worker wakes at once.
+        self.wake = asyncio.Event()
+
+    def _t(self, tenant: str) -> TenantPrivacy:
+        return self.tenants[tenant]
+
+    async def _durably(self, write: Awaitable[None]) -> None:
+        """A ledger write; a failure to make it durable is UNAVAILABLE (retry)."""
+        try:
+            await write
+        except OSError as exc:
+            log.error("privacy_write_failed", error=type(exc).__name__)
+            raise Unavailable("the privacy record could not be stored durably; retry") from None
+
+    async def start(self) -> None:
+        """Load the suppression sets and tombstones; audit secret rotations."""
+        now_ms = _ms(self.clock.now())
+        for name, tp in self.tenants.items():
+            tp.suppressed = await self.ledger.opt_outs(name)
+            tp.tombstones = await self.ledger.tombstones(name)
+            old, new = await self.ledger.secret_id(name), tp.keys.current_id
+            if old != new:
+                audit = [AuditEntry(now_ms, AUDIT_SECRET_ROTATED, detail=f"{old}->{new}")] if old \
+                    else []
+                await self.ledger.set_secret_id(name, new, audit)
+                if old:
+                    log.info("secret_rotated", tenant=name, secret_id=new, previous=old)
+
+    # ------------------------------------------------------------ hot path
+    def screen(self, tenant: str, customer_key: str) -> tuple[list[str], bool]:
+        """The customer's digests (current secret first, then previous secrets
+        in their overlap) and whether they opted out. An opted-out customer's
+        digests are withheld (empty list): nothing is read or kept under them."""
+        tp = self.tenants[tenant]
+        if not customer_key:
+            return [], False
+        keys = tp.keys
+        if not keys.rotating:  # the common case: one HMAC, one set lookup
+            digest = keys.digest(customer_key)
+            if digest in tp.suppressed:
+                return [], True
+            return [digest], False
+        digests = keys.digests(customer_key, self.clock.now())
+        if any(d in tp.suppressed for d in digests):
+            return [], True
+        return digests, False
+
+    async def customer_profile(
+        self, tenant: str, digests: Sequence[str], now: float
+    ) -> ProfileRow | None:
+        """The stored profile under the first digest that has one."""
+        for d in digests:
+            row = await self.store.get_customer_profile(tenant, d, now)
+            if row is not None:
+                return row
+        return None
+
+    def withhold_outcome(self, tenant: str, record: DecisionRecord | None) -> bool:
+        """True (and counted) when an outcome must not be stored: the decision
+        was made for an opted-out customer."""
+        if record is not None and record.decision.mode is Mode.OPTED_OUT:
+            self._t(tenant).outcomes_withheld += 1
+            return True
+        return False
+
+    # ------------------------------------------------------------- apply
+    def apply_opt_outs(self, tenant: str, digests: Sequence[str], opted_out: bool) -> None:
+        """Make a durable opt-out change effective in this process: the
+        suppression set, and live contacts of these customers lose their data."""
+        tp = self._t(tenant)
+        if opted_out:
+            tp.suppressed.update(digests)
+            self._forget(tenant, set(digests), opted_out=True)
+        else:
+            tp.suppressed.difference_update(digests)
+
+    def apply_deletion(self, tenant: str, digests: Sequence[str], deleted_at_ms: int) -> None:
+        """Make a durable deletion effective in this process: tombstones, and
+        no live contact keeps the customer's data."""
+        tp = self._t(tenant)
+        for d in digests:
+            tp.tombstones[d] = max(tp.tombstones.get(d, 0), deleted_at_ms)
+        self._forget(tenant, set(digests), opted_out=False)
+
+    def _forget(self, tenant: str, digests: set[str], *, opted_out: bool) -> int:
+        n = 0
+        for c in self._routing_of(tenant).contacts.values():
+            if c.digest in digests:
+                c.digest = ""
+                c.profile = c.x = c.u = None
+                c.x_version = ""
+                c.c0 = 0.0
+                c.context = ()
+                if opted_out:
+                    c.opted_out = True
+                n += 1
+        return n
+
+    def sweep_contacts(self, now: float) -> int:
+        """Retention of live contacts: drop the customer data of contacts older
+        than the tenant's ``contact_data_ttl_s`` (should the switch never end
+        them). Returns how many were scrubbed."""
+        n = 0
+        for name, tp in self.tenants.items():
+            limit = now - tp.config.contact_data_ttl_s
+            for c in self._routing_of(name).contacts.values():
+                if c.arrival <= limit and (c.digest or c.profile is not None or c.context):
+                    c.digest = ""
+                    c.profile = c.x = c.u = None
+                    c.x_version = ""
+                    c.context = ()
+                    n += 1
+        return n
+
+    # ------------------------------------------------------------ opt-out
+    async def opt_out(self, tenant: str, customer_key: str, opted_out: bool) -> OptOutResult:
+        tp = self._t(tenant)
+        async with tp.lock:
+            now_ms = _ms(self.clock.now())
+            digests = tp.keys.digests(customer_key, self.clock.now())
+            if opted_out:
+                changed = not any(d in tp.suppressed for d in digests)
+            else:
+                changed = any(d in tp.suppressed for d in digests)
+            op = AUDIT_OPT_OUT if opted_out else AUDIT_WITHDRAWN
+            audit = [AuditEntry(now_ms, op, digest=digests[0],
+                                detail="" if changed else "no_change")]
+            await self._durably(self.ledger.set_opt_outs(tenant, digests, opted_out, audit))
+            self.apply_opt_outs(tenant, digests, opted_out)
+        log.info("opt_out_set" if opted_out else "opt_out_withdrawn", tenant=tenant,
+                 digest=digests[0], changed=changed)
+        return OptOutResult(digests[0], now_ms, changed)
+
+    async def bulk_opt_out(
+        self, tenant: str, keys: Sequence[str], replace_list: bool
+    ) -> BulkResult:
+        tp = self._t(tenant)
+        async with tp.lock:
+            now = self.clock.now()
+            now_ms = _ms(now)
+            current: dict[str, list[str]] = {}
+            for k in keys:
+                ds = tp.keys.digests(k, now)
+                current[ds[0]] = ds
+            listed = {d for ds in current.values() for d in ds}
+            new = [d0 for d0, ds in current.items() if not any(d in tp.suppressed for d in ds)]
+            gone = sorted(tp.suppressed - listed) if replace_list else []
+            audit = [AuditEntry(now_ms, AUDIT_OPT_OUT, digest=d, detail="bulk") for d in new]
+            withdraw = [AuditEntry(now_ms, AUDIT_WITHDRAWN, digest=d, detail="bulk_replace")
+                        for d in gone]
+            add = sorted(listed - tp.suppressed)
+            await self._durably(self.ledger.set_opt_outs(tenant, add, True, audit))
+            self.apply_opt_outs(tenant, add, True)
+            if gone:
+                await self._durably(self.ledger.set_opt_outs(tenant, gone, False, withdraw))
+                self.apply_opt_outs(tenant, gone, False)
+        log.info("opt_outs_bulk", tenant=tenant, received=len(current), opted_out=len(new),
+                 withdrawn=len(gone), replace=replace_list)
+        return BulkResult(len(current), len(new), len(current) - len(new), len(gone), now_ms)
+
+    # ------------------------------------------------------------- deletion
+    def due_ms(self, tenant: str, received_ms: int) -> int:
+        c = self._t(tenant).config
+        return deletion_due_ms(received_ms, tz=c.timezone, holidays=c.holidays,
+                               deadline_days=c.deletion_deadline_days)
+
+    async def request_deletion(self, tenant: str, customer_key: str) -> Ticket:
+        tp = self._t(tenant)
+        async with tp.lock:
+            now = self.clock.now()
+            digests = tp.keys.digests(customer_key, now)
+            for t in await self.ledger.open_tickets(tenant):
+                if t.digest == digests[0]:
+                    return t  # one open ticket per customer: a retry gets the same
+            now_ms = _ms(now)
+            ticket = Ticket(
+                ticket_id=f"del-{secrets.token_hex(12)}",
+                digest=digests[0],
+                received_at_ms=now_ms,
+                due_at_ms=self.due_ms(tenant, now_ms),
+                aliases=tuple(digests[1:]),
+            )
+            audit = [AuditEntry(now_ms, AUDIT_DELETION_RECEIVED, digest=ticket.digest,
+                                ticket_id=ticket.ticket_id)]
+            await self._durably(self.ledger.put_ticket(tenant, ticket, audit))
+        log.info("deletion_received", tenant=tenant, ticket_id=ticket.ticket_id,
+                 due_at_ms=ticket.due_at_ms)
+        self.wake.set()
+        return ticket
+
+    async def get_deletion(self, tenant: str, ticket_id: str) -> Ticket:
+        ticket = await self.ledger.get_ticket(tenant, ticket_id)
+        if ticket is None:
+            raise NotFound(f"deletion ticket {ticket_id!r} is not known")
+        return ticket
+
+    async def list_deletions(
+        self, tenant: str, overdue_only: bool, due_within_days: int, page_size: int, token: str
+    ) -> TicketPage:
+        now_ms = _ms(self.clock.now())
+        tickets = await self.ledger.tickets(tenant)
+        start = 0
+        if token:
+            ids = [t.ticket_id for t in tickets]
+            if token not in ids:
+                raise InvalidArgument("page_token", "is not a token this call returned")
+            start = ids.index(token) + 1
+        size = page_size or DEFAULT_PAGE
+        horizon = now_ms + due_within_days * DAY_MS
+
+        def wanted(t: Ticket) -> bool:
+            if overdue_only and not t.overdue(now_ms):
+                return False
+            return not due_within_days or (t.open and t.due_at_ms <= horizon)
+
+        matching = [t for t in tickets[start:] if wanted(t)]
+        page = matching[:size]
+        more = len(matching) > size
+        return TicketPage(
+            page,
+            page[-1].ticket_id if more else "",
+            sum(t.open for t in tickets),
+            sum(t.overdue(now_ms) for t in tickets),
+        )
+
+    async def read_audit(self, tenant: str, after_seq: int, page_size: int) -> list[AuditEntry]:
+        return await self.ledger.audit(tenant, after_seq, page_size or DEFAULT_PAGE)
+
+    # ------------------------------------------------------------ upserts
+    async def upsert_profiles(
+        self,
+        tenant: str,
+        rows: Sequence[ProfileRow],
+        write: Callable[[Sequence[ProfileRow]], Awaitable[list[int]]],
+    ) -> list[int]:
+        """Write ``rows`` through ``write`` (the store's upsert), except those a
+        tombstone refuses (source time not after the deletion). Every refused
+        write, tombstone or stale, is audited. Returns the refused indexes."""
+        tp = self._t(tenant)
+        tomb = tp.tombstones
+        refused = [i for i, r in enumerate(rows)
+                   if r.key in tomb and r.source_time_ms <= tomb[r.key]]
+        if refused:
+            skip = set(refused)
+            kept_at = [i for i in range(len(rows)) if i not in skip]
+            stale_kept = await write([rows[i] for i in kept_at])
+            stale = sorted([*refused, *(kept_at[j] for j in stale_kept)])
+        else:
+            stale = await write(rows)
+        if stale:
+            now_ms = _ms(self.clock.now())
+            reason = set(refused)
+            audit = [AuditEntry(now_ms, AUDIT_STALE_REFUSED, digest=rows[i].key,
+                                detail="tombstone" if i in reason else "newer_profile_stored")
+                     for i in stale]
+            await self._durably(self.ledger.append_audit(tenant, audit))
+        return stale
+
+    # --------------------------------------------------------------- worker
+    async def carry_out(self, tenant: str, ticket: Ticket, stop_after: str = "") -> Ticket:
+        """Carry out one deletion from its last durable step. Each step is
+        idempotent and recorded durably once done, so a crash anywhere resumes
+        without skipping: tombstone (refuses older uploads from now on), purge
+        (store and this process's memory), complete. ``stop_after`` (a step
+        name) stops early: a crash midway, for tests."""
+        digests = [ticket.digest, *ticket.aliases]
+        if ticket.step == STEP_RECEIVED:
+            now_ms = _ms(self.clock.now())
+            ticket = replace(ticket, status=TicketStatus.IN_PROGRESS, step=STEP_TOMBSTONED,
+                             deleted_at_ms=max(now_ms, ticket.received_at_ms))
+            await self._durably(self.ledger.put_ticket(tenant, ticket, ()))
+        # The tombstone first: from here no older upload can bring data back.
+        self.apply_deletion(tenant, digests, ticket.deleted_at_ms)
+        if stop_after == STEP_TOMBSTONED:
+            return ticket
+        if ticket.step == STEP_TOMBSTONED:
+            purged = 0
+            for d in digests:
+                purged += await self.store.purge_customer(tenant, d)
+            self.apply_deletion(tenant, digests, ticket.deleted_at_ms)
+            ticket = replace(ticket, step=STEP_PURGED)
+            await self._durably(self.ledger.put_ticket(tenant, ticket, ()))
+            log.info("deletion_purged", tenant=tenant, ticket_id=ticket.ticket_id,
+                     records=purged)
+        if stop_after == STEP_PURGED:
+            return ticket
+        now_ms = _ms(self.clock.now())
+        ticket = replace(ticket, status=TicketStatus.COMPLETED, step=STEP_COMPLETED,
+                         completed_at_ms=now_ms)
+        audit = [AuditEntry(now_ms, AUDIT_DELETION_COMPLETED, digest=ticket.digest,
+                            ticket_id=ticket.ticket_id)]
+        await self._durably(self.ledger.put_ticket(tenant, ticket, audit))
+        log.info("deletion_completed", tenant=tenant, ticket_id=ticket.ticket_id,
+                 late=ticket.completed_at_ms > ticket.due_at_ms)
+        return ticket
+
+    async def run_deletions(self) -> int:
+        """Carry out every open ticket of every tenant; returns how many completed."""
+        done = 0
+        now_ms = _ms(self.clock.now())
+        for name in self.tenants:
+            for t in await self.ledger.open_tickets(name):
+                if t.overdue(now_ms):
+                    log.warning("deletion_overdue", tenant=name, ticket_id=t.ticket_id,
+                                due_at_ms=t.due_at_ms)
+                try:
+                    await self.carry_out(name, t)
+                except Exception:  # one ticket's trouble does not hold up the others
+                    log.exception("deletion_failed", tenant=name, ticket_id=t.ticket_id)
+                    continue
+                done += 1
+        return done
+
+    async def worker(self, interval_s: float) -> None:
+        """The deletion worker: runs at start (resuming tickets a crash left
+        open), on every new request, and every ``interval_s``."""
+        while True:
+            self.wake.clear()
+            try:
+                await self.run_deletions()
+            except Exception:
+                log.exception("deletion_worker_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval_s)

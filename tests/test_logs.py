@@ -1,0 +1,93 @@
+"""The log redactor: no raw customer key survives it, whatever the event holds;
+ordinary fields (digests, ids, addresses, timestamps, numbers) pass unchanged."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from typing import Any
+
+import pytest
+import structlog
+
+from pairline.logs import REDACTED, configure, note_raw_key, redact_raw_keys
+from pairline.privacy import Pseudonymiser
+
+DIGEST = Pseudonymiser("acme-secret-0123456789").digest("+15550123456")
+
+
+def run(**fields: Any) -> dict[str, Any]:
+    return dict(redact_raw_keys(None, "info", dict(fields)))
+
+
+class TestPatterns:
+    @pytest.mark.parametrize("raw", [
+        "+15550123456", "+1 555 012 3456", "+44 (20) 7946-0958", "15550123456",
+        "(555) 012-3456 x", "555.012.3456.78", "0049 30 1234567", "jane.doe+vip@example.co.uk",
+    ])
+    def test_phone_numbers_and_emails_are_redacted(self, raw: str) -> None:
+        """Phone numbers in any usual writing, and e-mail addresses, are replaced in
+        messages, nested values and exception text."""
+        out = run(event=f"routed {raw} now", nested={"a": [f"x {raw}"]}, exception=f"E: {raw}")
+        text = json.dumps(out)
+        digits = "".join(ch for ch in raw if ch.isdigit())
+        assert raw not in text and (not digits or digits not in text)
+        assert REDACTED in out["event"] and REDACTED in out["nested"]["a"][0]
+
+    @pytest.mark.parametrize("value", [
+        DIGEST, "d1a2b3c4d5e6-1f", "127.0.0.1:50051", "2027-01-15", "del-0123456789abcdef01234567",
+        "agent-12", "sales", "v1",
+    ])
+    def test_ordinary_values_pass(self, value: str) -> None:
+        """Digests, decision and ticket ids, addresses and dates are left alone."""
+        assert run(event="e", v=value)["v"] == value
+
+    def test_numbers(self) -> None:
+        """Unix-ms ints and small numbers pass; an int shaped like a phone number does not."""
+        out = run(event="e", at_ms=1_800_000_000_123, n=42, x=0.5, phone_like=15550123456)
+        assert (out["at_ms"], out["n"], out["x"]) == (1_800_000_000_123, 42, 0.5)
+        assert out["phone_like"] == REDACTED
+
+    def test_key_fields_are_redacted_whole(self) -> None:
+        """Fields named like a raw identifier are replaced whatever they hold."""
+        out = run(event="e", customer_key="ACC-7", email="x", nested={"phone": "abc"})
+        assert out["customer_key"] == out["email"] == out["nested"]["phone"] == REDACTED
+
+
+class TestNotedKeys:
+    def test_digested_key_is_scrubbed_in_its_task_only(self) -> None:
+        """A key the pseudonymiser saw in this context is scrubbed from any field,
+        even one that matches no pattern; another context is unaffected."""
+        def inside() -> tuple[dict[str, Any], dict[str, Any]]:
+            Pseudonymiser("acme-secret-0123456789").digest("ACCOUNT-XYZ-77")
+            return run(event="lookup ACCOUNT-XYZ-77 failed"), run(event="ACCOUNT-XYZ-7 ok")
+
+        hit, near = contextvars.copy_context().run(inside)
+        assert hit["event"] == f"lookup {REDACTED} failed"
+        assert near["event"] == "ACCOUNT-XYZ-7 ok"
+        other = contextvars.copy_context().run(lambda: run(event="ACCOUNT-XYZ-77"))
+        assert other["event"] == "ACCOUNT-XYZ-77"
+
+    def test_short_keys_are_not_noted(self) -> None:
+        """Keys under 6 characters are not noted (they would scrub ordinary words)."""
+        def inside() -> dict[str, Any]:
+            note_raw_key("a")
+            return run(event="a warning about a")
+
+        assert contextvars.copy_context().run(inside)["event"] == "a warning about a"
+
+
+class TestConfigured:
+    def test_rendered_line_has_no_key(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """With the server's configuration, a careless log call still writes no key."""
+        saved = structlog.get_config()
+        configure("debug", json=True, cache=False)
+        try:
+            structlog.get_logger().info("careless", detail="call from +1 (555) 012-3456",
+                                        args=["15550123456"])
+        finally:
+            structlog.configure(**saved)
+        err = capsys.readouterr().err
+        line = json.loads(err.strip().splitlines()[-1])
+        assert line["event"] == "careless" and "timestamp" in line
+        assert "5550123456" not in err and "012-3456" not in err
