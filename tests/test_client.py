@@ -203,12 +203,26 @@ class TestWrappers:
             assert agents.accepted == 1
             rows = [r async for r in pl.export_history(ipb.ExportHistoryRequest(outcome="x"))]
             assert rows == []
-            # Authenticated (a missing key would be UNAUTHENTICATED); the privacy
-            # engine answers UNIMPLEMENTED until it lands.
-            try:
-                await pl.list_deletions(xpb.ListDeletionsRequest())
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+    async def test_privacy_wrappers(self, srv: Running) -> None:
+        """Opt-out (twice: the repeat changes nothing), bulk opt-out, withdrawal,
+        deletion, tickets and the audit log."""
+        async with AsyncClient(srv.server.address, KEYS["acme"]) as pl:
+            first = await pl.opt_out(xpb.OptOutRequest(customer_key="+1555"))
+            again = await pl.opt_out(xpb.OptOutRequest(customer_key="+1555"))
+            assert (first.changed, again.changed) == (True, False)
+            assert first.customer_digest == again.customer_digest
+            bulk = await pl.bulk_opt_out([xpb.BulkOptOutRequest(customer_keys=["+1", "+2"])])
+            assert (bulk.received, bulk.opted_out) == (2, 2)
+            undo = await pl.withdraw_opt_out(xpb.OptOutRequest(customer_key="+1555"))
+            assert undo.changed
+            ticket = await pl.request_deletion(xpb.RequestDeletionRequest(customer_key="+1666"))
+            assert ticket.ticket_id
+            got = await pl.get_deletion(xpb.GetDeletionRequest(ticket_id=ticket.ticket_id))
+            assert got.ticket_id == ticket.ticket_id
+            listed = await pl.list_deletions(xpb.ListDeletionsRequest())
+            assert ticket.ticket_id in [t.ticket_id for t in listed.tickets]
+            audit = await pl.read_audit(xpb.ReadAuditRequest())
+            assert "opt_out" in [e.op for e in audit.entries]
 
     async def test_wrong_key_is_unauthenticated_not_fallback(self, srv: Running) -> None:
         """An authentication error is the caller's to fix: raised, the hook not called."""

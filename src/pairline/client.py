@@ -39,10 +39,15 @@ Idempotency, call by call (why each is or is not in :data:`IDEMPOTENT`):
   of a call that took effect fails (``NOT_FOUND``...) and hides the first answer.
 - ``Upsert*``, ``UploadModel``, ``ActivateModel``: not retried (bulk; a repeated
   versioned write is reported stale).
-- ``OptOut``, ``WithdrawOptOut``, ``RequestDeletion``: not retried yet: the
-  privacy engine defines their idempotency; the caller retries ``UNAVAILABLE``.
+- ``OptOut``, ``WithdrawOptOut``: retried. Repeating one leaves the same state
+  (the answer says ``changed: false``); a privacy write that could not be made
+  durable is answered ``UNAVAILABLE`` precisely so that it is retried.
+- ``RequestDeletion``: retried. A repeat while the ticket is open returns that
+  ticket; after it completed, a repeat opens a ticket that finds nothing left to
+  delete: the same end state.
+- ``ReadAudit``: retried (a read).
 - Streams (``Connect``, ``ConnectBatch``, ``UpsertCustomerProfiles``,
-  ``ExportHistory``) are never retried by gRPC.
+  ``BulkOptOut``, ``ExportHistory``) are never retried by gRPC.
 """
 
 # The generated stubs are untyped (grpc ships no annotations): each wrapper
@@ -101,8 +106,12 @@ IDEMPOTENT: frozenset[tuple[str, str]] = frozenset({
     (PROFILES, "GetModelInfo"),
     (INSIGHTS, "GetQueueStats"),
     (INSIGHTS, "GetBenchmarkReport"),
+    (PRIVACY, "OptOut"),
+    (PRIVACY, "WithdrawOptOut"),
+    (PRIVACY, "RequestDeletion"),
     (PRIVACY, "GetDeletion"),
     (PRIVACY, "ListDeletions"),
+    (PRIVACY, "ReadAudit"),
 })
 
 # A decision that fails with one of these goes to the fallback hook (if any).
@@ -393,10 +402,28 @@ class AsyncClient:
         return await self._unary(self.privacy.WithdrawOptOut, request, timeout,
                                  self._c.deadlines.call_s)
 
+    async def bulk_opt_out(
+        self,
+        batches: AsyncIterable[xpb.BulkOptOutRequest] | Iterable[xpb.BulkOptOutRequest],
+        *,
+        timeout: float | None = None,
+    ) -> xpb.BulkOptOutResponse:
+        return await self.privacy.BulkOptOut(
+            batches.__aiter__() if isinstance(batches, AsyncIterable) else iter(batches),
+            metadata=self._c.metadata,
+            timeout=self._c.deadlines.bulk_s if timeout is None else timeout,
+        )
+
     async def request_deletion(
         self, request: xpb.RequestDeletionRequest, *, timeout: float | None = None
     ) -> xpb.DeletionTicket:
         return await self._unary(self.privacy.RequestDeletion, request, timeout,
+                                 self._c.deadlines.call_s)
+
+    async def read_audit(
+        self, request: xpb.ReadAuditRequest, *, timeout: float | None = None
+    ) -> xpb.ReadAuditResponse:
+        return await self._unary(self.privacy.ReadAudit, request, timeout,
                                  self._c.deadlines.call_s)
 
     async def get_deletion(
@@ -616,11 +643,23 @@ class Client:
         return self._unary(self.privacy.WithdrawOptOut, request, timeout,
                            self._c.deadlines.call_s)
 
+    def bulk_opt_out(
+        self, batches: Iterable[xpb.BulkOptOutRequest], *, timeout: float | None = None
+    ) -> xpb.BulkOptOutResponse:
+        return self.privacy.BulkOptOut(
+            iter(batches), metadata=self._c.metadata,
+            timeout=self._c.deadlines.bulk_s if timeout is None else timeout)
+
     def request_deletion(
         self, request: xpb.RequestDeletionRequest, *, timeout: float | None = None
     ) -> xpb.DeletionTicket:
         return self._unary(self.privacy.RequestDeletion, request, timeout,
                            self._c.deadlines.call_s)
+
+    def read_audit(
+        self, request: xpb.ReadAuditRequest, *, timeout: float | None = None
+    ) -> xpb.ReadAuditResponse:
+        return self._unary(self.privacy.ReadAudit, request, timeout, self._c.deadlines.call_s)
 
     def get_deletion(self, request: xpb.GetDeletionRequest, *, timeout: float | None = None
                      ) -> xpb.DeletionTicket:
