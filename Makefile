@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
 
-.PHONY: all venv run test fuzz bench demo proto check-proto redis-server clean
+.PHONY: all venv run test fuzz bench demo proto check-proto redis-server node-example docs clean
 
 all: test
 
@@ -26,9 +26,21 @@ run: $(STAMP)
 redis-server:
 	@scripts/ensure-redis.sh
 
+# The Node.js example (examples/node) runs in the suite when Node.js is installed
+# (tests/test_node_example.py does `npm ci`); without it the test is skipped.
 test: $(STAMP) redis-server
 	$(BIN)/python scripts/gen_protos.py --check
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	  && echo "make test: Node.js $$(node --version) found: examples/node runs in the suite" \
+	  || echo "make test: Node.js NOT found: examples/node is skipped (install Node.js 18+ to run it)"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+node-example:
+	cd examples/node && npm ci --no-audit --no-fund
+
+# docs/configuration.md is generated from pairline.config (a test fails if it is stale).
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_config_doc.py
 
 # The fuzz suite (part of `make test` at 10,000+ cases) longer and with random seeds.
 FUZZ_SCALE ?= 10

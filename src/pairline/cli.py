@@ -16,8 +16,10 @@ from pairline.logs import configure
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    settings = load_settings(ns.config, os.environ, demo=ns.demo, listen=ns.listen,
-                             redis_url=ns.redis_url)
+    settings = load_settings(
+        ns.config, os.environ, demo=ns.demo, listen=ns.listen, redis_url=ns.redis_url,
+        metrics_listen=ns.metrics_listen,
+    )
     configure(settings.log_level, settings.log_json)
     if not settings.tenants:
         print("no tenants configured: give --config FILE or --demo", file=sys.stderr)
@@ -41,6 +43,9 @@ def _serve(ns: argparse.Namespace) -> int:
             )
         else:
             print(f"pairline is serving on {address}", flush=True)
+        endpoint = server.metrics_endpoint  # type: ignore[attr-defined]
+        if endpoint is not None:
+            print(f"metrics: http://{endpoint.address}/metrics", flush=True)
 
     from pairline.server import serve
 
@@ -93,6 +98,25 @@ def _try(ns: argparse.Namespace) -> int:
     }
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _health(ns: argparse.Namespace) -> int:
+    """gRPC health check (``grpc.health.v1``): exit 0 when SERVING, 1 otherwise.
+    No API key needed; used by the container's HEALTHCHECK."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(ns.target) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=ns.service), timeout=ns.timeout
+            )
+        except grpc.RpcError as err:
+            print(f"{err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _insights_call(ns: argparse.Namespace, call: Any) -> Any:
@@ -218,8 +242,20 @@ def plot_report(rep: object, path: str) -> None:
     plt.close(fig)
 
 
+def _add_health(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--service", default="", help="a service name (default: the server)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+    p.set_defaults(run=_health)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["health"]:  # before the heavy imports below: a probe runs it often
+        health = argparse.ArgumentParser(prog="pairline health", description=_health.__doc__)
+        _add_health(health)
+        ns = health.parse_args(args[1:])
+        return int(ns.run(ns))
     if args[:1] == ["simulate"]:  # its own parser: every option passes through
         from pairline.sim.__main__ import main as simulate_main
 
@@ -234,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--config", help="TOML settings file (or PAIRLINE_CONFIG)")
     serve.add_argument("--demo", action="store_true", help="add the demo tenant")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics over HTTP here (default: off)")
     serve.add_argument(
         "--redis-url",
         help="share state with other replicas through Redis: redis://HOST:PORT/DB, "
@@ -246,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try_.add_argument("--key", default=DEMO_API_KEY)
     try_.add_argument("--contact-id", default="demo-contact-1")
     try_.set_defaults(run=_try)
+    _add_health(sub.add_parser("health", help="gRPC health check: exit 0 when SERVING"))
     report = sub.add_parser("report", help="print (and plot) the ON/OFF benchmark report")
     report.add_argument("--target", default="127.0.0.1:50051")
     report.add_argument("--key", default=DEMO_API_KEY)

@@ -31,10 +31,14 @@ def hash_api_key(key: str) -> str:
 class TenantConfig:
     """One operator. Keys are held only as SHA-256 hashes."""
 
+    # Tenant name: in logs, metric labels and store keys (1..64 chars).
     name: str
+    # SHA-256 (hex) of each API key; `api_keys` in a file takes plain keys (for
+    # development) and hashes them at load.
     api_key_sha256: tuple[str, ...]
     # HMAC-SHA256 secret for pseudonymising customer keys (hex or text).
     secret: str = field(repr=False)
+    # Lengths of customer and agent profile vectors (1..4096).
     customer_dim: int = 16
     agent_dim: int = 16
     # Pairing policy for every queue, and exceptions per queue.
@@ -65,11 +69,15 @@ class TenantConfig:
     stabilise_s: float = 30.0
     # A model file loaded and activated at start (optional).
     model_path: str = ""
+    # Default wrap-up after a handled contact; how long a reservation waits for
+    # ConfirmDecision before it expires.
     wrap_up_s: float = 10.0
     offer_timeout_s: float = 15.0
-    # How long decisions and their outcomes are kept (retention policy).
+    # How long decisions (with their outcomes) and customer profiles are kept
+    # (retention policy).
     decision_ttl_days: float = 90.0
     profile_ttl_days: float = 365.0
+    # Limits per tenant: waiting contacts, known agents (RESOURCE_EXHAUSTED beyond).
     max_waiting: int = 100_000
     max_agents: int = 50_000
     # Overload (see pairline.limits): requests (and stream events) per second,
@@ -169,12 +177,16 @@ def _check_privacy(t: TenantConfig) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    # gRPC address HOST:PORT (port 0 = any free port).
     listen: str = "127.0.0.1:50051"
+    # On SIGTERM / SIGINT: health NOT_SERVING, then in-flight calls get this long.
     grace_s: float = 10.0
+    # Log level (debug, info, warning, error) and JSON lines (false = console).
     log_level: str = "info"
     log_json: bool = True
     # How often expired reservations and retention are swept, in seconds.
     sweep_interval_s: float = 0.25
+    # Largest gRPC message received or sent (profile batches, model uploads).
     max_message_bytes: int = 64 * 1024 * 1024
     # Embedded store: decisions kept in memory per tenant (oldest dropped first).
     memory_max_decisions: int = 1_000_000
@@ -204,6 +216,9 @@ class Settings:
     # also wakes at once on a new request). 0: no worker in this process
     # (a replica that only routes; tickets wait for a process that has one).
     deletion_interval_s: float = 5.0
+    # Prometheus /metrics over HTTP on HOST:PORT; empty = not served.
+    metrics_listen: str = ""
+    # The operators served: [[tenants]] tables in the file.
     tenants: tuple[TenantConfig, ...] = field(default_factory=tuple)
     # [[keys]]: hashed keys with a tenant and roles (tenants' own keys are admin).
     keys: tuple[ApiKey, ...] = field(default_factory=tuple)

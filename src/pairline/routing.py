@@ -333,6 +333,8 @@ class TenantRouting:
         # (id, JSON, ttl ms, expires at, customer digest).
         self.outbox: list[tuple[str, bytes, int, float, str]] = []
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
+        # Reservations released by their offer timeout since start (a metric).
+        self.expired_total = 0
 
     def clear(self) -> None:
         """Forget every agent, contact and reservation (before a rebuild from the
@@ -662,6 +664,7 @@ class TenantRouting:
             if decision is not None and decision.expires_at <= now:
                 self._release(decision_id, now)
                 expired.append(decision)
+                self.expired_total += 1
         return expired
 
     def end_contact(

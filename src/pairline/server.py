@@ -23,20 +23,21 @@ from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import Guard, GuardedServer
 from pairline.limits import Limits
+from pairline.metered import MeteredRouterServicer
+from pairline.metrics import Metrics, MetricsEndpoint, Snapshot, StateCollector
 from pairline.security import KeyRing, read_tls
 from pairline.service import Service
 from pairline.servicers import (
     InsightsServicer,
     PrivacyServicer,
     ProfilesServicer,
-    RouterServicer,
 )
 from pairline.aio import stop_task
 from pairline.stores import MemoryStore, Store
+from pairline.stores.privacy import FileLedger, MemoryLedger, PrivacyLedger
 from pairline.stores.redis import RedisStore
 from pairline.stores.redis_privacy import RedisLedger
 from pairline.stores.shared import SharedRouting
-from pairline.stores.privacy import FileLedger, MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
 
@@ -99,7 +100,9 @@ class PairlineServer:
             ((t.name, t.rate_per_s, t.rate_burst, t.max_concurrent_rpcs)
              for t in settings.tenants),
         )
-        self.router = RouterServicer(self.service, self.limits.take)
+        self.metrics = Metrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.router = MeteredRouterServicer(self.service, self.metrics, self.limits.take)
         self.guard = Guard(self.keys, self.limits, self.router.abandon)
 
     @property
@@ -148,6 +151,7 @@ class PairlineServer:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        self._start_metrics()
         self._tasks = [
             asyncio.create_task(self._every(self.settings.sweep_interval_s, self._expire)),
             asyncio.create_task(self._every(RETENTION_SWEEP_S, self.service.sweep_retention)),
@@ -162,6 +166,34 @@ class PairlineServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server_started", address=self.address, tenants=len(self.settings.tenants))
         return self.port
+
+    def _start_metrics(self) -> None:
+        service, store = self.service, self.store
+
+        def snapshot() -> Snapshot:
+            snap = Snapshot(
+                queues=[(t, s) for t in service.tenants for s in service.queue_stats(t, "")],
+                offers_expired={t: rt.routing.expired_total for t, rt in service.tenants.items()},
+            )
+            if service.shared is not None:
+                snap.claim_conflicts = service.shared.conflicts
+                snap.commits = service.shared.commits
+                snap.degraded = service.shared.degraded
+            if isinstance(store, RedisStore):
+                snap.cache_hits, snap.cache_misses = store.hits, store.misses
+            feed = getattr(service, "_feed", None)
+            if feed is not None:
+                snap.feed_lag_s = feed.lag_s
+            return snap
+
+        self.metrics.registry.register(
+            StateCollector(snapshot, self.metrics, asyncio.get_running_loop())
+        )
+        if self.settings.metrics_listen:
+            self.metrics_endpoint = MetricsEndpoint(
+                self.metrics.registry, self.settings.metrics_listen
+            )
+            log.info("metrics_serving", address=self.metrics_endpoint.address)
 
     async def _warm(self) -> None:
         """Everything a first call would otherwise pay for is done before SERVING:
@@ -227,6 +259,9 @@ class PairlineServer:
         if isinstance(self.store, RedisStore):
             await self.store.close()
         await self.ledger.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         log.info("server_stopped")
 
     async def wait(self) -> None:

@@ -1,0 +1,66 @@
+"""The Router servicer with decision metrics: the only place the hot path is timed.
+
+A subclass rather than edits in :mod:`pairline.servicers`: the servicer stays
+decode / call / encode, and the two decision operations (used by the unary
+calls and by both Connect streams) are timed once, here.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any
+
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline.metrics import Metrics
+from pairline.service import Service
+from pairline.servicers import RouterServicer
+
+
+class MeteredRouterServicer(RouterServicer):
+    def __init__(self, service: Service, metrics: Metrics, *args: Any) -> None:
+        """``args`` go to :class:`RouterServicer` (its admission hook)."""
+        super().__init__(service, *args)
+        self._observe = metrics.observe_decision
+        self._wait = metrics.contact_wait_seconds
+        self._waits: dict[tuple[str, str], Any] = {}
+
+    async def _route(self, req: rpb.RouteContactRequest, tenant: str, at: str = "") -> cpb.Decision:
+        t0 = perf_counter()
+        before = self._reserved_as(tenant, req.contact_id)
+        d = await super()._route(req, tenant, at)
+        self._observe(tenant, "RouteContact", d.mode, d.policy, perf_counter() - t0)
+        if d.decision_id and d.decision_id != before:  # not a retry's earlier decision
+            self._waited(tenant, d)
+        return d
+
+    async def _ready(self, req: rpb.AgentReadyRequest, tenant: str, at: str = "") -> cpb.Decision:
+        t0 = perf_counter()
+        d = await super()._ready(req, tenant, at)
+        self._observe(tenant, "AgentReady", d.mode, d.policy, perf_counter() - t0)
+        if d.decision_id:
+            self._waited(tenant, d)
+        return d
+
+    def _contact(self, tenant: str, contact_id: str) -> Any:
+        """The live contact in the tenant's routing state (None if unknown). Reads the
+        embedded routing state; a store without it (#5) records no waits here."""
+        routing = getattr(self._s.tenants.get(tenant), "routing", None)
+        return routing.contacts.get(contact_id) if routing is not None else None
+
+    def _reserved_as(self, tenant: str, contact_id: str) -> str:
+        contact = self._contact(tenant, contact_id)
+        decision = contact.decision if contact is not None else None
+        return decision.decision_id if decision is not None else ""
+
+    def _waited(self, tenant: str, d: cpb.Decision) -> None:
+        """Observe the wait of the contact this call reserved."""
+        contact = self._contact(tenant, d.contact_id)
+        decision = contact.decision if contact is not None else None
+        if decision is None or decision.decision_id != d.decision_id:
+            return
+        key = (tenant, contact.queue)
+        child = self._waits.get(key)
+        if child is None:
+            child = self._waits[key] = self._wait.labels(tenant, contact.queue)
+        child.observe(max(0.0, decision.decided_at - contact.arrival))

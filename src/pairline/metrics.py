@@ -1,0 +1,305 @@
+"""Prometheus metrics: one registry per server, a /metrics endpoint, cheap hot-path hooks.
+
+Every :class:`~pairline.server.PairlineServer` owns one :class:`Metrics` with its own
+``CollectorRegistry`` (never the process-global one), so several servers in one
+process (tests, the demo) keep separate numbers.
+
+Four kinds of metric live here:
+
+* **Hot path** (per decision): :meth:`Metrics.observe_decision` does one dict lookup,
+  one histogram observation and one counter increment (label children are
+  resolved once per label set and cached); a reservation also observes the
+  contact's wait (:mod:`pairline.metered`). See ``benchmarks/test_metrics_bench.py``.
+* **Read at scrape time** (queue depths, waits, agents, occupancy): nothing is
+  counted on the hot path; :class:`StateCollector` asks the service for queue
+  statistics when Prometheus scrapes, on the server's event loop (the routing
+  state belongs to that loop).
+* **Redis store counters** (claim conflicts, commits, profile-cache hits and
+  misses, change-feed lag) are the store's own plain counters, read at scrape
+  time too (no samples on the embedded store).
+* **Hooks for parts built elsewhere** (privacy: opt-outs, deletions, tickets
+  due). They are registered and exported from day one so dashboards and alerts
+  can be written now; :data:`LIVE` and :data:`PENDING` say which are fed today.
+
+Names follow the Prometheus conventions: ``pairline_`` prefix, base units in the
+name (``_seconds``, ``_ratio``), counters end in ``_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from pairline.domain import Mode, QueueStats
+
+# Decision latency buckets: the handler is sub-millisecond; the upper buckets
+# catch store trouble and event-loop stalls.
+LATENCY_BUCKETS_S = (
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+)
+# Mode label values: the domain names in lower case (wire number -> label).
+MODE_LABELS = {int(m): m.name.lower() for m in Mode}
+# Contact wait buckets: service-level thresholds contact centers use (20 s, 30 s...).
+WAIT_BUCKETS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0,
+                  300.0, 600.0)
+SCRAPE_TIMEOUT_S = 2.0
+
+# Metric names fed today, and those registered for work in progress (privacy
+# engine); the operations guide lists both. The Redis ones have samples only
+# when the server runs on the Redis store.
+LIVE = (
+    "pairline_decision_seconds",
+    "pairline_decisions_total",
+    "pairline_contact_wait_seconds",
+    "pairline_offers_expired_total",
+    "pairline_claim_conflicts_total",
+    "pairline_routing_commits_total",
+    "pairline_cache_lookups_total",
+    "pairline_change_feed_lag_seconds",
+    "pairline_redis_degraded",
+    "pairline_queue_waiting_contacts",
+    "pairline_queue_oldest_wait_seconds",
+    "pairline_queue_agents",
+    "pairline_queue_contacts_in_service",
+    "pairline_agent_occupancy_ratio",
+)
+PENDING = (
+    "pairline_opt_outs_total",
+    "pairline_deletion_requests_total",
+    "pairline_deletions_completed_total",
+    "pairline_deletion_tickets",
+)
+
+# (tenant, state, count) rows for pairline_deletion_tickets; state is one of
+# "open", "due_soon", "overdue".
+TicketSource = Callable[[], Iterable[tuple[str, str, int]]]
+
+
+class Metrics:
+    """All pairline metrics of one server, in a registry of their own."""
+
+    __slots__ = (
+        "_children",
+        "contact_wait_seconds",
+        "decision_seconds",
+        "decisions",
+        "deletion_requests",
+        "deletion_tickets_source",
+        "deletions_completed",
+        "opt_outs",
+        "registry",
+    )
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.decision_seconds = Histogram(
+            "pairline_decision_seconds",
+            "Time to decide in the handler (decode, decide, reserve, encode), by operation "
+            "(RouteContact, AgentReady; unary or on a Connect stream) and mode",
+            ["rpc", "mode"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.decisions = Counter(
+            "pairline_decisions",
+            "Decisions answered, by tenant, operation, mode and pairing policy",
+            ["tenant", "rpc", "mode", "policy"], registry=r,
+        )
+        self.contact_wait_seconds = Histogram(
+            "pairline_contact_wait_seconds",
+            "Time from a contact's arrival to its reservation for an agent (0 when an agent "
+            "was free at once); service level = share under the threshold",
+            ["tenant", "queue"], buckets=WAIT_BUCKETS_S, registry=r,
+        )
+        # Hooks for the privacy engine: not fed yet.
+        self.opt_outs = Counter(
+            "pairline_opt_outs",
+            "Opt-outs acknowledged (action=opt_out) and withdrawn (action=withdraw)",
+            ["tenant", "action"], registry=r,
+        )
+        self.deletion_requests = Counter(
+            "pairline_deletion_requests",
+            "Deletion requests acknowledged (stored durably, ticket issued)",
+            ["tenant"], registry=r,
+        )
+        self.deletions_completed = Counter(
+            "pairline_deletions_completed",
+            "Deletion tickets completed (data purged, tombstone left)",
+            ["tenant"], registry=r,
+        )
+        # pairline_deletion_tickets is read at scrape time from this source.
+        self.deletion_tickets_source: TicketSource | None = None
+        self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+
+    def observe_decision(
+        self, tenant: str, rpc: str, mode: int, policy: str, seconds: float
+    ) -> None:
+        """One decision answered (the hot path: keep it to a lookup and two updates)."""
+        key = (tenant, rpc, mode, policy)
+        pair = self._children.get(key)
+        if pair is None:
+            label = MODE_LABELS.get(mode, "unspecified")
+            pair = self._children[key] = (
+                self.decision_seconds.labels(rpc, label),
+                self.decisions.labels(tenant, rpc, label, policy or "none"),
+            )
+        pair[0].observe(seconds)
+        pair[1].inc()
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the service reports at scrape time."""
+
+    queues: list[tuple[str, QueueStats]] = field(default_factory=list)  # (tenant, stats)
+    offers_expired: dict[str, int] = field(default_factory=dict)  # tenant -> count since start
+    # Redis store only (None on the embedded store): routing commits that lost a
+    # race with another replica, and all commits; customer-profile cache hits and
+    # misses; age of the newest change-feed event applied.
+    claim_conflicts: int | None = None
+    commits: int | None = None
+    cache_hits: int | None = None
+    cache_misses: int | None = None
+    feed_lag_s: float | None = None
+    degraded: bool | None = None  # a tenant's mirror is out of touch with Redis
+
+
+class StateCollector(Collector):
+    """Queue depths, waits, agents and occupancy, read from the service at scrape time.
+
+    ``snapshot()`` must run on the event loop that owns the routing state: a scrape
+    from the HTTP thread hops onto ``loop``; a scrape on the loop itself (tests
+    calling ``generate_latest``) runs directly.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def _take(self) -> Snapshot:
+        if threading.get_ident() == self._loop_thread:
+            return self._snapshot()
+
+        async def on_loop() -> Snapshot:
+            return self._snapshot()
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), self._loop).result(SCRAPE_TIMEOUT_S)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "pairline_queue_waiting_contacts", "Contacts waiting for an agent",
+            labels=["tenant", "queue"])
+        oldest = GaugeMetricFamily(
+            "pairline_queue_oldest_wait_seconds", "How long the oldest waiting contact has waited",
+            labels=["tenant", "queue"])
+        agents = GaugeMetricFamily(
+            "pairline_queue_agents",
+            "Agents serving the queue by state (logged_in, available, reserved)",
+            labels=["tenant", "queue", "state"])
+        in_service = GaugeMetricFamily(
+            "pairline_queue_contacts_in_service", "Contacts reserved or connected to an agent",
+            labels=["tenant", "queue"])
+        occupancy = GaugeMetricFamily(
+            "pairline_agent_occupancy_ratio",
+            "Share of the queue's logged-in agents that are not available (reserved, busy, "
+            "in wrap-up, away) right now",
+            labels=["tenant", "queue"])
+        snap = self._take()
+        for tenant, s in snap.queues:
+            waiting.add_metric([tenant, s.queue], s.waiting)
+            oldest.add_metric([tenant, s.queue], s.oldest_wait_s)
+            for state in ("logged_in", "available", "reserved"):
+                agents.add_metric([tenant, s.queue, state], getattr(s, f"agents_{state}"))
+            in_service.add_metric([tenant, s.queue], s.contacts_in_service)
+            if s.agents_logged_in:
+                busy = s.agents_logged_in - s.agents_available
+                occupancy.add_metric([tenant, s.queue], busy / s.agents_logged_in)
+        yield from (waiting, oldest, agents, in_service, occupancy)
+        expired = CounterMetricFamily(
+            "pairline_offers_expired",
+            "Reservations neither confirmed nor released before their offer timeout",
+            labels=["tenant"])
+        for tenant, count in snap.offers_expired.items():
+            expired.add_metric([tenant], count)
+        yield expired
+        yield from self._redis(snap)
+        tickets = GaugeMetricFamily(
+            "pairline_deletion_tickets",
+            "Open deletion tickets by state (open, due_soon, overdue)",
+            labels=["tenant", "state"])
+        source = self._metrics.deletion_tickets_source
+        if source is not None:
+            for tenant, state, count in source():
+                tickets.add_metric([tenant, state], count)
+        yield tickets
+
+
+    @staticmethod
+    def _redis(snap: Snapshot) -> Iterator[Metric]:
+        conflicts = CounterMetricFamily(
+            "pairline_claim_conflicts",
+            "Routing commits (claims of agents and contacts) that lost a race with another "
+            "replica and were run again (Redis store)")
+        commits = CounterMetricFamily(
+            "pairline_routing_commits", "Routing changes committed to Redis (Redis store)")
+        lookups = CounterMetricFamily(
+            "pairline_cache_lookups",
+            "Replica-local cache lookups by cache and result (hit, miss); hit ratio = "
+            "rate(hit) / rate(all) (Redis store)", labels=["cache", "result"])
+        lag = GaugeMetricFamily(
+            "pairline_change_feed_lag_seconds",
+            "Age of the newest change-feed event when this replica applied it (Redis store)")
+        if snap.claim_conflicts is not None:
+            conflicts.add_metric([], snap.claim_conflicts)
+        if snap.commits is not None:
+            commits.add_metric([], snap.commits)
+        if snap.cache_hits is not None and snap.cache_misses is not None:
+            lookups.add_metric(["customer_profiles", "hit"], snap.cache_hits)
+            lookups.add_metric(["customer_profiles", "miss"], snap.cache_misses)
+        if snap.feed_lag_s is not None:
+            lag.add_metric([], snap.feed_lag_s)
+        degraded = GaugeMetricFamily(
+            "pairline_redis_degraded",
+            "1 while this replica cannot reach Redis and routes from its mirror (mode "
+            "DEGRADED), else 0 (Redis store)")
+        if snap.degraded is not None:
+            degraded.add_metric([], float(snap.degraded))
+        yield from (conflicts, commits, lookups, lag, degraded)
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` over HTTP (prometheus-client's server, in a daemon thread)."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"metrics_listen must be HOST:PORT, not {listen!r}")
+        try:
+            self._httpd, self._thread = start_http_server(
+                int(port), addr=host.strip("[]"), registry=registry
+            )
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {listen}: {exc}") from None
+        self.address = f"{host}:{self._httpd.server_port}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
