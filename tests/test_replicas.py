@@ -64,7 +64,9 @@ class Replicas:
 async def replicas(url: str, n: int = 2, cfg: Settings | None = None,
                    clock: FakeClock | None = None) -> AsyncIterator[Replicas]:
     clock = clock or FakeClock()
-    cfg = dataclasses.replace(cfg or settings(), redis_url=url)
+    # A generous Redis timeout: one event loop runs every replica and the test
+    # here, so a call can wait a while behind the others without Redis being slow.
+    cfg = dataclasses.replace(cfg or settings(), redis_url=url, redis_timeout_s=2.0)
     servers: list[PairlineServer] = []
     channels: list[grpc.aio.Channel] = []
     try:
@@ -79,6 +81,14 @@ async def replicas(url: str, n: int = 2, cfg: Settings | None = None,
             await c.close()
         for s in servers:
             await s.stop(0.5)
+
+
+async def activate_model(client: Client, seed: int, version: str = "v1") -> None:
+    """Upload and activate a random model of the test tenants' dimensions."""
+    gen = np.random.default_rng(seed)
+    model = dump_model(version=version, W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
+                       wa=gen.normal(size=3), b=0.0)
+    await client.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
 
 
 class TestOneStateAcrossReplicas:
@@ -187,9 +197,7 @@ class TestSharedProfilesAndModels:
         async with replicas(redis_url, n=3, cfg=settings(policy="greedy")) as rs:
             a, b, c = rs.client(0), rs.client(1), rs.client(2)
             gen = np.random.default_rng(3)
-            model = dump_model(version="v7", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
-                               wa=gen.normal(size=3), b=0.0)
-            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await activate_model(a, 3, "v7")
             await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
                 ppb.AgentProfile(agent_id="a1", vector=[1, 0, 0], source_time_ms=1),
                 ppb.AgentProfile(agent_id="a2", vector=[0, 1, 0], source_time_ms=1)]))
@@ -287,9 +295,7 @@ class TestRedisOutage:
             async with replicas(own.url, n=2, cfg=settings(policy="greedy")) as rs:
                 a, b = rs.client(0), rs.client(1)
                 gen = np.random.default_rng(5)
-                model = dump_model(version="v1", W=gen.normal(size=(4, 3)),
-                                   wc=gen.normal(size=4), wa=gen.normal(size=3), b=0.0)
-                await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+                await activate_model(a, 5, "v1")
                 await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
                     ppb.AgentProfile(agent_id=f"a{i}", vector=gen.normal(size=3).tolist(),
                                      source_time_ms=1) for i in range(6)]))
@@ -375,9 +381,7 @@ class TestPrivacyAcrossReplicas:
         async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
             a, b = rs.client(0), rs.client(1)
             gen = np.random.default_rng(9)
-            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
-                               wa=gen.normal(size=3), b=0.0)
-            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await activate_model(a, 9, "v1")
             await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
                 ppb.AgentProfile(agent_id=f"a{i}", vector=[1, i, 0], source_time_ms=1)
                 for i in range(3)]))
@@ -412,9 +416,7 @@ class TestPrivacyAcrossReplicas:
         async with replicas(redis_url, n=2, cfg=cfg) as rs:
             a, b = rs.client(0), rs.client(1)
             gen = np.random.default_rng(9)
-            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
-                               wa=gen.normal(size=3), b=0.0)
-            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await activate_model(a, 9, "v1")
             await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
                 ppb.AgentProfile(agent_id="a0", vector=[1, 0, 0], source_time_ms=1)]))
             await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
@@ -460,9 +462,7 @@ class TestPrivacyAcrossReplicas:
         async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
             a, b = rs.client(0), rs.client(1)
             gen = np.random.default_rng(1)
-            model = dump_model(version="v1", W=gen.normal(size=(4, 3)), wc=gen.normal(size=4),
-                               wa=gen.normal(size=3), b=0.0)
-            await a.profiles.UploadModel(ppb.UploadModelRequest(model=model, activate=True))
+            await activate_model(a, 1, "v1")
             await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
                 ppb.AgentProfile(agent_id="a0", vector=[1, 0, 0], source_time_ms=1)]))
             for i in range(5):

@@ -240,8 +240,9 @@ class RedisStore:
     ) -> None:
         self.r = client
         self.dims = dict(dims)
-        # A bound on every call on the routing path, besides the socket timeout
-        # (a safety net: a call must never wait past it, whatever the client does).
+        # The clients' socket timeout: no Redis call waits longer. (Calls are never
+        # cancelled from outside: redis-py's cluster client can reuse a connection
+        # that a cancellation closed.)
         self.timeout_s = 0.5
         self.cache_size = cache_size
         # Agent profiles live as long as the tenant's profile retention.
@@ -491,15 +492,11 @@ class FeedFollower:
                     got = []
                     per = max(1, self.block_ms // max(1, len(self.last)))
                     for tenant, last in self.last.items():
-                        got += await asyncio.wait_for(
-                            r.xread({self.store.key(tenant, "feed"): last}, count=500,
-                                    block=per),
-                            per / 1000 + self.store.timeout_s) or []
+                        got += await r.xread({self.store.key(tenant, "feed"): last},
+                                             count=500, block=per) or []
                 else:
                     streams = {self.store.key(t, "feed"): last for t, last in self.last.items()}
-                    got = await asyncio.wait_for(
-                        r.xread(streams, count=500, block=self.block_ms),
-                        self.block_ms / 1000 + self.store.timeout_s) or []
+                    got = await r.xread(streams, count=500, block=self.block_ms) or []
                 self.connected = True
                 delay = 0.05
                 for stream, entries in got:
@@ -520,9 +517,7 @@ class FeedFollower:
         (an operation needs the latest state before it can conclude)."""
         stream = self.store.key(tenant, "feed")
         while True:
-            got = await asyncio.wait_for(
-                self.store.r.xread({stream: self.last[tenant]}, count=1000),
-                self.store.timeout_s)
+            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
             entries = got[0][1] if got else []
             for entry_id, fields in entries:
                 await self._apply(tenant, entry_id.decode(), fields)

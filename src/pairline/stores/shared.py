@@ -276,7 +276,7 @@ class SharedRouting:
             return False
         self._probe_at = now
         try:
-            await self._io(self.r.ping())
+            await self.r.ping()
             agents = {a: routing.agent_snapshot(a) for a in routing.dirty_agents
                       if a in routing.agents}
             contacts = {c: routing.contact_snapshot(c) for c in routing.dirty_contacts}
@@ -299,10 +299,6 @@ class SharedRouting:
         if self.on_recovered is not None:
             await self.on_recovered(tenant)
         return True
-
-    def _io(self, call: Awaitable[T]) -> Awaitable[T]:
-        """A Redis call that fails (TimeoutError) rather than waits past the bound."""
-        return asyncio.wait_for(call, self.store.timeout_s)
 
     @staticmethod
     def stage_record(tenant: str, routing: TenantRouting, record: DecisionRecord) -> None:
@@ -348,7 +344,7 @@ class SharedRouting:
             rec = self._k(tenant, "dec", did)
             keys += [rec, self._k(tenant, "decs"), self._k(tenant, "cd", digest) if digest else rec]
             argv += [did, raw, ttl_ms, expires_at]
-        reply = await self._io(self._commit(keys=keys, args=argv))
+        reply = await self._commit(keys=keys, args=argv)
         if reply[0] == 1:
             self.commits += 1
             for (kind, eid), v in zip(entities, reply[1], strict=True):
@@ -390,7 +386,7 @@ class SharedRouting:
         """Fetch named agents, contacts and decisions' contacts from Redis."""
         contacts = list(contacts)
         for did in decisions:
-            cid = await self._io(self.r.get(self._k(tenant, "dc", did)))
+            cid = await self.r.get(self._k(tenant, "dc", did))
             if cid:
                 contacts.append(cid.decode())
         wanted = [("a", a) for a in agents] + [("c", c) for c in contacts]
@@ -412,7 +408,7 @@ class SharedRouting:
             async with self.r.pipeline(transaction=False) as p:
                 for kind, eid in wanted:
                     p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
-                rows = await self._io(p.execute())
+                rows = await p.execute()
             refs: list[tuple[str, str]] = []
             for (kind, eid), (v, raw) in zip(wanted, rows, strict=True):
                 self.apply(routing, kind, eid, int(v or 0), raw or b"", force=True)
