@@ -27,7 +27,7 @@ from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 KEY = "acme-key-0123456789"
 AUTH = (("authorization", f"Bearer {KEY}"),)
