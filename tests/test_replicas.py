@@ -227,6 +227,7 @@ class SpreadClient(Client):
         super().__init__(channels[0], key)
         self.channels = channels
         self.rng = rng
+        self.contended = 0
 
     def _wrap(self, stub: Any) -> Any:
         kind = type(stub)
@@ -235,10 +236,20 @@ class SpreadClient(Client):
 
         class Bound:
             def __getattr__(self, name: str) -> Any:
-                def call(*args: Any, **kw: Any) -> Any:
+                async def call(*args: Any, **kw: Any) -> Any:
                     kw.setdefault("metadata", client.metadata)
                     kw.setdefault("timeout", 10)
-                    return getattr(client.rng.choice(stubs), name)(*args, **kw)
+                    for attempt in range(5):
+                        try:
+                            return await getattr(client.rng.choice(stubs), name)(*args, **kw)
+                        except grpc.aio.AioRpcError as err:
+                            # "Too contended: retry" means nothing was written: a
+                            # switch (and pairline.client) retries it.
+                            if (err.code() != grpc.StatusCode.UNAVAILABLE
+                                    or "contended" not in (err.details() or "")
+                                    or attempt == 4):
+                                raise
+                            client.contended += 1
 
                 return call
 

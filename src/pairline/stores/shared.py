@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -53,7 +54,7 @@ T = TypeVar("T")
 
 CONTACT_TTL_S = 86_400.0  # a live contact record outlives any real call
 GONE_TTL_S = 3_600.0  # an ended contact's version is remembered this long
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 50
 PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -187,7 +188,11 @@ class SharedRouting:
         decisions: Iterable[str] = (),
     ) -> T:
         refreshed = False
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt >= 3:
+                # Replicas racing on the same agents: back off a little, at
+                # random, so one of them gets through (no livelock).
+                await asyncio.sleep(random.uniform(0, 0.001 * attempt))
             routing.touched_agents.clear()
             routing.touched_contacts.clear()
             routing.needs_av = routing.needs_wv = False
@@ -224,6 +229,12 @@ class SharedRouting:
                 routing.recording = False
             try:
                 outcome = await self.commit(tenant, routing)
+                if attempt >= 10:
+                    log.warning("commit_contended", tenant=tenant, attempt=attempt,
+                                outcome=outcome, av=routing.av, wv=routing.wv,
+                                needs=(routing.needs_av, routing.needs_wv),
+                                agents=sorted(routing.touched_agents)[:5],
+                                contacts=sorted(routing.touched_contacts)[:5])
                 if outcome == 2 and self.catch_up is not None:
                     await self.catch_up(tenant)
             except REDIS_ERRORS as exc:
