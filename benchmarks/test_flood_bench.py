@@ -15,17 +15,12 @@ is answered (tests/test_limits.py checks the same bound in `make test`).
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
+from _util import serving_process
 from flood import isolation
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import free_port
 
 VICTIM, FLOODER = "victim-key-0123456789", "flood-key-0123456789"
@@ -47,27 +42,8 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "rate_per_s = 100.0\nmax_concurrent_rpcs = 32\n"
     )
     addr = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pairline.cli", "serve", "--config", str(cfg), "--listen", addr],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
-    )
-    try:
-        with grpc.insecure_channel(addr) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not become SERVING")
-                time.sleep(0.1)
+    with serving_process(cfg, addr):
         yield addr
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 @pytest.mark.benchmark(group="flood-isolation")

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from _util import percentiles_us
+from _util import percentiles_us, serving_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import free_port
 
@@ -65,28 +62,9 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "offer_timeout_s = 3600.0\n"
     )
     addr = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pairline.cli", "serve", "--config", str(cfg), "--listen", addr],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
-    )
-    try:
-        with grpc.insecure_channel(addr) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not become SERVING")
-                time.sleep(0.1)
-            _load(ch)
+    with serving_process(cfg, addr) as ch:
+        _load(ch)
         yield addr
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def _load(ch: grpc.Channel) -> None:
