@@ -154,7 +154,7 @@ def ts() -> Iterator[ThreadServer]:
 # ----------------------------------------------------------------- state
 def digest(ts: ThreadServer, tenant_name: str) -> tuple[Any, ...]:
     """Everything a request could change for one tenant (read on the server's loop)."""
-    return routing_digest(ts, tenant_name) + (ts.stored(tenant_name),)
+    return (*routing_digest(ts, tenant_name), ts.stored(tenant_name))
 
 
 def routing_digest(ts: ThreadServer, tenant_name: str) -> tuple[Any, ...]:
