@@ -725,7 +725,7 @@ class TestConnectSequences:
                 for i, (kind, p) in enumerate(steps):
                     if kind == "tick":
                         ts.clock.advance(p)
-                        ts.run(service.expire_all)
+                        ts.call(service.expire_all())
                         continue
                     if kind == "profiles":
                         customers, agents = p
