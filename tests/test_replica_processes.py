@@ -65,7 +65,8 @@ class Switch:
         self.insights = [ipb_grpc.InsightsStub(c) for c in self.channels]
         self.alive = list(range(len(addresses)))
         self.rng = rng
-        self.failovers = 0
+        self.failovers = 0  # calls that went to the killed replica, then elsewhere
+        self.retries = 0  # calls a live replica answered UNAVAILABLE (contended), retried
         self.ambiguous = 0
 
     async def call(self, method: str, req: Any, *, stubs: str = "router") -> Any:
@@ -85,7 +86,10 @@ class Switch:
                     return None
                 if err.code() not in DEAD or len(self.alive) == 1:
                     raise
-                self.failovers += 1
+                if i in self.alive:
+                    self.retries += 1
+                else:
+                    self.failovers += 1
                 failed_over = True
                 await asyncio.sleep(0.05)
 
@@ -213,8 +217,13 @@ async def test_three_processes_20k_contacts_one_killed(
             assert stats["queued"] > 0 and stats["monitor_rounds"] > 10, stats
             # Calls cut off by the kill and carried out before it: at most the
             # calls in flight then (24 drivers, the churn and the monitor).
-            assert switch.ambiguous <= switch.failovers <= 24 + 1 + N_AGENTS, (
-                switch.ambiguous, switch.failovers)
+            # Retries of calls a live replica refused (too contended, or past the
+            # deadline on a loaded machine) are rare.
+            print(f"{backend}: {stats} failovers={switch.failovers} retries={switch.retries} "
+                  f"ambiguous={switch.ambiguous}")
+            assert switch.failovers <= 24 + 1 + N_AGENTS, switch.failovers
+            assert switch.ambiguous <= switch.failovers + switch.retries, switch.ambiguous
+            assert switch.retries <= 0.01 * stats["ended"], switch.retries
             # Nothing held or waiting is left, as every replica sees it.
             for i in switch.alive:
                 q = await switch.insights[i].GetQueueStats(ipb.GetQueueStatsRequest(),
