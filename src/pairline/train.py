@@ -650,6 +650,9 @@ def _size(dx: int, da: int, interaction: bool) -> int:
     return 1 + dx + da + (dx * da if interaction else 0)
 
 
+_GRAD_ZERO = 1e-7  # a logistic fit's gradient this small is at its optimum
+
+
 def _fit_logistic(x: F8, a: F8, y: F8, l2: float, interaction: bool) -> _Fit:
     n, dx = x.shape
     da = a.shape[1]
@@ -684,7 +687,10 @@ def _fit_logistic(x: F8, a: F8, y: F8, l2: float, interaction: bool) -> _Fit:
     )
     raw = std.raw(np.asarray(res.x, dtype=np.float64))
     b, wc, wa, W = _unpack(raw, dx, da, interaction)
-    return _Fit(b, wc.copy(), wa.copy(), W.copy(), bool(res.success), int(res.nit),
+    # L-BFGS-B may stop on a failed line search ("ABNORMAL") at the optimum itself,
+    # where rounding leaves no descent to find: converged if the gradient is ~0.
+    converged = bool(res.success) or float(np.abs(res.jac).max()) <= _GRAD_ZERO
+    return _Fit(b, wc.copy(), wa.copy(), W.copy(), converged, int(res.nit),
                 str(res.message))
 
 
