@@ -8,11 +8,24 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pairline.config import DEMO_API_KEY, load_settings
 from pairline.logs import configure
+
+
+def grpc_experiments(value: str, environ: MutableMapping[str, str],
+                     imported: Mapping[str, object]) -> str:
+    """Put ``value`` (Settings.grpc_experiments) in GRPC_EXPERIMENTS for the
+    server's gRPC core, which reads it once, when grpc is first imported; an
+    operator's own GRPC_EXPERIMENTS wins. Returns a warning when it came too late."""
+    if not value or "GRPC_EXPERIMENTS" in environ:
+        return ""
+    if "grpc" in imported:
+        return "grpc is already imported: grpc_experiments not applied"
+    environ["GRPC_EXPERIMENTS"] = value
+    return ""
 
 
 def _serve(ns: argparse.Namespace) -> int:
@@ -47,6 +60,9 @@ def _serve(ns: argparse.Namespace) -> int:
         if endpoint is not None:
             print(f"metrics: http://{endpoint.address}/metrics", flush=True)
 
+    warning = grpc_experiments(settings.grpc_experiments, os.environ, sys.modules)
+    if warning:
+        print(f"pairline: {warning}", file=sys.stderr)
     from pairline.server import serve
 
     try:
