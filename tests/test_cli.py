@@ -70,10 +70,11 @@ class TestGrpcExperiments:
         assert "already imported" in grpc_experiments("-x", env, {"grpc": object()})
         assert env == {}
 
-    def test_serve_does_not_import_grpc_before(self) -> None:
-        """Importing the command line does not import grpc (so serve can still set it)."""
-        done = subprocess.run(
-            [sys.executable, "-c", "import sys, pairline.cli; print('grpc' in sys.modules)"],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert done.stdout.strip() == "False"
+    def test_serve_reaches_its_settings_before_grpc_is_imported(self) -> None:
+        """`pairline serve` gets to apply the setting: grpc is not imported by then."""
+        code = ("import sys, pairline.cli as c; "
+                "c._serve = lambda ns: print('grpc' in sys.modules) or 0; "
+                "sys.exit(c.main(['serve', '--demo']))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+        assert (done.returncode, done.stdout.strip()) == (0, "False")
