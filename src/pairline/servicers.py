@@ -24,6 +24,7 @@ from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.errors import InvalidArgument, PairlineError
 from pairline.interceptors import current_tenant, internal_status, to_rpc_status
+from pairline.logs import bind_request_id, request_id_or_new
 from pairline.privacy_servicer import PrivacyServicer
 from pairline.service import Service
 
@@ -171,6 +172,7 @@ class RouterServicer(rpb_grpc.RouterServicer):
         return "report_outcome", await self._outcome(ev, tenant, "report_outcome.")
 
     async def _one(self, event: rpb.SwitchEvent, tenant: str) -> rpb.SwitchReply:
+        bind_request_id(request_id_or_new(event.request_id))  # this event's log lines
         try:
             rid = convert.text(event.request_id, "request_id", required=False)
             kind = event.WhichOneof("event")
