@@ -104,15 +104,16 @@ async def unary_calls(address: str, total: int, concurrency: int) -> int:
 
 
 def phase(name: str, pid: int, run: Callable[[], int], per_thread: bool) -> None:
-    s0, t0 = sample(pid), time.perf_counter()
+    s0, t0, p0 = sample(pid), time.perf_counter(), time.process_time()
     n = run()
-    t1, s1 = time.perf_counter(), sample(pid)
+    t1, s1, p1 = time.perf_counter(), sample(pid), time.process_time()
     a, b = s0["*"], s1["*"]
     user, system = (b[0] - a[0]) / n * 1e6, (b[1] - a[1]) / n * 1e6
     print(f"{name:8s} server CPU {user + system:4.0f} us/call (user {user:3.0f} sys {system:3.0f})"
           f" {n / (t1 - t0):6.0f} calls/s  {(b[3] - a[3]) / n:4.1f} switches/call "
           f"{(b[2] - a[2]) / n:4.2f} faults/call  (n={n}, server busy "
-          f"{100 * (b[0] + b[1] - a[0] - a[1]) / (t1 - t0):3.0f}%)", flush=True)
+          f"{100 * (b[0] + b[1] - a[0] - a[1]) / (t1 - t0):3.0f}%; client CPU "
+          f"{(p1 - p0) / n * 1e6:3.0f} us/call)", flush=True)
     if per_thread:
         for key, after in s1.items():
             before = s0.get(key, (0.0, 0.0, 0, 0))
