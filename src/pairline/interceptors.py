@@ -158,11 +158,12 @@ class Guard:
     ~130 us a RouteContact adds over a bare Health/Check here. Health and
     reflection are registered unguarded.
 
-    Per call, in order: the call's ``rpc`` and request id bound for its log events
-(``x-request-id`` metadata, else a new id), the key (UNAUTHENTICATED), its role for the method
-    (PERMISSION_DENIED), the server's and tenant's concurrency and the tenant's
-    rate (RESOURCE_EXHAUSTED), the caller's deadline (DEADLINE_EXCEEDED when it
-    has already passed). ``abandon(tenant, response)`` is called when a unary
+    Per call, in order: the call's ``rpc`` and request id bound for its log
+    events (``x-request-id`` metadata, else a new id), the key
+    (UNAUTHENTICATED), its role for the method (PERMISSION_DENIED), the
+    server's and tenant's concurrency and the tenant's rate
+    (RESOURCE_EXHAUSTED), the caller's deadline (DEADLINE_EXCEEDED when it has
+    already passed). ``abandon(tenant, response)`` is called when a unary
     handler's caller is gone (deadline passed or cancelled) by the time its
     response is ready, so that work it reserved can be undone.
     """
