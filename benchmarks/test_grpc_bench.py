@@ -7,7 +7,18 @@ policy greedy, a model and customer profiles loaded. The client is Python on
 the same 2 cores, so throughput figures are a floor for the server.
 
 Targets (2 vCPU): RouteContact p50 <= 1.25x Health/Check p50; >= 3,500 routed
-contacts/s unary and >= 8,000/s over Connect."""
+contacts/s unary and >= 8,000/s over Connect.
+
+What limits them: benchmarks/grpc_cpu.py measures the server's CPU per call with
+the server and the client on a core each. On this VM (Nov 2026, grpcio 1.85,
+load average 2-4 from other work) the server took ~145 us per Health/Check
+(the grpc.aio floor: ~12 context switches per call between the event loop and
+grpc's poller thread), ~300 us per unary RouteContact and ~155 us per Connect
+event; the Python client here takes ~185 us per unary call and ~110 us per
+Connect event on the same two cores. So Connect cannot reach 8,000/s with this
+client unless the server's share drops under ~140 us per event, and the p50
+ratio is bounded by the handler's in-server cost (~100 us, twice its in-process
+cost in handler_cpu.py) against a ~330 us Health round trip."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+from pairline.cli import grpc_experiments
+
 
 class TestServe:
     def test_busy_port_is_a_clean_error(self) -> None:
@@ -47,3 +49,32 @@ class TestHealth:
         assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
         down = await health("--target", f"127.0.0.1:{free_port()}", "--timeout", "1")
         assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+
+
+class TestGrpcExperiments:
+    def test_set_before_grpc_is_imported(self) -> None:
+        """grpc_experiments goes into GRPC_EXPERIMENTS while grpc is not yet imported."""
+        env: dict[str, str] = {}
+        assert grpc_experiments("-event_engine_listener", env, {}) == ""
+        assert env == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
+
+    def test_operator_environment_wins(self) -> None:
+        """An operator's GRPC_EXPERIMENTS (even empty) is left as it is."""
+        env = {"GRPC_EXPERIMENTS": ""}
+        assert grpc_experiments("-event_engine_listener", env, {}) == ""
+        assert env == {"GRPC_EXPERIMENTS": ""}
+
+    def test_too_late_is_said(self) -> None:
+        """Once grpc is imported the setting cannot apply: a warning, env untouched."""
+        env: dict[str, str] = {}
+        assert "already imported" in grpc_experiments("-x", env, {"grpc": object()})
+        assert env == {}
+
+    def test_serve_reaches_its_settings_before_grpc_is_imported(self) -> None:
+        """`pairline serve` gets to apply the setting: grpc is not imported by then."""
+        code = ("import sys, pairline.cli as c; "
+                "c._serve = lambda ns: print('grpc' in sys.modules) or 0; "
+                "sys.exit(c.main(['serve', '--demo']))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+        assert (done.returncode, done.stdout.strip()) == (0, "False")

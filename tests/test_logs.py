@@ -3,12 +3,19 @@ ordinary fields (digests, ids, addresses, timestamps, numbers) pass unchanged.""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import structlog
+from support import Running, contact, login, running, settings
+
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import router_pb2 as rpb
 
 from pairline.logs import REDACTED, configure, note_raw_key, redact_raw_keys
 from pairline.privacy import Pseudonymiser
@@ -91,3 +98,84 @@ class TestConfigured:
         line = json.loads(err.strip().splitlines()[-1])
         assert line["event"] == "careless" and "timestamp" in line
         assert "5550123456" not in err and "012-3456" not in err
+
+
+# ------------------------------------------------------------- decision log
+def _decision_lines(err: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == "decision"]
+
+
+@contextlib.asynccontextmanager
+async def _logged_server(sample: float) -> AsyncIterator[Running]:
+    """A real server with decision_log_sample = ``sample``, info-level JSON logs to
+    stderr, and two agents of acme on line."""
+    configure("info", json=True, cache=False)
+    async with running(replace(settings(), decision_log_sample=sample)) as r:
+        for agent in ("a1", "a2"):
+            await r.acme.router.SetAgentState(login(agent, "sales"))
+        yield r
+
+
+class TestDecisionLog:
+    async def test_one_event_per_decision_with_the_callers_request_id(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """At sample 1 each RouteContact logs one `decision` event with the caller's
+        x-request-id, the rpc, tenant, decision id, mode, policy, latency, model."""
+        async with _logged_server(1.0) as r:
+            capsys.readouterr()
+            md = (*r.acme.metadata, ("x-request-id", "req-42"))
+            d = await r.acme.router.RouteContact(contact("c1"), metadata=md)
+            e = await r.acme.router.RouteContact(contact("c2"))
+        (one, two) = _decision_lines(capsys.readouterr().err)
+        assert one["request_id"] == "req-42" and one["rpc"] == "RouteContact"
+        assert (one["tenant"], one["decision_id"], one["agent"]) == ("acme", d.decision_id,
+                                                                      d.agent_id)
+        assert one["mode"] == "baseline" and one["policy"] == d.policy
+        assert one["latency_ms"] >= 0 and "model_version" in one and one["level"] == "info"
+        assert two["decision_id"] == e.decision_id
+        assert two["request_id"] and two["request_id"] != "req-42"  # made by the server
+
+    async def test_connect_events_carry_their_own_request_ids(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Over Connect each event's decision is logged with that event's request_id."""
+        async with _logged_server(1.0) as r:
+            capsys.readouterr()
+            call = r.acme.router.Connect(timeout=None)
+            for rid, cid in (("ev-1", "c1"), ("ev-2", "c2")):
+                await call.write(rpb.SwitchEvent(request_id=rid, route_contact=contact(cid)))
+                assert (await call.read()).request_id == rid
+            await call.done_writing()
+        lines = _decision_lines(capsys.readouterr().err)
+        assert [(x["request_id"], x["rpc"]) for x in lines] == [("ev-1", "Connect"),
+                                                                ("ev-2", "Connect")]
+
+    async def test_sampled_out_logs_nothing(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """At sample 0 (the default) no decision is logged."""
+        async with _logged_server(0.0) as r:
+            for i in range(5):
+                await r.acme.router.RouteContact(contact(f"c{i}", channel=cpb.CHANNEL_CHAT))
+        assert _decision_lines(capsys.readouterr().err) == []
+
+    @pytest.mark.parametrize("key", ["CUST-secret-4242", "+15550123456"])
+    async def test_decision_log_cannot_carry_the_raw_key(
+        self, key: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Even when the switch puts the customer's raw key in the contact id and the
+        request id, the decision event (and every other line) does not contain it."""
+        async with _logged_server(1.0) as r:
+            capsys.readouterr()
+            md = (*r.acme.metadata, ("x-request-id", f"req-{key}"))
+            await r.acme.router.RouteContact(contact(f"call-{key}", customer_key=key),
+                                             metadata=md)
+            call = r.acme.router.Connect(timeout=None)
+            await call.write(rpb.SwitchEvent(request_id=f"ev-{key}", route_contact=contact(
+                f"call2-{key}", customer_key=key)))
+            await call.read()
+            await call.done_writing()
+        err = capsys.readouterr().err
+        assert len(_decision_lines(err)) == 2
+        assert key not in err and key.lstrip("+") not in err
+        assert REDACTED in err

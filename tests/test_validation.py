@@ -830,3 +830,42 @@ class TestUploadModelValidation:
         await invalid(srv.acme.profiles.ActivateModel(ppb.ActivateModelRequest()), "version")
         info = await srv.acme.profiles.GetModelInfo(ppb.GetModelInfoRequest())
         assert not info.HasField("active")
+
+
+class TestRouteContactFastPath:
+    """convert.route_contact decodes the common request without building field paths;
+    it must accept, refuse and return exactly what the full decoder does."""
+
+    EDGES: dict[str, list[Any]] = {
+        "contact_id": ["c1", "", "x" * 128, "x" * 129, "bad\nid", "ünï"],
+        "queue": ["sales", "", "q" * 129, "tab\tq"],
+        "customer_key": ["", "+15550123456", "k" * 256, "k" * 257, "nul\x00"],
+        "channel": [0, 1, 5, 6, -1],
+        "priority": [0, 1000, 1001, -1],
+        "min_proficiency": [0, 100, 101, -5],
+    }
+
+    def test_same_as_the_full_decoder(self) -> None:
+        """Seeded random combinations of valid and edge values (and some with context,
+        exclusions or preferences): same ContactRequest, or the same error and field."""
+        from pairline import convert
+        from pairline.errors import InvalidArgument
+
+        rng = np.random.default_rng(7)
+        for i in range(3000):
+            kw = {k: v[int(rng.integers(len(v)))] if rng.random() < 0.3 else v[0]
+                  for k, v in self.EDGES.items()}
+            req = rpb.RouteContactRequest(**kw)
+            if i % 7 == 0:
+                req.context["ivr"] = 1.0
+            if i % 11 == 0:
+                req.excluded_agent_ids.append("a1")
+            if i % 13 == 0:
+                req.preferred_agent_ids.append("a2")
+            outs = []
+            for decode in (convert.route_contact, convert._route_contact):
+                try:
+                    outs.append(decode(req, "route_contact."))
+                except InvalidArgument as exc:
+                    outs.append((exc.field, exc.message))
+            assert outs[0] == outs[1], req

@@ -8,11 +8,24 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pairline.config import DEMO_API_KEY, load_settings
 from pairline.logs import configure
+
+
+def grpc_experiments(value: str, environ: MutableMapping[str, str],
+                     imported: Mapping[str, object]) -> str:
+    """Put ``value`` (Settings.grpc_experiments) in GRPC_EXPERIMENTS for the
+    server's gRPC core, which reads it once, when grpc is first imported; an
+    operator's own GRPC_EXPERIMENTS wins. Returns a warning when it came too late."""
+    if not value or "GRPC_EXPERIMENTS" in environ:
+        return ""
+    if "grpc" in imported:
+        return "grpc is already imported: grpc_experiments not applied"
+    environ["GRPC_EXPERIMENTS"] = value
+    return ""
 
 
 def _serve(ns: argparse.Namespace) -> int:
@@ -47,6 +60,9 @@ def _serve(ns: argparse.Namespace) -> int:
         if endpoint is not None:
             print(f"metrics: http://{endpoint.address}/metrics", flush=True)
 
+    warning = grpc_experiments(settings.grpc_experiments, os.environ, sys.modules)
+    if warning:
+        print(f"pairline: {warning}", file=sys.stderr)
     from pairline.server import serve
 
     try:
@@ -249,24 +265,7 @@ def _add_health(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_health)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["health"]:  # before the heavy imports below: a probe runs it often
-        health = argparse.ArgumentParser(prog="pairline health", description=_health.__doc__)
-        _add_health(health)
-        ns = health.parse_args(args[1:])
-        return int(ns.run(ns))
-    if args[:1] == ["simulate"]:  # its own parser: every option passes through
-        from pairline.sim.__main__ import main as simulate_main
-
-        return simulate_main(args[1:])
-    if args[:1] == ["demo"]:
-        from pairline.demo import main as demo_main
-
-        return demo_main(args[1:])
-    parser = argparse.ArgumentParser(prog="pairline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gRPC server")
+def _add_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--config", help="TOML settings file (or PAIRLINE_CONFIG)")
     serve.add_argument("--demo", action="store_true", help="add the demo tenant")
@@ -279,6 +278,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(or PAIRLINE_REDIS_URL); default: the embedded store",
     )
     serve.set_defaults(run=_serve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["health"]:  # before the heavy imports below: a probe runs it often
+        health = argparse.ArgumentParser(prog="pairline health", description=_health.__doc__)
+        _add_health(health)
+        ns = health.parse_args(args[1:])
+        return int(ns.run(ns))
+    if args[:1] == ["serve"]:  # before anything imports grpc (see grpc_experiments)
+        serve = argparse.ArgumentParser(prog="pairline serve", description="run the gRPC server")
+        _add_serve(serve)
+        ns = serve.parse_args(args[1:])
+        return int(ns.run(ns))
+    if args[:1] == ["simulate"]:  # its own parser: every option passes through
+        from pairline.sim.__main__ import main as simulate_main
+
+        return simulate_main(args[1:])
+    if args[:1] == ["demo"]:
+        from pairline.demo import main as demo_main
+
+        return demo_main(args[1:])
+    parser = argparse.ArgumentParser(prog="pairline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub.add_parser("serve", help="run the gRPC server"))
     try_ = sub.add_parser("try", help="route one demo contact against a running server")
     try_.add_argument("--target", default="127.0.0.1:50051")
     try_.add_argument("--key", default=DEMO_API_KEY)

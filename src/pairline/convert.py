@@ -96,7 +96,41 @@ def _named_values(
 
 
 # --------------------------------------------------------------------- router
+_CHANNELS = {int(c): c for c in Channel}
+_EMPTY: frozenset[str] = frozenset()
+
+
+def _plain_text(value: str, max_len: int) -> bool:
+    """What :func:`text` accepts (when required) of a non-empty value."""
+    return 0 < len(value) <= max_len and value.isprintable()
+
+
 def route_contact(req: rpb.RouteContactRequest, at: str = "") -> ContactRequest:
+    # The common request (no context, exclusions or preferences, every field
+    # valid) without building a field path per check; anything else, and every
+    # error, goes through the full decoder below.
+    contact_id, queue, key, channel = req.contact_id, req.queue, req.customer_key, req.channel
+    if (
+        channel in _CHANNELS
+        and _plain_text(contact_id, MAX_ID)
+        and _plain_text(queue, MAX_ID)
+        and (not key or _plain_text(key, MAX_KEY))
+        and 0 <= req.priority <= MAX_PRIORITY
+        and 0 <= req.min_proficiency <= MAX_PROFICIENCY
+        and not req.context
+        and not req.excluded_agent_ids
+        and not req.preferred_agent_ids
+    ):
+        return ContactRequest(
+            contact_id=contact_id, queue=queue, channel=_CHANNELS[channel],
+            priority=req.priority, customer_key=key, context=(),
+            min_proficiency=req.min_proficiency, excluded_agent_ids=_EMPTY,
+            preferred_agent_ids=_EMPTY,
+        )
+    return _route_contact(req, at)
+
+
+def _route_contact(req: rpb.RouteContactRequest, at: str) -> ContactRequest:
     excluded = req.excluded_agent_ids
     if len(excluded) > MAX_EXCLUDED:
         raise InvalidArgument(f"{at}excluded_agent_ids", f"at most {MAX_EXCLUDED}")

@@ -32,6 +32,7 @@ from pairline.errors import (
     Unauthenticated,
 )
 from pairline.limits import Limits, bind_deadline, deadline_passed
+from pairline.logs import bind_call, request_id_or_new
 from pairline.security import ApiKey, KeyRing, role_for
 
 log = structlog.get_logger()
@@ -84,14 +85,25 @@ def _sampled(method: str, code: int) -> int:
     return skipped
 
 
-def _bearer(metadata: Any) -> str | None:
+def _bearer(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _caller(metadata: Any) -> tuple[str | None, object]:
+    """(bearer token, x-request-id) from the call's metadata, in one pass."""
+    token: str | None = None
+    request_id: object = None
+    seen_auth = False
     for key, value in metadata or ():
-        if key == "authorization":
-            if isinstance(value, bytes):
-                return None
-            scheme, _, token = value.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-    return None
+        if key == "authorization" and not seen_auth:
+            seen_auth = True
+            token = _bearer(value)
+        elif key == "x-request-id" and request_id is None:
+            request_id = value
+    return token, request_id
 
 
 class Malformed:
@@ -146,10 +158,12 @@ class Guard:
     ~130 us a RouteContact adds over a bare Health/Check here. Health and
     reflection are registered unguarded.
 
-    Per call, in order: the key (UNAUTHENTICATED), its role for the method
-    (PERMISSION_DENIED), the server's and tenant's concurrency and the tenant's
-    rate (RESOURCE_EXHAUSTED), the caller's deadline (DEADLINE_EXCEEDED when it
-    has already passed). ``abandon(tenant, response)`` is called when a unary
+    Per call, in order: the call's ``rpc`` and request id bound for its log
+    events (``x-request-id`` metadata, else a new id), the key
+    (UNAUTHENTICATED), its role for the method (PERMISSION_DENIED), the
+    server's and tenant's concurrency and the tenant's rate
+    (RESOURCE_EXHAUSTED), the caller's deadline (DEADLINE_EXCEEDED when it has
+    already passed). ``abandon(tenant, response)`` is called when a unary
     handler's caller is gone (deadline passed or cancelled) by the time its
     response is ready, so that work it reserved can be undone.
     """
@@ -166,7 +180,9 @@ class Guard:
         self._abandon = abandon
 
     def authenticate(self, metadata: Any) -> ApiKey:
-        token = _bearer(metadata)
+        return self._key(_caller(metadata)[0])
+
+    def _key(self, token: str | None) -> ApiKey:
         if not token:
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
         key = self.keys.lookup(token)
@@ -175,7 +191,7 @@ class Guard:
         return key
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        auth = self.authenticate
+        auth = self._key
         limits = self.limits
         abandon = self._abandon
         role = role_for(method)
@@ -195,7 +211,9 @@ class Guard:
 
         def admit(context: grpc.aio.ServicerContext[Any, Any]) -> str:
             """Check the caller; returns its tenant, entered into the limits."""
-            key = auth(context.invocation_metadata())
+            token, request_id = _caller(context.invocation_metadata())
+            bind_call(short, request_id_or_new(request_id))
+            key = auth(token)
             if not key.allows(role):
                 raise PermissionDenied(
                     f"key {key.label} has roles {sorted(key.roles)}; {short} needs {role!r}"

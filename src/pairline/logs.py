@@ -1,6 +1,10 @@
 """structlog setup: JSON lines (or console), ISO timestamps, level filter, and a
 redactor that keeps raw customer keys out of every log line.
 
+Every event of a call carries its ``rpc`` and ``request_id`` (bound per call by
+the guard with :func:`bind_call`: the caller's ``x-request-id``, else one made
+here; per ``Connect`` event its ``request_id``, see :func:`bind_request_id`).
+
 The redactor (:func:`redact_raw_keys`) runs on every event, after exception
 formatting and before rendering, so nothing reaches the output unscrubbed:
 
@@ -15,8 +19,10 @@ formatting and before rendering, so nothing reaches the output unscrubbed:
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import re
+import secrets
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -45,6 +51,57 @@ _MIN_NOTED = 6
 _noted: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
     "pairline_raw_keys", default=()
 )
+
+
+# The call being handled: (rpc, request id); see bind_call.
+_call: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "pairline_call", default=None
+)
+MAX_REQUEST_ID = 128
+# Request ids made here: a random prefix per process, then a counter (unique
+# across replicas and restarts, and cheaper than a random id per call).
+_RID_PREFIX = f"r{secrets.token_hex(6)}-"
+_rids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_RID_PREFIX}{next(_rids):x}"
+
+
+def request_id_or_new(value: object) -> str:
+    """``value`` if it is a usable request id (text, printable, at most 128
+    characters), else a new one."""
+    if type(value) is str and 0 < len(value) <= MAX_REQUEST_ID and value.isprintable():
+        return value
+    return new_request_id()
+
+
+def bind_call(rpc: str, request_id: str) -> None:
+    """Tag every log event of the current call (task) with ``rpc`` and ``request_id``."""
+    _call.set((rpc, request_id))
+
+
+def bind_request_id(request_id: str) -> None:
+    """Tag the current call's events with another request id (a Connect event's)."""
+    call = _call.get()
+    _call.set((call[0] if call is not None else "", request_id))
+
+
+def current_call() -> tuple[str, str] | None:
+    """(rpc, request id) of the call being handled, if any."""
+    return _call.get()
+
+
+def add_call(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the call's ``rpc`` and ``request_id`` (see bind_call)."""
+    call = _call.get()
+    if call is not None:
+        if call[0]:
+            event_dict.setdefault("rpc", call[0])
+        event_dict.setdefault("request_id", call[1])
+    return event_dict
 
 
 def note_raw_key(key: str) -> None:
@@ -108,6 +165,7 @@ def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> 
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_call,
             structlog.processors.add_log_level,
             structlog.processors.format_exc_info,
             redact_raw_keys,

@@ -102,7 +102,8 @@ class PairlineServer:
         )
         self.metrics = Metrics()
         self.metrics_endpoint: MetricsEndpoint | None = None
-        self.router = MeteredRouterServicer(self.service, self.metrics, self.limits.take)
+        self.router = MeteredRouterServicer(self.service, self.metrics, self.limits.take,
+                                            decision_log_sample=settings.decision_log_sample)
         self.guard = Guard(self.keys, self.limits, self.router.abandon)
 
     @property

@@ -24,6 +24,7 @@ from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 from pairline.errors import InvalidArgument, PairlineError
 from pairline.interceptors import current_tenant, internal_status, to_rpc_status
+from pairline.logs import bind_request_id, request_id_or_new
 from pairline.privacy_servicer import PrivacyServicer
 from pairline.service import Service
 
@@ -45,15 +46,15 @@ class RouterServicer(rpb_grpc.RouterServicer):
         it raises to refuse the event."""
         self._s = service
         self._admit = admit
-        # Connect: event field -> handler(event message, tenant) -> (reply field, reply)
-        self._events: dict[str, Callable[[Any, str], Awaitable[tuple[str, Any]]]] = {
-            "route_contact": self._ev_route,
-            "agent_ready": self._ev_ready,
-            "set_agent_state": self._ev_state,
-            "confirm_decision": self._ev_confirm,
-            "release_decision": self._ev_release,
-            "end_contact": self._ev_end,
-            "report_outcome": self._ev_outcome,
+        # Connect: event field -> (operation, reply field, field prefix of its errors)
+        self._ops: dict[str, tuple[Callable[[Any, str, str], Awaitable[Any]], str, str]] = {
+            "route_contact": (self._route, "decision", "route_contact."),
+            "agent_ready": (self._ready, "decision", "agent_ready."),
+            "set_agent_state": (self._state, "agent_state", "set_agent_state."),
+            "confirm_decision": (self._confirm, "confirm_decision", "confirm_decision."),
+            "release_decision": (self._release, "release_decision", "release_decision."),
+            "end_contact": (self._end, "end_contact", "end_contact."),
+            "report_outcome": (self._outcome, "report_outcome", "report_outcome."),
         }
 
     # Each operation once, with a field prefix for error paths on the stream.
@@ -149,41 +150,26 @@ class RouterServicer(rpb_grpc.RouterServicer):
         return await self._outcome(request, current_tenant())
 
     # The Connect stream: the same operations, replies tagged with request_id.
-    async def _ev_route(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "decision", await self._route(ev, tenant, "route_contact.")
-
-    async def _ev_ready(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "decision", await self._ready(ev, tenant, "agent_ready.")
-
-    async def _ev_state(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "agent_state", await self._state(ev, tenant, "set_agent_state.")
-
-    async def _ev_confirm(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "confirm_decision", await self._confirm(ev, tenant, "confirm_decision.")
-
-    async def _ev_release(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "release_decision", await self._release(ev, tenant, "release_decision.")
-
-    async def _ev_end(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "end_contact", await self._end(ev, tenant, "end_contact.")
-
-    async def _ev_outcome(self, ev: Any, tenant: str) -> tuple[str, Any]:
-        return "report_outcome", await self._outcome(ev, tenant, "report_outcome.")
-
     async def _one(self, event: rpb.SwitchEvent, tenant: str) -> rpb.SwitchReply:
+        rid = event.request_id
+        bind_request_id(request_id_or_new(rid))  # this event's log lines
         try:
-            rid = convert.text(event.request_id, "request_id", required=False)
+            if rid:
+                convert.text(rid, "request_id", required=False)
             kind = event.WhichOneof("event")
             self._admit(tenant)
             if kind is None:
                 raise InvalidArgument("event", "one event is required")
-            name, reply = await self._events[kind](getattr(event, kind), tenant)
-            return rpb.SwitchReply(request_id=rid, **{name: reply})
+            op, field, at = self._ops[kind]
+            result = await op(getattr(event, kind), tenant, at)
+            reply = rpb.SwitchReply(request_id=rid)
+            getattr(reply, field).CopyFrom(result)
+            return reply
         except PairlineError as exc:
-            return rpb.SwitchReply(request_id=event.request_id[:128], error=to_rpc_status(exc))
+            return rpb.SwitchReply(request_id=rid[:128], error=to_rpc_status(exc))
         except Exception:
             log.exception("connect_event_failed")
-            return rpb.SwitchReply(request_id=event.request_id[:128], error=internal_status())
+            return rpb.SwitchReply(request_id=rid[:128], error=internal_status())
 
     async def Connect(
         self, request_iterator: AsyncIterator[rpb.SwitchEvent], context: Ctx
