@@ -810,7 +810,9 @@ class TenantRouting:
             agent.wrap_until = max(agent.wrap_until, float(snap["wu"]))
             self._sync(agent)
         dropped = []
-        for contact_id, snap in contacts.items():
+        # Contacts that ended here first: the agents they held are free for the
+        # decisions made here after them.
+        for contact_id, snap in sorted(contacts.items(), key=lambda kv: kv[1] is not None):
             current = self.contacts.get(contact_id)
             if snap is None:  # ended here
                 if current is not None:

@@ -34,7 +34,7 @@ from pairline.domain import (
     QueueStats,
     ReleaseReason,
 )
-from pairline.errors import AlreadyExists, InvalidArgument, NotFound
+from pairline.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from pairline.limits import check_deadline
 from pairline.model import Model, load_model
 from pairline.pairing import (
@@ -774,12 +774,20 @@ class Service:
         """Release timed-out reservations of every tenant (the periodic sweep)."""
         if self.shared is not None and self.shared.degraded:
             await self.shared.maintain({n: rt.routing for n, rt in self.tenants.items()})
+        if self.shared is not None:
+            await self.shared.beat()
         now = self.clock.now()
         n = 0
         for name, rt in self.tenants.items():
+            if self.degraded(name) and not self.shared.outage_routing:  # type: ignore[union-attr]
+                continue  # out of touch, and not routing alone: nothing to expire here
             if rt.routing.next_expiry() <= now:
-                n += len(await self.coord.run(name, rt.routing,
-                                              lambda r=rt.routing: r.expire(now)))
+                try:
+                    n += len(await self.coord.run(name, rt.routing,
+                                                  lambda r=rt.routing: r.expire(now)))
+                except Unavailable:
+                    continue  # Redis went out of reach meanwhile: the next sweep
+
         return n
 
     async def sweep_retention(self) -> int:
