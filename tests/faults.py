@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -124,7 +125,7 @@ class ProxyProcess:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "proxy", "--port", str(self.port),
              "--upstream", str(upstream_port), "--lo-ms", str(lo_ms), "--hi-ms", str(hi_ms)],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "proxy ready":
             raise RuntimeError("the proxy did not start")
@@ -165,6 +166,7 @@ class Plan:
 @dataclass
 class Figures:
     fault: str
+    load: str = ""  # what ran meanwhile
     calls: int = 0  # every call of the run
     fault_calls: int = 0  # answered while the fault lasted
     answered_share: float = 0.0  # OK (or an expected race) of the calls in the fault
@@ -344,7 +346,8 @@ async def run_fault(plan: Plan, tmp: Path) -> Figures:
         write_config(cfg, outage_routing=i == 0)
     url = proxy.url if proxy is not None else redis.url
     env = clean_env()
-    fig = Figures(plan.fault)
+    fig = Figures(plan.fault, load=f"{plan.replicas} replicas, open loop {plan.rate:g} "
+                                   f"contacts/s, {plan.agents} agents")
     try:
         async with AsyncExitStack() as stack:
             procs: list[Process] = []
@@ -386,13 +389,13 @@ async def run_fault(plan: Plan, tmp: Path) -> Figures:
                 elif plan.fault == "replica-sigkill":
                     monitor.drop(victim)
                     procs[victim].proc.send_signal(signal.SIGKILL)
-                    await asyncio.sleep(plan.fault_s)
                 else:
                     monitor.drop(victim)
                     procs[victim].proc.send_signal(signal.SIGTERM)
                     marks["exit_code"] = await asyncio.wait_for(procs[victim].proc.wait(),
                                                                 plan.fault_s + 10)
-                    await asyncio.sleep(max(0.0, plan.fault_s - (loop.time() - marks["start"])))
+                # The fault is over: Redis back, the proxy fast again, or (a replica
+                # stopped) at once; its effects are measured over fault_s from its start.
                 marks["end"] = loop.time()
 
             injector = asyncio.create_task(inject())
@@ -421,7 +424,7 @@ def measure(fig: Figures, plan: Plan, report: dict[str, Any],
     start, end = marks["start"], marks["end"]
     fig.report = report
     fig.calls = len(timeline)
-    during = [e for e in timeline if start <= e[0] <= end + 0.5]
+    during = [e for e in timeline if start <= e[0] <= start + plan.fault_s + 0.5]
     fig.fault_calls = len(during)
     if during:
         fig.answered_share = sum(e[2] == "OK" or e[2] in RACE_CODES for e in during) / len(during)
@@ -437,12 +440,17 @@ def measure(fig: Figures, plan: Plan, report: dict[str, Any],
         if e[2] != "OK" and e[2] not in RACE_CODES:
             fig.failed[e[2]] = fig.failed.get(e[2], 0) + 1
     fig.failovers = report.get("spread", {}).get("failovers", 0)
-    # Recovered: the last call after the fault's end that was not normal (an error
-    # other than an expected race, a degraded decision, a failover).
+    # Recovered: the last call after the fault's start that was not normal (an error
+    # other than an expected race, or a degraded decision), from the fault's end.
     bad = [e[0] for e in timeline if e[0] >= start and (
-        (e[2] != "OK" and e[2] not in RACE_CODES) or e[4] == cpb.MODE_DEGRADED or e[5])]
+        (e[2] != "OK" and e[2] not in RACE_CODES) or e[4] == cpb.MODE_DEGRADED)]
     last_bad = max(bad, default=start)
-    fig.recover_s = max(0.0, last_bad - end)
+    # ... and not before the first normal routing answer after the fault's end
+    # (PAIRED after a Redis fault).
+    want = cpb.MODE_PAIRED if plan.fault.startswith("redis") else None
+    first_ok = min((e[0] for e in timeline if e[0] >= end and e[1] == "RouteContact"
+                    and e[2] == "OK" and (want is None or e[4] == want)), default=math.nan)
+    fig.recover_s = math.nan if math.isnan(first_ok) else max(last_bad, first_ok) - end
     fig.paired_after = sum(1 for e in timeline
                            if e[0] > last_bad and e[1] == "RouteContact"
                            and e[4] == cpb.MODE_PAIRED)
@@ -457,13 +465,17 @@ def table(figs: list[Figures]) -> str:
             f"{'p99 ms':>8}{'max ms':>8}{'degraded':>9}{'failover':>9}{'lost':>5}"
             f"{'double':>7}{'left':>5}{'recover s':>10}{'paired':>7}")
     lines = [head]
+    notes = []
     for f in figs:
+        if f.failed:
+            notes.append(f"  {f.fault}: calls failed (whole run): "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(f.failed.items())))
         lines.append(
             f"{f.fault:<16}{f.calls:>7}{f.fault_calls:>9}{f.answered_share:>9.2%}"
             f"{f.routing_ok_share:>9.2%}{f.p99_ms:>8.1f}{f.max_ms:>8.1f}{f.degraded:>9}"
             f"{f.failovers:>9}{f.lost:>5}{f.double + f.monitor_violations:>7}{f.leftover:>5}"
             f"{f.recover_s:>10.2f}{f.paired_after:>7}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def main() -> None:
