@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from redis.exceptions import RedisError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -253,10 +254,7 @@ class Monitor:
                     for k in keys:
                         p.hget(k, "s")
                     raws = await p.execute()
-            except (OSError, Exception) as exc:  # Redis down: nothing to read
-                if not isinstance(exc, (OSError, ConnectionError)) and \
-                        type(exc).__module__.split(".")[0] != "redis":
-                    raise
+            except (OSError, RedisError):  # Redis down: nothing to read
                 await asyncio.sleep(0.1)
                 continue
             held: dict[str, str] = {}

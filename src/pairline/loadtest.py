@@ -34,7 +34,8 @@ connected to two decisions at once, or an agent given more connected contacts
 on a channel than its capacity, is a *double assignment*; a contact whose
 creation was acknowledged and that the server later no longer knows (an
 ``EndContact`` answered NOT_FOUND) while nothing the harness did can explain it
-(no earlier call about it went unanswered or failed over) is *lost*.
+(no earlier call about it went unanswered or failed over, and no other end of
+it was sent: a hang-up racing a pick-up) is *lost*.
 
 Every call goes over unary RPCs (``mode="unary"``) or as events on ``streams``
 ``Connect`` streams (``mode="connect"``) with at most ``window`` unanswered
@@ -554,7 +555,7 @@ class Ledger:
         self.load: Counter[tuple[str, int]] = Counter()  # (agent, channel) -> connected
         self.created: set[str] = set()  # contacts the server acknowledged
         self.unsure: set[str] = set()  # a call about it went unanswered or failed over
-        self.ended: set[str] = set()  # contacts the switch hung up
+        self.ended: Counter[str] = Counter()  # EndContact calls sent per contact
         self.counts: Counter[str] = Counter()
         self.samples: list[str] = []
 
@@ -565,7 +566,7 @@ class Ledger:
 
     def hang_up(self, contact_id: str) -> None:
         """The switch ends the contact: its agent's place is free from now on."""
-        self.ended.add(contact_id)
+        self.ended[contact_id] += 1
         held = self.connected.pop(contact_id, None)
         if held is not None:
             self.load[held[1], held[2]] -= 1
@@ -591,7 +592,7 @@ class Ledger:
                 self._connect(request.decision_id)
         elif rpc == "EndContact" and not failed_over:
             if code == "NOT_FOUND" and contact_id in self.created \
-                    and contact_id not in self.unsure:
+                    and contact_id not in self.unsure and self.ended[contact_id] == 1:
                 self._bad("lost", f"{contact_id} (acknowledged, never ended, now unknown)")
             elif code == "FAILED_PRECONDITION" and request.reason == rpb.END_REASON_HANDLED:
                 # The server has it waiting again although its confirm was answered OK.
