@@ -436,7 +436,7 @@ def measure(fig: Figures, plan: Plan, report: dict[str, Any],
     fig.failed = {}
     for e in timeline:
         if e[2] != "OK" and e[2] not in RACE_CODES:
-            fig.failed[e[2]] = fig.failed.get(e[2], 0) + 1
+            fig.failed[f"{e[1]} {e[2]}"] = fig.failed.get(f"{e[1]} {e[2]}", 0) + 1
     fig.failovers = report.get("spread", {}).get("failovers", 0)
     # Recovered: the last call after the fault's start that was not normal (an error
     # other than an expected race, or a degraded decision), from the fault's end.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,7 +57,7 @@ from pairline.privacy_service import Privacy
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 from pairline.stores.redis import FeedFollower
-from pairline.stores.shared import REDIS_ERRORS, SharedRouting
+from pairline.stores.shared import REDIS_ERRORS, SLOW_COMMIT_S, SharedRouting
 from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
@@ -376,8 +377,11 @@ class Service:
                 # not go with the commit): say so, and keep it if Redis takes it.
                 d.mode = Mode.DEGRADED
                 d.predicted_outcome = 0.0
-                await self._soft(
-                    self.store.record_decision(tenant, self._record_of(rt, contact, d)))
+                # In the background: the caller does not wait on a Redis in trouble.
+                task = asyncio.ensure_future(self._soft(
+                    self.store.record_decision(tenant, self._record_of(rt, contact, d))))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         except BaseException:
             # Cancelled (caller gone) or the store failed: the decision will not
             # reach the caller, so its reservation must not outlive this call.
@@ -432,11 +436,16 @@ class Service:
         trouble gives None (the caller goes on without it) instead of failing."""
         if self.shared is None:
             return await call
+        sent = time.monotonic()
         try:
-            return await call
+            result = await call
         except REDIS_ERRORS as exc:
             log.warning("store_unreachable", error=repr(exc))
+            self.shared.out_of_touch(exc)  # the next calls do not wait on it too
             return None
+        if time.monotonic() - sent > SLOW_COMMIT_S:
+            self.shared.out_of_touch(TimeoutError("a store call was slow"))
+        return result
 
     def _route_op(
         self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None,

@@ -59,11 +59,13 @@ PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
 # Back in touch only when a PING answers within this: a slow Redis (every call
 # waiting on it, under the tenant's lock) is worse than routing alone meanwhile.
 PROBE_FAST_S = 0.05
+SLOW_COMMIT_S = 0.2  # a commit that took longer puts the replica out of touch too
 # The replica that routes alone during an outage (outage_routing) says, this often,
-# that it is in touch with nothing left to write back (pl:{T}:fb, its wall time).
-# A replica that does not route alone resumes after an outage only once that is
+# that it is in touch with nothing left to write back (pl:{T}:fb, its wall time),
+# and that it is alive (pl:{T}:fba, even while out of touch, when Redis takes it).
+# A replica that does not route alone resumes after an outage only once fb is
 # newer than the outage's start, or after FALLBACK_WAIT_S with Redis back and no
-# word from it (it is gone).
+# sign of life from it for FALLBACK_WAIT_S (it is gone).
 FALLBACK_BEAT_S = 0.25
 FALLBACK_WAIT_S = 3.0
 FALLBACK_TTL_MS = 60_000
@@ -151,7 +153,6 @@ class SharedRouting:
         self.tenants = list(store.dims)
         self._resync: set[str] = set()
         self._probe_at = 0.0
-        self._failures = 0  # times Redis was found out of reach
         self._out_since = 0.0  # wall time the current outage began
         self._back_since: float | None = None  # monotonic time Redis answered again
         self._beat_at = 0.0
@@ -211,6 +212,7 @@ class SharedRouting:
         agents: Iterable[str] = (),
         contacts: Iterable[str] = (),
         decisions: Iterable[str] = (),
+        strict: bool = False,
     ) -> T:
         refreshed = False
         for attempt in range(MAX_ATTEMPTS):
@@ -236,6 +238,8 @@ class SharedRouting:
                     await self.rebuild(tenant, routing)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
+                    if strict:
+                        raise
                     return self._alone(routing, op)
                 continue
             except (NotFound, FailedPrecondition, AlreadyExists):
@@ -248,12 +252,20 @@ class SharedRouting:
                     await self.refresh(tenant, routing, agents, contacts, decisions)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
+                    if strict:
+                        raise
                     return self._alone(routing, op)
                 continue
             finally:
                 routing.recording = False
             try:
+                sent = time.monotonic()
                 outcome = await self.commit(tenant, routing)
+                if outcome == 1 and time.monotonic() - sent > SLOW_COMMIT_S:
+                    # Done, but Redis is slow: every call of the tenant waits on it
+                    # under the lock. Go on without it until it is fast again.
+                    self._degrade(TimeoutError(
+                        f"a commit took {time.monotonic() - sent:.3f} s"))
                 if attempt >= 10:
                     log.warning("commit_contended", tenant=tenant, attempt=attempt,
                                 outcome=outcome, av=routing.av, wv=routing.wv,
@@ -264,6 +276,8 @@ class SharedRouting:
                     await self.catch_up(tenant)
             except REDIS_ERRORS as exc:
                 self._degrade(exc)
+                if strict:
+                    raise
                 if not self.outage_routing:
                     # Not written back: the mirror is rebuilt from Redis before this
                     # replica serves again (the commit may or may not have landed;
@@ -283,12 +297,15 @@ class SharedRouting:
         """Some tenant's mirror is out of touch with Redis."""
         return bool(self._resync)
 
+    def out_of_touch(self, exc: BaseException) -> None:
+        """A call on the routing path found Redis out of reach or slow."""
+        self._degrade(exc)
+
     def _degrade(self, exc: BaseException) -> None:
         if not self._resync:
             log.warning("redis_unreachable", error=repr(exc))
             self._out_since = time.time()
             self._back_since = None
-        self._failures += 1
         self._resync = set(self.tenants)
         self._probe_at = time.monotonic()
 
@@ -323,27 +340,29 @@ class SharedRouting:
             return
         self._beat_at = now
         ready = [t for t in self.tenants if t not in self._resync and t not in self._pending]
-        if not ready:
-            return
         try:
             async with self.r.pipeline(transaction=False) as p:
+                for t in self.tenants:  # alive, routing alone or not
+                    p.set(self._k(t, "fba"), repr(time.time()), px=FALLBACK_TTL_MS)
                 for t in ready:
                     p.set(self._k(t, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
                 await p.execute()
         except REDIS_ERRORS as exc:
-            self._degrade(exc)
+            if ready:
+                self._degrade(exc)
 
     async def _fallback_done(self, tenant: str) -> bool:
         """Not routing alone: whether the replica that does has written back what it
         decided during this outage (or has been silent too long to wait for)."""
-        raw = await self.r.get(self._k(tenant, "fb"))
-        if raw is not None and float(raw) > self._out_since:
+        done, alive = await self.r.mget([self._k(tenant, "fb"), self._k(tenant, "fba")])
+        if done is not None and float(done) > self._out_since:
             return True
         now = time.monotonic()
         if self._back_since is None:
             self._back_since = now
-        if now - self._back_since < FALLBACK_WAIT_S:
-            return False
+        if now - self._back_since < FALLBACK_WAIT_S or (
+                alive is not None and time.time() - float(alive) < FALLBACK_WAIT_S):
+            return False  # it is alive (routing alone, or writing back): wait for it
         log.warning("fallback_silent", tenant=tenant, waited_s=FALLBACK_WAIT_S)
         return True
 
@@ -389,12 +408,11 @@ class SharedRouting:
             await self.rebuild(tenant, routing)
             if agents or contacts:
                 now = time.time() if self.now is None else self.now()
-                failures = self._failures
+                # strict: Redis trouble raises (the merge stays pending, the mirror
+                # is rebuilt next time) instead of running on the mirror alone.
                 dropped = await self._run_locked(
                     tenant, routing, lambda: routing.merge_back(agents, contacts, now),
-                    agents=agents, contacts=contacts)
-                if self._failures != failures:
-                    return False  # not written back: it ran on the mirror alone
+                    agents=agents, contacts=contacts, strict=True)
                 if dropped:
                     log.warning("outage_decisions_dropped", tenant=tenant, n=len(dropped))
             self._pending.pop(tenant, None)
