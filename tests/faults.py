@@ -438,17 +438,22 @@ def measure(fig: Figures, plan: Plan, report: dict[str, Any],
         if e[2] != "OK" and e[2] not in RACE_CODES:
             fig.failed[f"{e[1]} {e[2]}"] = fig.failed.get(f"{e[1]} {e[2]}", 0) + 1
     fig.failovers = report.get("spread", {}).get("failovers", 0)
-    # Recovered: the last call after the fault's start that was not normal (an error
-    # other than an expected race, or a degraded decision), from the fault's end.
-    bad = [e[0] for e in timeline if e[0] >= start and (
-        (e[2] != "OK" and e[2] not in RACE_CODES) or e[4] == cpb.MODE_DEGRADED)]
-    last_bad = max(bad, default=start)
-    # ... and not before the first normal routing answer after the fault's end
-    # (PAIRED after a Redis fault).
+    # Recovered: from the fault's end, the first moment followed by a quiet second
+    # (no error other than an expected race, no degraded decision) and by a normal
+    # routing answer (PAIRED after a Redis fault). A blip later on (a busy machine
+    # can make a Redis call slow) does not count as the fault's.
+    bad = sorted(e[0] for e in timeline if e[0] >= end and (
+        (e[2] != "OK" and e[2] not in RACE_CODES) or e[4] == cpb.MODE_DEGRADED))
+    quiet_from = end
+    for b in bad:
+        if b - quiet_from > 1.0:
+            break
+        quiet_from = b
+    last_bad = quiet_from
     want = cpb.MODE_PAIRED if plan.fault.startswith("redis") else None
-    first_ok = min((e[0] for e in timeline if e[0] >= end and e[1] == "RouteContact"
+    first_ok = min((e[0] for e in timeline if e[0] >= last_bad and e[1] == "RouteContact"
                     and e[2] == "OK" and (want is None or e[4] == want)), default=math.nan)
-    fig.recover_s = math.nan if math.isnan(first_ok) else max(last_bad, first_ok) - end
+    fig.recover_s = math.nan if math.isnan(first_ok) else first_ok - end
     fig.paired_after = sum(1 for e in timeline
                            if e[0] > last_bad and e[1] == "RouteContact"
                            and e[4] == cpb.MODE_PAIRED)

@@ -383,6 +383,11 @@ class SharedRouting:
             return False
         self._probe_at = start
         try:
+            # Idle connections from before the trouble may be dead (a restarted
+            # Redis): drop them, so the first calls after the probe do not fail.
+            pool = getattr(self.r, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect(inuse_connections=False)
             await self.r.ping()
         except REDIS_ERRORS:
             return False
