@@ -68,6 +68,7 @@ SLOW_COMMIT_S = 0.2  # a commit that took longer puts the replica out of touch t
 # sign of life from it for FALLBACK_WAIT_S (it is gone).
 FALLBACK_BEAT_S = 0.25
 FALLBACK_WAIT_S = 3.0
+FALLBACK_STALE_S = 0.75  # its "in touch" older than this (and alive): it routes alone
 FALLBACK_TTL_MS = 60_000
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _REFUSED = ("Redis is out of reach and this replica does not route alone "
@@ -333,12 +334,17 @@ class SharedRouting:
             routing.dirty_contacts |= routing.touched_contacts
 
     async def beat(self) -> None:
-        """Periodic, on the replica that routes alone during an outage: say that it
-        is in touch with nothing left to write back (see FALLBACK_BEAT_S)."""
+        """Periodic. On the replica that routes alone during an outage: say that it
+        is in touch with nothing left to write back (see FALLBACK_BEAT_S). On the
+        others: watch it, and stop too while it is alive but out of touch (it is
+        routing alone: two deciding at once could give one agent twice)."""
         now = time.monotonic()
-        if not self.outage_routing or now - self._beat_at < FALLBACK_BEAT_S:
+        if now - self._beat_at < FALLBACK_BEAT_S:
             return
         self._beat_at = now
+        if not self.outage_routing:
+            await self._watch_fallback()
+            return
         ready = [t for t in self.tenants if t not in self._resync and t not in self._pending]
         try:
             async with self.r.pipeline(transaction=False) as p:
@@ -350,6 +356,26 @@ class SharedRouting:
         except REDIS_ERRORS as exc:
             if ready:
                 self._degrade(exc)
+
+    async def _watch_fallback(self) -> None:
+        watched = [t for t in self.tenants if t not in self._resync]
+        if not watched:
+            return
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for t in watched:
+                    p.mget([self._k(t, "fb"), self._k(t, "fba")])
+                rows = await p.execute()
+        except REDIS_ERRORS as exc:
+            self._degrade(exc)
+            return
+        wall = time.time()
+        for t, (done, alive) in zip(watched, rows, strict=True):
+            if (alive is not None and wall - float(alive) < FALLBACK_WAIT_S
+                    and (done is None or wall - float(done) > FALLBACK_STALE_S)):
+                log.warning("fallback_out_of_touch", tenant=t)
+                self._degrade(TimeoutError("the replica routing alone is out of touch"))
+                return
 
     async def _fallback_done(self, tenant: str) -> bool:
         """Not routing alone: whether the replica that does has written back what it
