@@ -57,7 +57,7 @@ from pairline.privacy_service import Privacy
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 from pairline.stores.redis import FeedFollower
-from pairline.stores.shared import REDIS_ERRORS, SLOW_COMMIT_S, SharedRouting
+from pairline.stores.shared import REDIS_ERRORS, SharedRouting
 from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
@@ -443,7 +443,7 @@ class Service:
             log.warning("store_unreachable", error=repr(exc))
             self.shared.out_of_touch(exc)  # the next calls do not wait on it too
             return None
-        if time.monotonic() - sent > SLOW_COMMIT_S:
+        if time.monotonic() - sent > self.shared.slow_s:
             self.shared.out_of_touch(TimeoutError("a store call was slow"))
         return result
 

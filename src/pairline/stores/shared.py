@@ -59,7 +59,7 @@ PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
 # Back in touch only when a PING answers within this: a slow Redis (every call
 # waiting on it, under the tenant's lock) is worse than routing alone meanwhile.
 PROBE_FAST_S = 0.05
-SLOW_COMMIT_S = 0.2  # a commit that took longer puts the replica out of touch too
+SLOW_COMMIT_S = 0.2  # default slow_s: a commit that took longer puts it out of touch
 # The replica that routes alone during an outage (outage_routing) says, this often,
 # that it is in touch with nothing left to write back (pl:{T}:fb, its wall time),
 # and that it is alive (pl:{T}:fba, even while out of touch, when Redis takes it).
@@ -146,8 +146,11 @@ class SharedRouting:
 
     shared = True
 
-    def __init__(self, store: RedisStore, *, outage_routing: bool = True) -> None:
+    def __init__(self, store: RedisStore, *, outage_routing: bool = True,
+                 slow_s: float = SLOW_COMMIT_S) -> None:
         self.store = store
+        # A call on the routing path that took longer puts this replica out of touch.
+        self.slow_s = slow_s
         # While Redis is out of reach: route alone on the mirror (True), or refuse
         # with UNAVAILABLE so the switch goes to the replica that does (False).
         self.outage_routing = outage_routing
@@ -262,7 +265,7 @@ class SharedRouting:
             try:
                 sent = time.monotonic()
                 outcome = await self.commit(tenant, routing)
-                if outcome == 1 and time.monotonic() - sent > SLOW_COMMIT_S:
+                if outcome == 1 and time.monotonic() - sent > self.slow_s:
                     # Done, but Redis is slow: every call of the tenant waits on it
                     # under the lock. Go on without it until it is fast again.
                     self._degrade(TimeoutError(
