@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
 
-.PHONY: all venv run test fuzz bench demo proto check-proto redis-server node-example docs clean
+.PHONY: all venv run test fuzz faults bench demo proto check-proto redis-server node-example docs clean
 
 all: test
 
@@ -47,6 +47,12 @@ FUZZ_SCALE ?= 10
 fuzz: $(STAMP)
 	PAIRLINE_FUZZ_SCALE=$(FUZZ_SCALE) PAIRLINE_FUZZ_RANDOM=1 \
 		$(BIN)/python -m pytest tests/test_fuzz.py -p no:cacheprovider -s $(PYTEST_ARGS)
+
+# Faults under steady load (Redis restarted, Redis slowed, a replica SIGKILLed, one
+# SIGTERMed) against three replicas: prints the figures table (about 1.5 minutes;
+# tests/test_faults.py runs the same in the suite). FAULTS_ARGS="--rate 60 --fault-s 8".
+faults: $(STAMP) redis-server
+	$(BIN)/python tests/faults.py $(FAULTS_ARGS)
 
 # Simulate a history, train a model, run ON/OFF traffic through a real server,
 # print the benchmark report (about two minutes).

@@ -296,3 +296,56 @@ class TestCommandLine:
             assert 0 < r["p50_ms"] <= r["p99_ms"]
         else:
             assert "RouteContact" in text and "p99.9" in text and "status codes: OK" in text
+
+
+class TestReplicas:
+    async def test_calls_spread_over_targets_fail_over_from_a_dead_one(self) -> None:
+        """Two targets, one of them a port nobody listens on: every call is answered
+        by the live one (UNAVAILABLE fails over within the deadline), the failovers
+        are counted, and the ledger finds no double assignment and nothing lost."""
+        from support import free_port
+
+        async with live() as srv:
+            dead = f"127.0.0.1:{free_port()}"
+            timeline: list[tuple[float, str, str, float, int, bool]] = []
+            r = await run_loadtest(options(srv, target=f"{dead},{srv.server.address}",
+                                           duration_s=1.5, concurrency=4),
+                                   timeline=timeline)
+        assert_sane(r)
+        spread = r["spread"]
+        assert spread["targets"] == 2 and spread["failovers"] > 0
+        assert spread["calls"][0] == spread["failovers"]  # every call to it failed over
+        ledger = r["ledger"]
+        assert ledger["confirmed"] > 0
+        assert (ledger["double_assignments"], ledger["lost"]) == (0, 0), ledger["samples"]
+        assert len(timeline) == r["calls"] and any(e[5] for e in timeline)
+        assert {e[1] for e in timeline} >= {"RouteContact", "ConfirmDecision", "EndContact"}
+
+    def test_several_targets_need_unary(self) -> None:
+        with pytest.raises(ValueError, match="several targets need mode unary"):
+            LoadOptions(target="127.0.0.1:1,127.0.0.1:2", mode="connect")
+
+    def test_the_ledger_sees_a_double_assignment_and_a_lost_contact(self) -> None:
+        """Fed by hand: one agent (voice capacity 1) confirmed for two contacts, and
+        a contact acknowledged then unknown to the server."""
+        from pairline._proto.pairline.v1 import common_pb2 as cpb
+        from pairline.loadtest import Ledger
+
+        ledger = Ledger(lambda agent, channel: 1)
+        for cid, did in (("c1", "d1"), ("c2", "d2")):
+            req = rpb.RouteContactRequest(contact_id=cid, queue="q", channel=cpb.CHANNEL_VOICE)
+            d = cpb.Decision(decision_id=did, contact_id=cid, agent_id="a1",
+                             channel=cpb.CHANNEL_VOICE)
+            ledger.answered("RouteContact", req, "OK", d, False)
+            ledger.answered("ConfirmDecision", rpb.ConfirmDecisionRequest(decision_id=did),
+                            "OK", None, False)
+        assert ledger.summary()["double_assignments"] == 1
+        end = rpb.EndContactRequest(contact_id="c1", reason=rpb.END_REASON_HANDLED)
+        ledger.hang_up("c1")
+        ledger.answered("EndContact", end, "NOT_FOUND", None, False)
+        assert ledger.summary()["lost"] == 1
+        # After a failover the same answer is no evidence: the first try may have ended it.
+        ledger.hang_up("c2")
+        ledger.answered("EndContact", rpb.EndContactRequest(contact_id="c2"), "NOT_FOUND",
+                        None, True)
+        assert ledger.summary()["lost"] == 1

@@ -206,6 +206,11 @@ class Settings:
     profile_cache_size: int = 100_000
     # A Redis call that takes longer fails (routing then degrades to the baseline).
     redis_timeout_s: float = 0.25
+    # While Redis is out of reach: route alone from this replica's own state (mode
+    # DEGRADED), or refuse with UNAVAILABLE so the switch retries on a replica that
+    # does. With several replicas, let exactly one route alone: replicas deciding
+    # on their own at once can give one agent or contact twice.
+    outage_routing: bool = True
     # Transport (see pairline.security): TLS with cert + key; mutual TLS when a
     # client CA is given too (clients without a certificate it signed cannot call).
     tls_cert_path: str = ""

@@ -22,6 +22,7 @@ import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from redis.exceptions import RedisError
 
 from pairline.errors import (
     Code,
@@ -206,6 +207,11 @@ class Guard:
                 if exc.field is None:  # no details to attach: the cheaper path
                     await context.abort(_GRPC_CODES[exc.code], exc.message)
                 await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
+            if isinstance(exc, (RedisError, OSError)):
+                # The store is out of reach (a Redis outage): the caller retries.
+                log.warning("rpc_store_unreachable", method=method, error=repr(exc))
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "the store is out of reach right now: retry")
             log.error("rpc_failed", method=method, exc_info=exc)
             await context.abort_with_status(rpc_status.to_status(internal_status()))
 

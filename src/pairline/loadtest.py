@@ -23,6 +23,20 @@ voice capacity and a chat capacity), then, for the measured run:
   logs back in after an exponential ``away_ms`` (``AgentReady``, or
   ``SetAgentState`` then ``AgentReady``).
 
+``target`` may name several replicas (``host:port,host:port``, unary only): each
+call then goes to one picked at random among those not marked down, and one
+that answers UNAVAILABLE (gone, stopping, contended) is marked down for
+:data:`DOWN_S` while the call goes to another within the same deadline, as a
+switch in front of several replicas does (``failovers`` in the report).
+
+A **ledger** keeps the switch's view of every confirmed offer: a contact
+connected to two decisions at once, or an agent given more connected contacts
+on a channel than its capacity, is a *double assignment*; a contact whose
+creation was acknowledged and that the server later no longer knows (an
+``EndContact`` answered NOT_FOUND) while nothing the harness did can explain it
+(no earlier call about it went unanswered or failed over, and no other end of
+it was sent: a hang-up racing a pick-up) is *lost*.
+
 Every call goes over unary RPCs (``mode="unary"``) or as events on ``streams``
 ``Connect`` streams (``mode="connect"``) with at most ``window`` unanswered
 events each, matched to their replies by ``request_id``. Every call has a
@@ -65,7 +79,7 @@ import sys
 import traceback
 from array import array
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,6 +124,10 @@ _SWEEP_S = 0.02
 # are woken this much early, so that they leave within about 1 ms of their time
 # either way instead of ~0.5 ms late on average (a bias, not queueing).
 _TIMER_SLACK_S = 0.001
+#: With several targets: a replica that answered UNAVAILABLE is left alone this long.
+DOWN_S = 0.25
+#: Codes after which a call may or may not have been carried out.
+_AMBIGUOUS = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +181,8 @@ class LoadOptions:
             problems.append("arrival is poisson or fixed")
         if self.mode not in ("unary", "connect"):
             problems.append("mode is unary or connect")
+        if len(self.targets) > 1 and self.mode != "unary":
+            problems.append("several targets need mode unary")
         if self.streams < 1 or self.window < 1 or self.max_in_flight < 1:
             problems.append("streams, window and max_in_flight must be >= 1")
         if not 0 <= self.agents <= 50_000:
@@ -208,6 +228,11 @@ class LoadOptions:
     def loop(self) -> str:
         return "closed" if self.rate is None else "open"
 
+    @property
+    def targets(self) -> list[str]:
+        """The replicas named by ``target`` (comma separated)."""
+        return [t.strip() for t in self.target.split(",") if t.strip()]
+
 
 # ---------------------------------------------------------------- transports
 class Transport(Protocol):
@@ -240,6 +265,55 @@ class UnaryTransport:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class SpreadTransport:
+    """Unary calls spread over several replicas, failing over on UNAVAILABLE (see
+    the module docstring). :meth:`call_ex` also says whether the call failed over
+    (its first attempt may have been carried out by the replica that went away)."""
+
+    __slots__ = ("_down_until", "_rng", "_transports", "calls", "failovers")
+
+    def __init__(self, targets: list[str], key: str, seed: int) -> None:
+        self._transports = [UnaryTransport(t, key) for t in targets]
+        self._down_until = [0.0] * len(targets)
+        self._rng = random.Random(f"{seed}-spread")
+        self.failovers = 0
+        self.calls = [0] * len(targets)
+
+    async def call(self, rpc: str, request: Any, timeout_s: float) -> tuple[str, Any]:
+        code, response, _ = await self.call_ex(rpc, request, timeout_s)
+        return code, response
+
+    async def call_ex(self, rpc: str, request: Any, timeout_s: float
+                      ) -> tuple[str, Any, bool]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        n = len(self._transports)
+        last = -1
+        failed_over = False
+        while True:
+            now = loop.time()
+            left = end - now
+            if left <= 0:
+                return "DEADLINE_EXCEEDED", None, failed_over
+            up = [i for i in range(n) if self._down_until[i] <= now and i != last]
+            if not up:  # every other one is marked down: try the one down the longest
+                await asyncio.sleep(min(0.01, left))
+                up = [min((i for i in range(n) if i != last or n == 1),
+                          key=self._down_until.__getitem__)]
+            i = up[0] if len(up) == 1 else self._rng.choice(up)
+            self.calls[i] += 1
+            code, response = await self._transports[i].call(rpc, request, end - loop.time())
+            if code != "UNAVAILABLE":
+                return code, response, failed_over
+            self._down_until[i] = loop.time() + DOWN_S
+            self.failovers += 1
+            failed_over = True
+            last = i
+
+    async def close(self) -> None:
+        await asyncio.gather(*(t.close() for t in self._transports))
 
 
 class StreamCounters:
@@ -466,6 +540,96 @@ def _phase_summary(rec: Recorder, seconds: float) -> dict[str, Any]:
     return {"calls": sum(codes.values()), **_status_part(codes), "seconds": round(seconds, 4)}
 
 
+# ---------------------------------------------------------------- the ledger
+class Ledger:
+    """The switch's view of offers and connected contacts: double assignments and
+    lost contacts (see the module docstring). Fed by every call of the harness."""
+
+    __slots__ = ("_capacity", "connected", "counts", "created", "ended", "load", "offers",
+                 "samples", "unsure")
+
+    def __init__(self, capacity: Callable[[str, int], int]) -> None:
+        self._capacity = capacity  # (agent id, channel) -> capacity
+        self.offers: dict[str, tuple[str, str, int]] = {}  # decision -> contact, agent, channel
+        self.connected: dict[str, tuple[str, str, int]] = {}  # contact -> decision, agent, ch
+        self.load: Counter[tuple[str, int]] = Counter()  # (agent, channel) -> connected
+        self.created: set[str] = set()  # contacts the server acknowledged
+        self.unsure: set[str] = set()  # a call about it went unanswered or failed over
+        self.ended: Counter[str] = Counter()  # EndContact calls sent per contact
+        self.counts: Counter[str] = Counter()
+        self.samples: list[str] = []
+
+    def _bad(self, kind: str, what: str) -> None:
+        self.counts[kind] += 1
+        if len(self.samples) < 20:
+            self.samples.append(f"{kind}: {what}")
+
+    def hang_up(self, contact_id: str) -> None:
+        """The switch ends the contact: its agent's place is free from now on."""
+        self.ended[contact_id] += 1
+        held = self.connected.pop(contact_id, None)
+        if held is not None:
+            self.load[held[1], held[2]] -= 1
+
+    def answered(self, rpc: str, request: Any, code: str, response: Any,
+                 failed_over: bool) -> None:
+        contact_id = getattr(request, "contact_id", "")
+        if failed_over or code in _AMBIGUOUS:
+            if contact_id:
+                self.unsure.add(contact_id)
+            elif rpc == "ConfirmDecision":
+                offer = self.offers.get(request.decision_id)
+                if offer is not None:
+                    self.unsure.add(offer[0])
+        if code == "OK":
+            if rpc == "RouteContact":
+                self.created.add(contact_id)
+            if rpc in ("RouteContact", "AgentReady") and response.decision_id \
+                    and response.agent_id and response.contact_id:
+                self.offers[response.decision_id] = (
+                    response.contact_id, response.agent_id, response.channel)
+            elif rpc == "ConfirmDecision":
+                self._connect(request.decision_id)
+        elif rpc == "EndContact" and not failed_over:
+            if code == "NOT_FOUND" and contact_id in self.created \
+                    and contact_id not in self.unsure and self.ended[contact_id] == 1:
+                self._bad("lost", f"{contact_id} (acknowledged, never ended, now unknown)")
+            elif code == "FAILED_PRECONDITION" and request.reason == rpb.END_REASON_HANDLED:
+                # The server has it waiting again although its confirm was answered OK.
+                self._bad("lost", f"{contact_id} (confirmed, then waiting again)")
+
+    def _connect(self, decision_id: str) -> None:
+        offer = self.offers.get(decision_id)
+        if offer is None:
+            return
+        contact_id, agent_id, channel = offer
+        self.counts["confirmed"] += 1
+        if contact_id in self.ended:
+            return  # hung up while its confirm was on the way
+        held = self.connected.get(contact_id)
+        if held is not None and held[0] != decision_id:
+            self._bad("double", f"{contact_id} connected by {held[0]} to {held[1]} and by "
+                                f"{decision_id} to {agent_id}")
+            self.hang_up(contact_id)
+        elif held is not None:
+            return  # the same confirm again (a retry)
+        self.connected[contact_id] = (decision_id, agent_id, channel)
+        self.load[agent_id, channel] += 1
+        cap = self._capacity(agent_id, channel)
+        if self.load[agent_id, channel] > cap:
+            self._bad("double", f"{agent_id} holds {self.load[agent_id, channel]} contacts "
+                                f"on channel {channel}, capacity {cap}")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "confirmed": self.counts["confirmed"],
+            "double_assignments": self.counts["double"],
+            "lost": self.counts["lost"],
+            "unsure_contacts": len(self.unsure),
+            "samples": self.samples[:5],
+        }
+
+
 # ---------------------------------------------------------------- the switch
 _OUT, _IN, _AWAY = "logged_out", "in", "away"
 _WAITING, _RESERVED, _CONNECTED, _LEAVING = "waiting", "reserved", "connected", "leaving"
@@ -500,9 +664,16 @@ class _Harness:
     """One load test run against one transport. Single event loop: the local state
     changes only between awaits."""
 
-    def __init__(self, o: LoadOptions, transport: Transport) -> None:
+    def __init__(self, o: LoadOptions, transport: Transport,
+                 timeline: list[tuple[float, str, str, float, int, bool]] | None = None
+                 ) -> None:
         self.o = o
         self.t = transport
+        self._call_ex = getattr(transport, "call_ex", None)
+        # Every call of the run: (answered at, loop time; rpc; code; latency ms;
+        # decision mode or -1; failed over).
+        self.timeline = timeline
+        self.ledger = Ledger(self._capacity)
         self.loop = asyncio.get_running_loop()
         # Arrival times and contacts each draw from their own generator, so that a seed
         # gives the same schedule and the same contacts whatever the answers; the
@@ -545,14 +716,24 @@ class _Harness:
                 capacities=caps)))
         return out
 
+    def _capacity(self, agent_id: str, channel: int) -> int:
+        o = self.o
+        return o.voice_capacity if channel == cpb.CHANNEL_VOICE else o.chat_capacity
+
     async def call(self, rec: Recorder, rpc: str, request: Any,
                    scheduled: float | None = None) -> tuple[str, Any]:
         task = asyncio.current_task()
         if task is not None:
             self.in_call.add(task)
+        if rpc == "EndContact":
+            self.ledger.hang_up(request.contact_id)
         sent = self.loop.time()
+        failed_over = False
         try:
-            code, response = await self.t.call(rpc, request, self.deadline_s)
+            if self._call_ex is not None:
+                code, response, failed_over = await self._call_ex(rpc, request, self.deadline_s)
+            else:
+                code, response = await self.t.call(rpc, request, self.deadline_s)
         finally:
             if task is not None:
                 self.in_call.discard(task)
@@ -561,6 +742,10 @@ class _Harness:
         # from the send when it left (at most _TIMER_SLACK_S) early.
         start = sent if scheduled is None else min(scheduled, sent)
         rec.record(rpc, code, done - start, done - sent)
+        self.ledger.answered(rpc, request, code, response, failed_over)
+        if self.timeline is not None and rec is self.recorders["run"]:
+            mode = response.mode if code == "OK" and hasattr(response, "mode") else -1
+            self.timeline.append((done, rpc, code, (done - start) * 1000.0, mode, failed_over))
         return code, response
 
     async def run_call(self, rpc: str, request: Any) -> tuple[str, Any]:
@@ -965,8 +1150,12 @@ class _Harness:
                                       self.phase_s.get("cleanup", 0.0)),
             "harness_errors": len(self.harness_errors),
         }
+        out["ledger"] = self.ledger.summary()
         if isinstance(self.t, ConnectTransport):
             out["connect"] = self.t.counters.as_dict()
+        if isinstance(self.t, SpreadTransport):
+            out["spread"] = {"targets": len(self.t.calls), "calls": list(self.t.calls),
+                             "failovers": self.t.failovers}
         if self.harness_errors:
             out["harness_error_samples"] = self.harness_errors[:3]
         return out
@@ -975,19 +1164,26 @@ class _Harness:
 # ---------------------------------------------------------------- entry points
 async def run_loadtest(
     options: LoadOptions | argparse.Namespace | Mapping[str, Any],
+    *,
+    timeline: list[tuple[float, str, str, float, int, bool]] | None = None,
 ) -> dict[str, Any]:
     """Run a load test and return its report (see the module docstring; keys:
     ``rps``, ``p50_ms``, ``p90_ms``, ``p99_ms``, ``p999_ms`` of the routing calls,
     ``ok`` and ``errors`` (status code name -> count) over every call of the run,
-    ``per_rpc`` with the same per RPC, and more). Raises ValueError on bad options."""
+    ``per_rpc`` with the same per RPC, ``ledger`` (double assignments, lost
+    contacts), and more). ``timeline``, when given, receives every call of the
+    run as (answered at in loop time, rpc, code, latency ms, decision mode or -1,
+    failed over). Raises ValueError on bad options."""
     o = LoadOptions.of(options)
     life_s = o.run_s + 2 * o.deadline_ms / 1000.0 + CLEANUP_S + 60.0
     t: Transport
     if o.mode == "connect":
         t = ConnectTransport(o.target, o.key, o.streams, o.window, life_s)
+    elif len(o.targets) > 1:
+        t = SpreadTransport(o.targets, o.key, o.seed)
     else:
         t = UnaryTransport(o.target, o.key)
-    h = _Harness(o, t)
+    h = _Harness(o, t, timeline)
     elapsed = 0.0
     try:
         async with asyncio.timeout(life_s + 30.0):  # a hard stop on top of the bounds
@@ -1048,6 +1244,15 @@ def format_report(r: Mapping[str, Any]) -> str:
     lines.append("agents: " + ", ".join(f"{k} {v}" for k, v in r["churn"].items()))
     if "connect" in r:
         lines.append("streams: " + ", ".join(f"{k} {v}" for k, v in r["connect"].items()))
+    if "spread" in r:
+        sp = r["spread"]
+        lines.append(f"replicas: {sp['targets']}, calls per replica {sp['calls']}, "
+                     f"failovers {sp['failovers']}")
+    if "ledger" in r:
+        lg = r["ledger"]
+        lines.append(f"ledger: confirmed {lg['confirmed']}, double assignments "
+                     f"{lg['double_assignments']}, lost {lg['lost']}, "
+                     f"unsure {lg['unsure_contacts']}")
     for phase in ("setup", "cleanup"):
         p = r[phase]
         lines.append(f"{phase}: {p['calls']} calls in {p['seconds']:.2f} s "
@@ -1065,7 +1270,10 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Closed or open loop load over unary RPCs or Connect streams, with "
                     "agent churn; reports throughput, latency percentiles and status codes.")
     a = p.add_argument
-    a("--target", default=d.target, help="HOST:PORT of the server (default %(default)s)")
+    a("--target", default=d.target,
+      help="HOST:PORT of the server, or several comma separated (replicas: calls are "
+           "spread over them and fail over on UNAVAILABLE; unary only) "
+           "(default %(default)s)")
     a("--key", default=d.key, help="API key (sent as authorization: Bearer KEY)")
     a("--duration-s", type=float, help=f"run length (default {DEFAULT_DURATION_S:g} s)")
     a("--requests", type=int, help="routing calls (RouteContact) at most")

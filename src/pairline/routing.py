@@ -810,7 +810,9 @@ class TenantRouting:
             agent.wrap_until = max(agent.wrap_until, float(snap["wu"]))
             self._sync(agent)
         dropped = []
-        for contact_id, snap in contacts.items():
+        # Contacts that ended here first: the agents they held are free for the
+        # decisions made here after them.
+        for contact_id, snap in sorted(contacts.items(), key=lambda kv: kv[1] is not None):
             current = self.contacts.get(contact_id)
             if snap is None:  # ended here
                 if current is not None:
@@ -819,7 +821,14 @@ class TenantRouting:
                     self.end_contact(contact_id, reason, 0.0, now)
                 continue
             if current is not None and current.state is not ContactState.WAITING:
-                continue  # decided elsewhere too: the shared state's decision stands
+                ours = snap.get("d") or {}
+                if not (current.state is ContactState.RESERVED and current.decision is not None
+                        and ContactState(snap["st"]) is ContactState.CONNECTED
+                        and ours.get("decision_id") != current.decision.decision_id):
+                    continue  # decided elsewhere too: the shared state's decision stands
+                # Offered elsewhere (a commit whose answer timed out, so its caller
+                # never learnt of it) but connected here: the switch follows ours.
+                self._release(current.decision.decision_id, now)
             local = _contact_of(contact_id, snap)
             decision = local.decision
             if current is not None:

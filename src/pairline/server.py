@@ -80,7 +80,9 @@ class PairlineServer:
         if store is None and settings.redis_url:
             store = redis_store(settings)
         if isinstance(store, RedisStore):
-            shared = SharedRouting(store)
+            # Slow: a call that took most of its time-out (Redis in trouble).
+            shared = SharedRouting(store, outage_routing=settings.outage_routing,
+                                   slow_s=0.8 * settings.redis_timeout_s)
         self.store = store or MemoryStore(settings.memory_max_decisions)
         if ledger is None and isinstance(self.store, RedisStore):
             ledger = RedisLedger(self.store)  # shared by the replicas, like the store

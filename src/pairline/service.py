@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ from pairline.domain import (
     QueueStats,
     ReleaseReason,
 )
-from pairline.errors import AlreadyExists, InvalidArgument, NotFound
+from pairline.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from pairline.limits import check_deadline
 from pairline.model import Model, load_model
 from pairline.pairing import (
@@ -376,8 +377,11 @@ class Service:
                 # not go with the commit): say so, and keep it if Redis takes it.
                 d.mode = Mode.DEGRADED
                 d.predicted_outcome = 0.0
-                await self._soft(
-                    self.store.record_decision(tenant, self._record_of(rt, contact, d)))
+                # In the background: the caller does not wait on a Redis in trouble.
+                task = asyncio.ensure_future(self._soft(
+                    self.store.record_decision(tenant, self._record_of(rt, contact, d))))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         except BaseException:
             # Cancelled (caller gone) or the store failed: the decision will not
             # reach the caller, so its reservation must not outlive this call.
@@ -432,11 +436,16 @@ class Service:
         trouble gives None (the caller goes on without it) instead of failing."""
         if self.shared is None:
             return await call
+        sent = time.monotonic()
         try:
-            return await call
+            result = await call
         except REDIS_ERRORS as exc:
             log.warning("store_unreachable", error=repr(exc))
+            self.shared.out_of_touch(exc)  # the next calls do not wait on it too
             return None
+        if time.monotonic() - sent > self.shared.slow_s:
+            self.shared.out_of_touch(TimeoutError("a store call was slow"))
+        return result
 
     def _route_op(
         self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None,
@@ -774,12 +783,20 @@ class Service:
         """Release timed-out reservations of every tenant (the periodic sweep)."""
         if self.shared is not None and self.shared.degraded:
             await self.shared.maintain({n: rt.routing for n, rt in self.tenants.items()})
+        if self.shared is not None:
+            await self.shared.beat()
         now = self.clock.now()
         n = 0
         for name, rt in self.tenants.items():
+            if self.degraded(name) and not self.shared.outage_routing:  # type: ignore[union-attr]
+                continue  # out of touch, and not routing alone: nothing to expire here
             if rt.routing.next_expiry() <= now:
-                n += len(await self.coord.run(name, rt.routing,
-                                              lambda r=rt.routing: r.expire(now)))
+                try:
+                    n += len(await self.coord.run(name, rt.routing,
+                                                  lambda r=rt.routing: r.expire(now)))
+                except Unavailable:
+                    continue  # Redis went out of reach meanwhile: the next sweep
+
         return n
 
     async def sweep_retention(self) -> int:

@@ -56,7 +56,23 @@ CONTACT_TTL_S = 86_400.0  # a live contact record outlives any real call
 GONE_TTL_S = 3_600.0  # an ended contact's version is remembered this long
 MAX_ATTEMPTS = 50
 PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
+# Back in touch only when a PING answers within this: a slow Redis (every call
+# waiting on it, under the tenant's lock) is worse than routing alone meanwhile.
+PROBE_FAST_S = 0.05
+SLOW_COMMIT_S = 0.2  # default slow_s: a commit that took longer puts it out of touch
+# The replica that routes alone during an outage (outage_routing) says, this often,
+# that it is in touch with nothing left to write back (pl:{T}:fb, its wall time),
+# and that it is alive (pl:{T}:fba, even while out of touch, when Redis takes it).
+# A replica that does not route alone resumes after an outage only once fb is
+# newer than the outage's start, or after FALLBACK_WAIT_S with Redis back and no
+# sign of life from it for FALLBACK_WAIT_S (it is gone).
+FALLBACK_BEAT_S = 0.25
+FALLBACK_WAIT_S = 3.0
+FALLBACK_STALE_S = 0.75  # its "in touch" older than this (and alive): it routes alone
+FALLBACK_TTL_MS = 60_000
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_REFUSED = ("Redis is out of reach and this replica does not route alone "
+            "(outage_routing = false): retry on another replica")
 
 # KEYS: feed, agents set, contacts set, av, wv, then per entity its key and its
 # decision key (pl:{T}:dc:<id>, or the entity key again when it has none).
@@ -130,11 +146,23 @@ class SharedRouting:
 
     shared = True
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, *, outage_routing: bool = True,
+                 slow_s: float = SLOW_COMMIT_S) -> None:
         self.store = store
+        # A call on the routing path that took longer puts this replica out of touch.
+        self.slow_s = slow_s
+        # While Redis is out of reach: route alone on the mirror (True), or refuse
+        # with UNAVAILABLE so the switch goes to the replica that does (False).
+        self.outage_routing = outage_routing
         self.tenants = list(store.dims)
         self._resync: set[str] = set()
         self._probe_at = 0.0
+        self._out_since = 0.0  # wall time the current outage began
+        self._back_since: float | None = None  # monotonic time Redis answered again
+        self._beat_at = 0.0
+        # Per tenant: snapshots of what the mirror changed while out of touch, kept
+        # until a write-back of them has reached Redis.
+        self._pending: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         # Set by the service: re-adopts a tenant's contacts after a rebuild; and
         # the service's clock (time of the write-back after an outage).
         self.on_recovered: Callable[[str], Awaitable[None]] | None = None
@@ -171,9 +199,11 @@ class SharedRouting:
         lock = self._locks.get(tenant)
         if lock is None:
             lock = self._locks[tenant] = asyncio.Lock()
+        # Probed before the lock: calls waiting for it never wait on a probe.
+        answers = tenant in self._resync and await self._probe()
         async with lock:
-            if tenant in self._resync and not await self._recover(tenant, routing):
-                return self._local(routing, op)
+            if tenant in self._resync and not (answers and await self._recover(tenant, routing)):
+                return self._alone(routing, op)
             return await self._run_locked(tenant, routing, op, agents=agents,
                                           contacts=contacts, decisions=decisions)
 
@@ -186,6 +216,7 @@ class SharedRouting:
         agents: Iterable[str] = (),
         contacts: Iterable[str] = (),
         decisions: Iterable[str] = (),
+        strict: bool = False,
     ) -> T:
         refreshed = False
         for attempt in range(MAX_ATTEMPTS):
@@ -211,7 +242,9 @@ class SharedRouting:
                     await self.rebuild(tenant, routing)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
-                    return self._local(routing, op)
+                    if strict:
+                        raise
+                    return self._alone(routing, op)
                 continue
             except (NotFound, FailedPrecondition, AlreadyExists):
                 # Operations refuse before they change anything: nothing to undo.
@@ -223,12 +256,20 @@ class SharedRouting:
                     await self.refresh(tenant, routing, agents, contacts, decisions)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
-                    return self._local(routing, op)
+                    if strict:
+                        raise
+                    return self._alone(routing, op)
                 continue
             finally:
                 routing.recording = False
             try:
+                sent = time.monotonic()
                 outcome = await self.commit(tenant, routing)
+                if outcome == 1 and time.monotonic() - sent > self.slow_s:
+                    # Done, but Redis is slow: every call of the tenant waits on it
+                    # under the lock. Go on without it until it is fast again.
+                    self._degrade(TimeoutError(
+                        f"a commit took {time.monotonic() - sent:.3f} s"))
                 if attempt >= 10:
                     log.warning("commit_contended", tenant=tenant, attempt=attempt,
                                 outcome=outcome, av=routing.av, wv=routing.wv,
@@ -238,8 +279,15 @@ class SharedRouting:
                 if outcome == 2 and self.catch_up is not None:
                     await self.catch_up(tenant)
             except REDIS_ERRORS as exc:
-                # The change stays on this mirror, to be written back later.
                 self._degrade(exc)
+                if strict:
+                    raise
+                if not self.outage_routing:
+                    # Not written back: the mirror is rebuilt from Redis before this
+                    # replica serves again (the commit may or may not have landed;
+                    # the caller's retry elsewhere finds out which).
+                    raise Unavailable(_REFUSED) from exc
+                # The change stays on this mirror, to be written back later.
                 routing.dirty_agents |= routing.touched_agents
                 routing.dirty_contacts |= routing.touched_contacts
                 return result
@@ -253,11 +301,23 @@ class SharedRouting:
         """Some tenant's mirror is out of touch with Redis."""
         return bool(self._resync)
 
+    def out_of_touch(self, exc: BaseException) -> None:
+        """A call on the routing path found Redis out of reach or slow."""
+        self._degrade(exc)
+
     def _degrade(self, exc: BaseException) -> None:
         if not self._resync:
             log.warning("redis_unreachable", error=repr(exc))
+            self._out_since = time.time()
+            self._back_since = None
         self._resync = set(self.tenants)
         self._probe_at = time.monotonic()
+
+    def _alone(self, routing: TenantRouting, op: Callable[[], T]) -> T:
+        """``op`` with Redis out of reach: on the mirror alone, or refused."""
+        if not self.outage_routing:
+            raise Unavailable(_REFUSED)
+        return self._local(routing, op)
 
     def _local(self, routing: TenantRouting, op: Callable[[], T]) -> T:
         routing.touched_agents.clear()
@@ -265,42 +325,133 @@ class SharedRouting:
         routing.recording = True
         try:
             return op()
+        except LookupError as exc:
+            # The mirror was caught between two snapshots that do not agree and
+            # cannot be rebuilt now: refuse (the caller retries); it is rebuilt
+            # from Redis once Redis answers.
+            log.warning("mirror_inconsistent_while_degraded", exc_info=True)
+            raise Unavailable("routing state is out of reach right now: retry") from exc
         finally:
             routing.recording = False
             routing.dirty_agents |= routing.touched_agents
             routing.dirty_contacts |= routing.touched_contacts
 
+    async def beat(self) -> None:
+        """Periodic. On the replica that routes alone during an outage: say that it
+        is in touch with nothing left to write back (see FALLBACK_BEAT_S). On the
+        others: watch it, and stop too while it is alive but out of touch (it is
+        routing alone: two deciding at once could give one agent twice)."""
+        now = time.monotonic()
+        if now - self._beat_at < FALLBACK_BEAT_S:
+            return
+        self._beat_at = now
+        if not self.outage_routing:
+            await self._watch_fallback()
+            return
+        ready = [t for t in self.tenants if t not in self._resync and t not in self._pending]
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for t in self.tenants:  # alive, routing alone or not
+                    p.set(self._k(t, "fba"), repr(time.time()), px=FALLBACK_TTL_MS)
+                for t in ready:
+                    p.set(self._k(t, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
+                await p.execute()
+        except REDIS_ERRORS as exc:
+            if ready:
+                self._degrade(exc)
+
+    async def _watch_fallback(self) -> None:
+        watched = [t for t in self.tenants if t not in self._resync]
+        if not watched:
+            return
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for t in watched:
+                    p.mget([self._k(t, "fb"), self._k(t, "fba")])
+                rows = await p.execute()
+        except REDIS_ERRORS as exc:
+            self._degrade(exc)
+            return
+        wall = time.time()
+        for t, (done, alive) in zip(watched, rows, strict=True):
+            if (alive is not None and wall - float(alive) < FALLBACK_WAIT_S
+                    and (done is None or wall - float(done) > FALLBACK_STALE_S)):
+                log.warning("fallback_out_of_touch", tenant=t)
+                self._degrade(TimeoutError("the replica routing alone is out of touch"))
+                return
+
+    async def _fallback_done(self, tenant: str) -> bool:
+        """Not routing alone: whether the replica that does has written back what it
+        decided during this outage (or has been silent too long to wait for)."""
+        done, alive = await self.r.mget([self._k(tenant, "fb"), self._k(tenant, "fba")])
+        if done is not None and float(done) > self._out_since:
+            return True
+        now = time.monotonic()
+        if self._back_since is None:
+            self._back_since = now
+        if now - self._back_since < FALLBACK_WAIT_S or (
+                alive is not None and time.time() - float(alive) < FALLBACK_WAIT_S):
+            return False  # it is alive (routing alone, or writing back): wait for it
+        log.warning("fallback_silent", tenant=tenant, waited_s=FALLBACK_WAIT_S)
+        return True
+
     async def maintain(self, routings: dict[str, TenantRouting]) -> None:
         """Periodic: bring every out-of-touch tenant back once Redis answers."""
+        if not self._resync or not await self._probe():
+            return
         for tenant in list(self._resync):
             lock = self._locks.setdefault(tenant, asyncio.Lock())
             async with lock:
                 if tenant in self._resync:
                     await self._recover(tenant, routings[tenant])
 
-    async def _recover(self, tenant: str, routing: TenantRouting) -> bool:
-        """Try (at most every PROBE_S) to reach Redis; if it answers, write back what
-        this mirror changed meanwhile (the latest writer wins: there was no other
-        authority), then rebuild the mirror from Redis. True when back in touch."""
-        now = time.monotonic()
-        if now - self._probe_at < PROBE_S:
+    async def _probe(self) -> bool:
+        """At most every PROBE_S: whether Redis answers a PING, quickly."""
+        start = time.monotonic()
+        if start - self._probe_at < PROBE_S:
             return False
-        self._probe_at = now
+        self._probe_at = start
         try:
+            # Idle connections from before the trouble may be dead (a restarted
+            # Redis): drop them, so the first calls after the probe do not fail.
+            pool = getattr(self.r, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect(inuse_connections=False)
             await self.r.ping()
-            agents = {a: routing.agent_snapshot(a) for a in routing.dirty_agents
-                      if a in routing.agents}
-            contacts = {c: routing.contact_snapshot(c) for c in routing.dirty_contacts}
+        except REDIS_ERRORS:
+            return False
+        finally:
+            self._probe_at = time.monotonic()
+        return self._probe_at - start <= PROBE_FAST_S
+
+    async def _recover(self, tenant: str, routing: TenantRouting) -> bool:
+        """Redis answered a probe: write back what this mirror changed meanwhile
+        (merged into Redis's state, never over an agent's capacity), after
+        rebuilding the mirror from Redis. True when back in touch."""
+        try:
+            if not self.outage_routing and not await self._fallback_done(tenant):
+                return False
+            # What this mirror changed meanwhile stays pending until written back:
+            # a rebuild or a write-back cut short by Redis trouble loses nothing.
+            agents, contacts = self._pending.setdefault(tenant, ({}, {}))
+            agents.update({a: routing.agent_snapshot(a) for a in routing.dirty_agents
+                           if a in routing.agents})
+            contacts.update({c: routing.contact_snapshot(c) for c in routing.dirty_contacts})
+            routing.dirty_agents.clear()
+            routing.dirty_contacts.clear()
             await self.rebuild(tenant, routing)
             if agents or contacts:
                 now = time.time() if self.now is None else self.now()
+                # strict: Redis trouble raises (the merge stays pending, the mirror
+                # is rebuilt next time) instead of running on the mirror alone.
                 dropped = await self._run_locked(
                     tenant, routing, lambda: routing.merge_back(agents, contacts, now),
-                    agents=agents, contacts=contacts)
+                    agents=agents, contacts=contacts, strict=True)
                 if dropped:
                     log.warning("outage_decisions_dropped", tenant=tenant, n=len(dropped))
-            routing.dirty_agents.clear()
-            routing.dirty_contacts.clear()
+            self._pending.pop(tenant, None)
+            if self.outage_routing:  # written back: the others may resume now
+                await self.r.set(self._k(tenant, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
         except REDIS_ERRORS:
             self._probe_at = time.monotonic()
             return False
@@ -409,48 +560,63 @@ class SharedRouting:
     ) -> None:
         """Make the mirror's copy of ``wanted`` equal to Redis's, together with what
         they refer to (an agent's reservations and calls, a contact's agent), so the
-        mirror stays consistent across entities (``depth`` levels)."""
+        mirror stays consistent across entities (``depth`` levels). Everything is
+        read before anything is applied: Redis trouble half way changes nothing."""
+        for kind, eid, v, raw in await self._read(tenant, wanted, depth):
+            self.apply(routing, kind, eid, v, raw, force=True)
+
+    async def _read(
+        self, tenant: str, wanted: list[tuple[str, str]], depth: int = 2,
+    ) -> list[tuple[str, str, int, bytes]]:
+        """Snapshots (kind, id, version, raw) of ``wanted`` and of what they refer
+        to, ``depth`` levels, in the order to apply them; 1000 per round trip."""
+        rows: list[tuple[str, str, int, bytes]] = []
         seen: set[tuple[str, str]] = set()
         while wanted and depth >= 0:
             wanted = [w for w in dict.fromkeys(wanted) if w not in seen]
             if not wanted:
-                return
+                break
             seen.update(wanted)
-            async with self.r.pipeline(transaction=False) as p:
-                for kind, eid in wanted:
-                    p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
-                rows = await p.execute()
             refs: list[tuple[str, str]] = []
-            for (kind, eid), (v, raw) in zip(wanted, rows, strict=True):
-                self.apply(routing, kind, eid, int(v or 0), raw or b"", force=True)
-                snap = _load(raw or b"")
-                if snap is None:
-                    continue
-                if kind == "a":
-                    refs += [("c", c) for c in snap["res"].values()]
-                    refs += [("c", c) for c in snap["con"]]
-                elif snap.get("d"):
-                    refs.append(("a", snap["d"]["agent_id"]))
+            for i in range(0, len(wanted), 1000):
+                chunk = wanted[i:i + 1000]
+                async with self.r.pipeline(transaction=False) as p:
+                    for kind, eid in chunk:
+                        p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
+                    got = await p.execute()
+                for (kind, eid), (v, raw) in zip(chunk, got, strict=True):
+                    rows.append((kind, eid, int(v or 0), raw or b""))
+                    snap = _load(raw or b"")
+                    if snap is None:
+                        continue
+                    if kind == "a":
+                        refs += [("c", c) for c in snap["res"].values()]
+                        refs += [("c", c) for c in snap["con"]]
+                    elif snap.get("d"):
+                        refs.append(("a", snap["d"]["agent_id"]))
             wanted = refs
             depth -= 1
+        return rows
 
     async def rebuild(self, tenant: str, routing: TenantRouting) -> None:
-        routing.clear()
         await self.load(tenant, routing)
         if self.catch_up is not None:
             await self.catch_up(tenant)
 
     async def load(self, tenant: str, routing: TenantRouting) -> None:
-        """Rebuild the mirror from Redis (a replica starting up): the counters, every
-        agent, then every live contact."""
+        """Rebuild the mirror from Redis (a replica starting up, or back in touch):
+        the counters, every agent, every live contact and what they refer to. All
+        is read first: the mirror changes only once every read has succeeded (Redis
+        trouble half way leaves it as it was, not half cleared)."""
         av, wv = await self.r.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
-        routing.av, routing.wv = int(av or 0), int(wv or 0)
         agents = [a.decode() for a in await self.r.smembers(self._k(tenant, "agents"))]
         contacts = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
-        for i in range(0, len(agents), 1000):
-            await self._fetch(tenant, routing, [("a", a) for a in agents[i:i + 1000]])
-        for i in range(0, len(contacts), 1000):
-            await self._fetch(tenant, routing, [("c", c) for c in contacts[i:i + 1000]])
+        rows = await self._read(
+            tenant, [("a", a) for a in agents] + [("c", c) for c in contacts])
+        routing.clear()
+        routing.av, routing.wv = int(av or 0), int(wv or 0)
+        for kind, eid, v, raw in rows:
+            self.apply(routing, kind, eid, v, raw, force=True)
 
     def apply_feed(self, routing: TenantRouting, fields: dict[bytes, bytes]) -> list[str]:
         """Apply one feed event of snapshots; returns ids of contacts that became

@@ -1,0 +1,116 @@
+"""What a replica decided alone during a Redis outage, folded back into the shared
+state (``TenantRouting.merge_back``), and a replica with ``outage_routing = false``
+refusing while Redis is out of reach, so that one replica decides at a time.
+Found by the fault runs under load (tests/test_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import grpc
+import pytest
+from support import RedisProcess, contact, login, settings
+from test_replicas import replicas
+
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline.domain import AgentStatus, Channel, Decision, EndReason, Mode
+from pairline.routing import ContactState, TenantRouting
+
+
+def _routing() -> TenantRouting:
+    r = TenantRouting(max_waiting=100, max_agents=100)
+    for a in ("a1", "a2"):
+        r.set_agent_state(a, AgentStatus.AVAILABLE, (("sales", 50),), (1, 0, 0, 0, 0), 0.0, 0.0)
+    return r
+
+
+def _reserve(r: TenantRouting, cid: str, agent: str, did: str, now: float = 0.0) -> None:
+    c = r.contacts.get(cid) or r.new_contact(cid, "sales", Channel.VOICE, 0, "", (), 0,
+                                             frozenset(), 0.0)
+    d = Decision(did, Mode.BASELINE, cid, agent, "sales", int(Channel.VOICE), "baseline",
+                 0.0, expires_at=100.0)
+    r.reserve(c, r.agents[agent], d, now)
+
+
+def test_an_end_made_alone_frees_the_agent_for_a_later_decision_made_alone() -> None:
+    """Alone: c1 (on a1 in the shared state) ended, then c2 given to a1 and
+    connected. Folded back in any order, c2 keeps a1 (it used to be dropped when
+    c2 came before c1's end)."""
+    shared = _routing()
+    _reserve(shared, "c1", "a1", "d1")
+    shared.confirm("d1")
+    alone = copy.deepcopy(shared)
+    alone.end_contact("c1", EndReason.HANDLED, 0.0, 1.0)
+    _reserve(alone, "c2", "a1", "d2", now=2.0)
+    alone.confirm("d2")
+    contacts = {"c2": alone.contact_snapshot("c2"), "c1": None}  # c2 first
+    agents = {"a1": alone.agent_snapshot("a1")}
+    dropped = shared.merge_back(agents, contacts, 3.0)
+    assert dropped == []
+    assert "c1" not in shared.contacts
+    assert shared.contacts["c2"].state is ContactState.CONNECTED
+    assert list(shared.agents["a1"].connected) == ["c2"]
+
+
+def test_connected_here_wins_over_an_offer_made_elsewhere() -> None:
+    """c1 offered to a2 in the shared state (a commit whose caller timed out) but
+    given to a1 and connected here: the switch connected ours, so ours stands and
+    a2 is free again; never over capacity."""
+    shared = _routing()
+    alone = copy.deepcopy(shared)
+    _reserve(shared, "c1", "a2", "d-elsewhere")
+    _reserve(alone, "c1", "a1", "d-here")
+    alone.confirm("d-here")
+    dropped = shared.merge_back({}, {"c1": alone.contact_snapshot("c1")}, 2.0)
+    assert dropped == []
+    c = shared.contacts["c1"]
+    assert c.state is ContactState.CONNECTED and c.decision.decision_id == "d-here"
+    assert not shared.agents["a2"].reservations and shared.agents["a2"].in_use[0] == 0
+    assert shared.agents["a1"].in_use[0] == 1 and "d-elsewhere" not in shared.reservations
+
+
+@pytest.mark.timeout(60)
+async def test_a_replica_that_does_not_route_alone_refuses_until_the_other_wrote_back(
+) -> None:
+    own = RedisProcess()
+    try:
+        cfg = settings()
+        async with replicas(own.url, n=2, cfg=cfg) as rs:
+            rs.servers[1].service.shared.outage_routing = False  # type: ignore[union-attr]
+            lone, other = rs.client(0), rs.client(1)
+            await lone.router.SetAgentState(login("a1", "sales"))
+            await lone.router.SetAgentState(login("a2", "sales"))
+            await rs.settle()
+            own.kill()
+            d = await lone.router.RouteContact(contact("c1"), timeout=2)
+            assert d.mode == cpb.MODE_DEGRADED and d.agent_id
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await other.router.RouteContact(contact("c2"), timeout=2)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "outage_routing" in (err.value.details() or "")
+            # A store read on a call path says UNAVAILABLE too (it used to be INTERNAL).
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await lone.router.ReportOutcome(rpb.ReportOutcomeRequest(
+                    decision_id=d.decision_id, outcomes={"x": 1.0}), timeout=2)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            await lone.router.ConfirmDecision(rpb.ConfirmDecisionRequest(
+                decision_id=d.decision_id))
+            own.start()
+            # The other resumes only once the lone one has written back: then it
+            # sees c1 on its agent and gives c2 the other agent.
+            for _ in range(100):
+                try:
+                    d2 = await other.router.RouteContact(contact("c2"), timeout=2)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the other replica never resumed")
+            assert d2.mode != cpb.MODE_DEGRADED and d2.agent_id and d2.agent_id != d.agent_id
+            st = await other.router.GetAgentState(rpb.GetAgentStateRequest(agent_id=d.agent_id))
+            assert list(st.contact_ids) == ["c1"]
+    finally:
+        own.stop()
