@@ -168,11 +168,12 @@ class PrivacyLedger(Protocol):
 
 
 class _TenantRecords:
-    __slots__ = ("audit", "opt_outs", "secret_id", "tickets", "tombstones")
+    __slots__ = ("audit", "open", "opt_outs", "secret_id", "tickets", "tombstones")
 
     def __init__(self) -> None:
         self.opt_outs: set[str] = set()
         self.tickets: dict[str, Ticket] = {}
+        self.open: set[str] = set()  # ids of tickets not completed (completed ones pile up)
         self.tombstones: dict[str, int] = {}
         self.audit: list[AuditEntry] = []
         self.secret_id = ""
@@ -206,6 +207,10 @@ class MemoryLedger:
         elif kind == "ticket":
             ticket = Ticket.from_json(rec["ticket"])
             t.tickets[ticket.ticket_id] = ticket
+            if ticket.open:
+                t.open.add(ticket.ticket_id)
+            else:
+                t.open.discard(ticket.ticket_id)
             if ticket.deleted_at_ms:
                 for digest in (ticket.digest, *ticket.aliases):
                     old = t.tombstones.get(digest, 0)
@@ -255,7 +260,8 @@ class MemoryLedger:
                       key=lambda k: (k.received_at_ms, k.ticket_id))
 
     async def open_tickets(self, tenant: str) -> list[Ticket]:
-        return [t for t in await self.tickets(tenant) if t.open]
+        t = self._t(tenant)
+        return sorted((t.tickets[i] for i in t.open), key=lambda k: (k.received_at_ms, k.ticket_id))
 
     async def tombstones(self, tenant: str) -> dict[str, int]:
         return dict(self._t(tenant).tombstones)
