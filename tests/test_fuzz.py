@@ -88,8 +88,10 @@ def fuzz_settings(examples: int) -> Callable[[Any], Any]:
 class ThreadServer:
     """A PairlineServer on an event loop in its own thread."""
 
-    def __init__(self, cfg: Settings) -> None:
-        self.clock = FakeClock()
+    def __init__(self, cfg: Settings, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        # What the store holds for one tenant (a digest; the embedded store by default).
+        self.stored: Callable[[str], tuple[Any, ...]] = lambda t: stored_digest(self, t)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -152,8 +154,12 @@ def ts() -> Iterator[ThreadServer]:
 # ----------------------------------------------------------------- state
 def digest(ts: ThreadServer, tenant_name: str) -> tuple[Any, ...]:
     """Everything a request could change for one tenant (read on the server's loop)."""
-    service = ts.server.service
-    rt = service.tenants[tenant_name]
+    return (*routing_digest(ts, tenant_name), ts.stored(tenant_name))
+
+
+def routing_digest(ts: ThreadServer, tenant_name: str) -> tuple[Any, ...]:
+    """One tenant's routing state as the server holds it in memory."""
+    rt = ts.server.service.tenants[tenant_name]
     r = rt.routing
     agents = tuple(sorted(
         (a.agent_id, a.presence, tuple(sorted(a.queues.items())), tuple(a.capacity),
@@ -166,20 +172,24 @@ def digest(ts: ThreadServer, tenant_name: str) -> tuple[Any, ...]:
         for c in r.contacts.values()))
     pools = tuple(sorted((k, tuple(v)) for k, v in r.waiting.items() if v))
     vectors = tuple(sorted((k, v.tobytes()) for k, v in r.agent_vectors.items()))
-    st_ = service.store._tenants.get(tenant_name)  # type: ignore[attr-defined]
-    stored: tuple[Any, ...] = ()
-    if st_ is not None:
-        stored = (
-            tuple(sorted((k, row.version, row.source_time_ms, row.vector.tobytes())
-                         for k, (row, _) in st_.customers.items())),
-            tuple(sorted((k, row.version, row.source_time_ms, row.vector.tobytes())
-                         for k, row in st_.agents.items())),
-            tuple(sorted(st_.models)), st_.active,
-            tuple((k, tuple(sorted(v.outcomes.items()))) for k, v in st_.decisions.items()),
-        )
     scorer = rt.scorer.version if rt.scorer is not None else ""
     return (agents, contacts, pools, vectors, tuple(sorted(r.queues)), r.n_waiting,
-            tuple(sorted(r.reservations)), stored, scorer)
+            tuple(sorted(r.reservations)), scorer)
+
+
+def stored_digest(ts: ThreadServer, tenant_name: str) -> tuple[Any, ...]:
+    """What the embedded store holds for one tenant."""
+    st_ = ts.server.service.store._tenants.get(tenant_name)  # type: ignore[attr-defined]
+    if st_ is None:
+        return ()
+    return (
+        tuple(sorted((k, row.version, row.source_time_ms, row.vector.tobytes())
+                     for k, (row, _) in st_.customers.items())),
+        tuple(sorted((k, row.version, row.source_time_ms, row.vector.tobytes())
+                     for k, row in st_.agents.items())),
+        tuple(sorted(st_.models)), st_.active,
+        tuple((k, tuple(sorted(v.outcomes.items()))) for k, v in st_.decisions.items()),
+    )
 
 
 def all_digests(ts: ThreadServer) -> dict[str, tuple[Any, ...]]:
@@ -457,6 +467,9 @@ def invoke(ts: ThreadServer, path: str, m: Any, requests: list[Any], key: str,
 
 def check_call(ts: ThreadServer, path: str, m: Any, requests: list[Any], who: str,
                raw: bool = False) -> grpc.StatusCode:
+    # The deletion worker carries out tickets in the background; finish what earlier
+    # requests left it, so its work is not taken for this request's doing.
+    ts.call(ts.server.service.privacy.run_deletions())
     before = all_digests(ts)
     code, out = invoke(ts, path, m, requests, TENANT_KEYS[who], raw)
     assert code not in BAD, (path, code, out, requests)
