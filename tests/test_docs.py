@@ -38,7 +38,7 @@ class TestOperations:
         """Live metrics are in the live table, pending ones in the hooks table."""
         text = read("operations.md")
         live, _, pending = text.partition("Registered now, fed by work in progress")
-        assert pending, "the pending-metrics table is missing"
+        assert pending or not PENDING, "the pending-metrics table is missing"
         for name in LIVE:
             assert f"`{name}`" in live.split("## Logs")[0], name
         for name in PENDING:

@@ -13,10 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import RedisProcess, Running, contact, login, running, settings
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import privacy_pb2 as xpb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.metrics import LIVE, PENDING, Metrics
 from pairline.model import dump_model
+from pairline.stores.privacy import TicketStatus
+from pairline.testing import FakeClock
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -131,12 +134,6 @@ class TestEndpoint:
         for name in (*LIVE, *PENDING):
             assert name.removesuffix("_total") in names, name
 
-    async def test_deletion_ticket_hook_is_read_at_scrape(self, msrv: Running) -> None:
-        """The deletion-ticket gauge reports whatever its source returns at scrape time."""
-        assert msrv.server.metrics_endpoint is not None
-        msrv.server.metrics.deletion_tickets_source = lambda: [("acme", "overdue", 3)]
-        m = await scrape(msrv.server.metrics_endpoint.address)
-        assert value(m, "pairline_deletion_tickets", tenant="acme", state="overdue") == 3
 
 
 class TestWaits:
@@ -222,6 +219,112 @@ class TestRedis:
         assert value(m, "pairline_routing_commits_total") is None
         assert value(m, "pairline_change_feed_lag_seconds") is None
         assert value(m, "pairline_redis_degraded") is None
+
+
+def tickets(m: Samples, tenant: str = "acme") -> tuple[float | None, ...]:
+    """(open, due_soon, overdue) deletion tickets of ``tenant``."""
+    return tuple(value(m, "pairline_deletion_tickets", tenant=tenant, state=s)
+                 for s in ("open", "due_soon", "overdue"))
+
+
+DAY_S = 86_400.0
+
+
+class TestPrivacy:
+    async def test_opt_outs_and_withdrawals_are_counted(self, msrv: Running) -> None:
+        """An acknowledged opt-out moves pairline_opt_outs_total; a repeat does not;
+        a withdrawal counts under action=withdraw; a bulk list counts its new ones."""
+        assert msrv.server.metrics_endpoint is not None
+        address = msrv.server.metrics_endpoint.address
+        p = msrv.acme.privacy
+        oo = {"tenant": "acme", "action": "opt_out"}
+        wd = {"tenant": "acme", "action": "withdraw"}
+        m = await scrape(address)
+        assert value(m, "pairline_opt_outs_total", **oo) == 0
+        await p.OptOut(xpb.OptOutRequest(customer_key="+15550100"))
+        m = await scrape(address)
+        assert value(m, "pairline_opt_outs_total", **oo) == 1
+        await p.OptOut(xpb.OptOutRequest(customer_key="+15550100"))  # already: no change
+        await p.WithdrawOptOut(xpb.OptOutRequest(customer_key="+15550100"))
+        await p.BulkOptOut(iter([xpb.BulkOptOutRequest(
+            customer_keys=["+15550101", "+15550102"])]))
+        m = await scrape(address)
+        assert value(m, "pairline_opt_outs_total", **oo) == 3
+        assert value(m, "pairline_opt_outs_total", **wd) == 1
+        assert value(m, "pairline_opt_outs_total", tenant="globex", action="opt_out") == 0
+
+    async def test_ticket_due_soon_past_due_then_completed(self) -> None:
+        """A deletion ticket is open, then due soon, then past due on the fake clock;
+        completing it takes it out of every state and counts the completion; a stale
+        re-upload is counted as refused by the tombstone."""
+        cfg = replace(settings(), metrics_listen="127.0.0.1:0", deletion_interval_s=0)
+        async with running(cfg) as r:
+            assert r.server.metrics_endpoint is not None
+            address = r.server.metrics_endpoint.address
+            t = await r.acme.privacy.RequestDeletion(
+                xpb.RequestDeletionRequest(customer_key="+15550100"))
+            m = await scrape(address)
+            assert tickets(m) == (1, 0, 0)
+            assert tickets(m, "globex") == (0, 0, 0)
+            assert value(m, "pairline_deletion_requests_total", tenant="acme") == 1
+            now_s = r.clock.now()
+            # 30 business days ahead: three days before the due time it is due soon.
+            r.clock.advance(t.due_at_ms / 1000 - now_s - 3 * DAY_S)
+            assert tickets(await scrape(address)) == (1, 1, 0)
+            r.clock.advance(3 * DAY_S + 1)
+            assert tickets(await scrape(address)) == (1, 0, 1)
+
+            assert await r.server.service.privacy.run_deletions() == 1  # the worker's pass
+            done = await r.acme.privacy.GetDeletion(
+                xpb.GetDeletionRequest(ticket_id=t.ticket_id))
+            assert done.status == xpb.DELETION_STATUS_COMPLETED
+            stale = await r.acme.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+                customer_key="+15550100", vector=[1, 0, 0, 0], version=1, source_time_ms=5))
+            assert stale.stale == 1
+            m = await scrape(address)
+        assert tickets(m) == (0, 0, 0)
+        assert value(m, "pairline_deletions_completed_total", tenant="acme") == 1
+        assert value(m, "pairline_stale_writes_refused_total", tenant="acme",
+                     reason="tombstone") == 1
+        assert value(m, "pairline_stale_writes_refused_total", tenant="acme",
+                     reason="newer_profile_stored") == 0
+
+    async def test_redis_replicas_share_the_gauge_and_count_once(
+        self, redis_server: RedisProcess
+    ) -> None:
+        """Two replicas on one Redis: both report the shared ledger's ticket counts;
+        the request is counted by the replica that took it; when both workers carry
+        out the same ticket, one completes it (counted and audited once)."""
+        redis.Redis(port=redis_server.port).flushall()
+        clock = FakeClock()
+        cfg = replace(settings(), metrics_listen="127.0.0.1:0", redis_url=redis_server.url,
+                      redis_timeout_s=2.0, deletion_interval_s=0)
+        async with running(cfg, clock) as a, running(cfg, clock) as b:
+            assert a.server.metrics_endpoint and b.server.metrics_endpoint
+            t = await a.acme.privacy.RequestDeletion(
+                xpb.RequestDeletionRequest(customer_key="+15550100"))
+            clock.advance(t.due_at_ms / 1000 - clock.now() + 1)  # past due
+            ma = await scrape(a.server.metrics_endpoint.address)
+            mb = await scrape(b.server.metrics_endpoint.address)
+            assert tickets(ma) == tickets(mb) == (1, 0, 1)
+            assert value(ma, "pairline_deletion_requests_total", tenant="acme") == 1
+            assert value(mb, "pairline_deletion_requests_total", tenant="acme") == 0
+
+            pa, pb = a.server.service.privacy, b.server.service.privacy
+            seen_by_b = await pb.get_deletion("acme", t.ticket_id)  # still RECEIVED
+            assert await pa.run_deletions() == 1
+            late = await pb.carry_out("acme", seen_by_b)  # B's worker, a step behind
+            assert late.status == TicketStatus.COMPLETED
+            assert late.completed_at_ms == (await pa.get_deletion("acme", t.ticket_id)
+                                            ).completed_at_ms
+            assert await pb.run_deletions() == 0
+            ma = await scrape(a.server.metrics_endpoint.address)
+            mb = await scrape(b.server.metrics_endpoint.address)
+            entries = await pa.read_audit("acme", 0, 100)
+        assert tickets(ma) == tickets(mb) == (0, 0, 0)
+        done = [value(x, "pairline_deletions_completed_total", tenant="acme") for x in (ma, mb)]
+        assert done == [1, 0]
+        assert [e.op for e in entries].count("deletion_completed") == 1
 
 
 class TestRegistry:

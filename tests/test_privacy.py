@@ -166,7 +166,7 @@ class TestOptOut:
             rec = await svc.store.get_decision("acme", d.decision_id, r.clock.now())
             assert rec is not None
             assert (rec.customer_digest, rec.outcomes, rec.context) == ("", {}, ())
-            assert svc.privacy.tenants["acme"].outcomes_withheld == 1
+            assert svc.privacy.tenants["acme"].counts.outcomes_withheld == 1
             # A decision for someone else still stores its outcome.
             d2 = await c.router.RouteContact(contact("c2", customer_key=OTHER))
             assert d2.mode != cpb.MODE_OPTED_OUT

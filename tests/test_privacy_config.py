@@ -32,6 +32,7 @@ class TestPrivacySettings:
 timezone = "Europe/Berlin"
 holidays = ["2027-01-18", "2027-12-25"]
 deletion_deadline_days = 30.0
+deletion_due_soon_business_days = 3
 contact_data_ttl_s = 600.0
 previous_secrets = [
   {secret = "old-secret-0123456789", until = 2027-02-01T00:00:00Z},
@@ -43,6 +44,7 @@ previous_secrets = [
         t = s.tenants[0]  # type: ignore[attr-defined]
         assert t.timezone == "Europe/Berlin" and t.holidays == ("2027-01-18", "2027-12-25")
         assert (t.deletion_deadline_days, t.contact_data_ttl_s) == (30.0, 600.0)
+        assert t.deletion_due_soon_business_days == 3
         feb = dt.datetime(2027, 2, 1, tzinfo=dt.UTC).timestamp()
         assert t.previous_secrets == (("old-secret-0123456789", feb),
                                       ("older-secret-0123456789", 1_800_000_000.0))
@@ -59,6 +61,8 @@ previous_secrets = [
         ('timezone = "Mars/Olympus"', "unknown timezone"),
         ('holidays = ["18/01/2027"]', "ISO dates"),
         ("deletion_deadline_days = -1.0", "deletion_deadline_days"),
+        ("deletion_due_soon_business_days = 31", "deletion_due_soon_business_days"),
+        ("deletion_due_soon_business_days = -1", "deletion_due_soon_business_days"),
         ('previous_secrets = [{secret = "short", until = 1800000000}]', "16 chars"),
         ('previous_secrets = [{secret = "acme-secret-0123456789", until = 1800000000}]',
          "equals the current"),

@@ -135,6 +135,20 @@ class TestTickets:
         assert [t.ticket_id for t in await ledger.open_tickets("acme")] == ["del-1", "del-3"]
         assert await ledger.open_tickets("globex") == []
 
+    async def test_completed_ticket_is_final(self, ledger: PrivacyLedger) -> None:
+        """A write over a completed ticket is refused (False): nothing changes, its
+        audit entries are not appended, the ticket stays out of the open ones."""
+        assert await ledger.put_ticket("acme", ticket(), []) is True
+        done = ticket(status=TicketStatus.COMPLETED, completed_at_ms=2000, deleted_at_ms=1500)
+        assert await ledger.put_ticket("acme", done, [AuditEntry(2, "deletion_completed")])
+        late = ticket(status=TicketStatus.IN_PROGRESS, step=STEP_TOMBSTONED, deleted_at_ms=3000)
+        assert await ledger.put_ticket("acme", late, [AuditEntry(3, "deletion_completed")]) \
+            is False
+        assert await ledger.get_ticket("acme", "del-1") == done
+        assert await ledger.open_tickets("acme") == []
+        assert await ledger.tombstones("acme") == {D1: 1500}
+        assert [e.at_ms for e in await ledger.audit("acme", 0, 10)] == [2]
+
     async def test_deleted_at_sets_tombstones(self, ledger: PrivacyLedger) -> None:
         """A ticket with deleted_at_ms tombstones its digest and aliases, never backwards."""
         assert await ledger.tombstones("acme") == {}

@@ -98,6 +98,9 @@ class TenantConfig:
     timezone: str = "UTC"
     holidays: tuple[str, ...] = ()
     deletion_deadline_days: float = 0.0
+    # Open deletion tickets due by the end of this many business days from today
+    # (tenant calendar; 0 = today) count as due_soon in pairline_deletion_tickets.
+    deletion_due_soon_business_days: int = 5
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name or ""):
@@ -173,6 +176,8 @@ def _check_privacy(t: TenantConfig) -> None:
         raise ValueError(
             f"tenant {t.name}: deletion_deadline_days 0..3650, contact_data_ttl_s > 0"
         )
+    if not 0 <= t.deletion_due_soon_business_days <= 30:
+        raise ValueError(f"tenant {t.name}: deletion_due_soon_business_days 0..30")
 
 
 @dataclass(frozen=True, slots=True)

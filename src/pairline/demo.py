@@ -9,7 +9,8 @@
 2. **Training.** :func:`pairline.train.fit` fits the bilinear model from that file
    and compares it on held-out rows with the same model without interaction.
 3. **Server.** A real ``pairline serve`` process on a free loopback port, its
-   TOML configuration in a temporary directory: one tenant, policy ``diagonal``,
+   TOML configuration in a temporary directory: one tenant, policy ``priced``
+   (the best of the policies on the simulated centers, see ``docs/policies.md``),
    ``benchmark = true`` with short ON/OFF slots so that many of them pass.
 4. **Profiles.** The customer and agent profiles and the trained model are
    loaded through the ``Profiles`` RPCs (the model uploaded and activated).
@@ -60,6 +61,7 @@ from pairline.sim.truth import GroundTruth
 from pairline.sim.workload import Workload, streams
 
 TENANT = "demo"
+POLICY = "priced"  # what ON slots route by; OFF slots route by the baseline
 QUEUE = "sales"
 OUTCOME = "success"  # the outcome name GrpcSwitch / InProcessSwitch report
 BANNER = "pairline is serving on "
@@ -166,7 +168,7 @@ def write_config(path: Path, *, api_key: str, secret: str, dim: int, slot_s: flo
         f"secret = {json.dumps(secret)}",
         f"customer_dim = {dim}",
         f"agent_dim = {dim}",
-        'policy = "diagonal"',
+        f'policy = "{POLICY}"',
         "benchmark = true",
         f"slot_s = {slot_s!r}",
         f"on_share = {on_share!r}",
@@ -409,23 +411,25 @@ def truth_of_run(handled: list[Handled], workload: Workload, truth: GroundTruth,
 def in_process_reference(scenario: Scenario, workload: Workload, truth: GroundTruth,
                          model_raw: bytes, seed: int) -> dict[str, Any]:
     """The same contacts in process, every one routed by the baseline, then every one
-    by diagonal pairing with the trained model: the true (expected) outcome rates."""
+    by the demo's policy (:data:`POLICY`) with the trained model: the true (expected)
+    outcome rates."""
     from pairline.sim.run import run_policy, switch_setup
 
     setup = dataclasses.replace(switch_setup(scenario, truth), model=model_raw)
     rows = {p: run_policy(scenario, workload, truth, PolicySpec(p), setup=setup,
                           service_seed=seed)
-            for p in ("baseline", "diagonal")}
-    base, diag = rows["baseline"], rows["diagonal"]
-    b, d = base["expected_outcome_rate"], diag["expected_outcome_rate"]
+            for p in ("baseline", POLICY)}
+    base, pol = rows["baseline"], rows[POLICY]
+    b, d = base["expected_outcome_rate"], pol["expected_outcome_rate"]
     return {
+        "policy": POLICY,
         "baseline_expected_rate": b,
-        "diagonal_expected_rate": d,
+        "policy_expected_rate": d,
         "expected_gain": d / b - 1 if b and d is not None else None,
         "baseline_service_level": base["service_level"],
-        "diagonal_service_level": diag["service_level"],
+        "policy_service_level": pol["service_level"],
         "baseline_occupancy_spread": base["occupancy_spread"],
-        "diagonal_occupancy_spread": diag["occupancy_spread"],
+        "policy_occupancy_spread": pol["occupancy_spread"],
     }
 
 
@@ -598,12 +602,12 @@ def run(ns: argparse.Namespace, out: IO[str], workdir: Path) -> dict[str, Any]:
                  slot_s=ns.slot_s, on_share=ns.on_share, stabilise_s=ns.stabilise_s,
                  wrap_up_s=live.wrap_up_s)
     say(f"[3/6] Server: pairline serve --config {config_path}")
-    say(f"      tenant {TENANT!r}: policy diagonal, benchmark ON/OFF in {ns.slot_s:g} s slots "
+    say(f"      tenant {TENANT!r}: policy {POLICY}, benchmark ON/OFF in {ns.slot_s:g} s slots "
         f"(ON share {ns.on_share:g}, stabilise {ns.stabilise_s:g} s); "
         f"log -> {workdir / 'server.log'}")
     server = ServerProcess(config_path, workdir / "server.log")
     summary["server"] = {"pid": server.pid, "config": str(config_path),
-                         "log": str(workdir / "server.log"), "policy": "diagonal",
+                         "log": str(workdir / "server.log"), "policy": POLICY,
                          "slot_s": ns.slot_s, "on_share": ns.on_share,
                          "stabilise_s": ns.stabilise_s}
     import grpc
@@ -701,9 +705,9 @@ def run(ns: argparse.Namespace, out: IO[str], workdir: Path) -> dict[str, Any]:
     if estimated:
         say(f"        (the report's {_pct(rep.relative_gain)} is that plus the noise of the "
             f"drawn outcomes, 95% CI [{rep.ci_low:+.2%}, {rep.ci_high:+.2%}])")
-    say(f"      - the day's {len(workload)} contacts in process, all baseline vs all diagonal "
+    say(f"      - the day's {len(workload)} contacts in process, all baseline vs all {POLICY} "
         f"with this model: {_f4(reference['baseline_expected_rate'])} vs "
-        f"{_f4(reference['diagonal_expected_rate'])}: {_pct(reference['expected_gain'])}")
+        f"{_f4(reference['policy_expected_rate'])}: {_pct(reference['expected_gain'])}")
     gain = known["expected_gain"]
     contains = estimated and gain is not None and rep.ci_low <= gain <= rep.ci_high
     summary["truth"]["ci_contains_true_gain"] = contains

@@ -4,7 +4,7 @@ Every :class:`~pairline.server.PairlineServer` owns one :class:`Metrics` with it
 ``CollectorRegistry`` (never the process-global one), so several servers in one
 process (tests, the demo) keep separate numbers.
 
-Four kinds of metric live here:
+Five kinds of metric live here:
 
 * **Hot path** (per decision): :meth:`Metrics.observe_decision` does one dict lookup,
   one histogram observation and one counter increment (label children are
@@ -17,9 +17,17 @@ Four kinds of metric live here:
 * **Redis store counters** (claim conflicts, commits, profile-cache hits and
   misses, change-feed lag) are the store's own plain counters, read at scrape
   time too (no samples on the embedded store).
-* **Hooks for parts built elsewhere** (privacy: opt-outs, deletions, tickets
-  due). They are registered and exported from day one so dashboards and alerts
-  can be written now; :data:`LIVE` and :data:`PENDING` say which are fed today.
+* **Privacy counters** (opt-outs, withdrawals, deletion requests and
+  completions, stale writes refused, outcomes withheld): plain per-tenant
+  counters of :class:`~pairline.privacy_service.Privacy`, read at scrape time.
+  They count what *this process* acknowledged or carried out, so with several
+  replicas ``sum`` over them counts each operation once.
+* **Deletion tickets** (open, due soon, past due): read from the privacy ledger
+  at scrape time (on Redis: the shared ledger, so every replica reports the same
+  numbers: aggregate them with ``max``, not ``sum``).
+
+:data:`LIVE` lists every family; :data:`PENDING` the ones registered for work
+still in progress (none today).
 
 Names follow the Prometheus conventions: ``pairline_`` prefix, base units in the
 name (``_seconds``, ``_ratio``), counters end in ``_total``.
@@ -29,16 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from pairline.domain import Mode, QueueStats
+
+if TYPE_CHECKING:
+    from pairline.privacy_service import Privacy, PrivacyCounts
+
+log = structlog.get_logger()
 
 # Decision latency buckets: the handler is sub-millisecond; the upper buckets
 # catch store trouble and event-loop stalls.
@@ -53,9 +67,9 @@ WAIT_BUCKETS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 
                   300.0, 600.0)
 SCRAPE_TIMEOUT_S = 2.0
 
-# Metric names fed today, and those registered for work in progress (privacy
-# engine); the operations guide lists both. The Redis ones have samples only
-# when the server runs on the Redis store.
+# Metric names fed today, and those registered for work in progress; the
+# operations guide lists both. The Redis ones have samples only when the server
+# runs on the Redis store.
 LIVE = (
     "pairline_decision_seconds",
     "pairline_decisions_total",
@@ -71,17 +85,24 @@ LIVE = (
     "pairline_queue_agents",
     "pairline_queue_contacts_in_service",
     "pairline_agent_occupancy_ratio",
-)
-PENDING = (
     "pairline_opt_outs_total",
     "pairline_deletion_requests_total",
     "pairline_deletions_completed_total",
+    "pairline_stale_writes_refused_total",
+    "pairline_outcomes_withheld_total",
     "pairline_deletion_tickets",
 )
+PENDING: tuple[str, ...] = ()
+# A scrape waits this long for the ticket counts (the shared ledger on Redis);
+# past it the gauge has no samples in that scrape.
+TICKETS_TIMEOUT_S = 1.0
 
 # (tenant, state, count) rows for pairline_deletion_tickets; state is one of
-# "open", "due_soon", "overdue".
-TicketSource = Callable[[], Iterable[tuple[str, str, int]]]
+# "open" (every open ticket), "due_soon", "overdue" (parts of the open ones).
+TicketRows = Iterable[tuple[str, str, int]]
+TicketSource = Callable[[], Awaitable[TicketRows]]
+# (tenant, counts) rows; counts has the fields of PrivacyCounts.
+CountsSource = Callable[[], Iterable[tuple[str, "PrivacyCounts"]]]
 
 
 class Metrics:
@@ -92,10 +113,8 @@ class Metrics:
         "contact_wait_seconds",
         "decision_seconds",
         "decisions",
-        "deletion_requests",
         "deletion_tickets_source",
-        "deletions_completed",
-        "opt_outs",
+        "privacy_counts_source",
         "registry",
     )
 
@@ -118,25 +137,17 @@ class Metrics:
             "was free at once); service level = share under the threshold",
             ["tenant", "queue"], buckets=WAIT_BUCKETS_S, registry=r,
         )
-        # Hooks for the privacy engine: not fed yet.
-        self.opt_outs = Counter(
-            "pairline_opt_outs",
-            "Opt-outs acknowledged (action=opt_out) and withdrawn (action=withdraw)",
-            ["tenant", "action"], registry=r,
-        )
-        self.deletion_requests = Counter(
-            "pairline_deletion_requests",
-            "Deletion requests acknowledged (stored durably, ticket issued)",
-            ["tenant"], registry=r,
-        )
-        self.deletions_completed = Counter(
-            "pairline_deletions_completed",
-            "Deletion tickets completed (data purged, tombstone left)",
-            ["tenant"], registry=r,
-        )
-        # pairline_deletion_tickets is read at scrape time from this source.
+        # Read at scrape time (see watch_privacy): the privacy counters, and
+        # pairline_deletion_tickets (awaited on the server's loop).
+        self.privacy_counts_source: CountsSource | None = None
         self.deletion_tickets_source: TicketSource | None = None
         self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+
+    def watch_privacy(self, privacy: Privacy) -> None:
+        """Export ``privacy``'s counters and deletion-ticket counts."""
+        self.privacy_counts_source = lambda: [
+            (name, tp.counts) for name, tp in privacy.tenants.items()]
+        self.deletion_tickets_source = privacy.ticket_counts
 
     def observe_decision(
         self, tenant: str, rpc: str, mode: int, policy: str, seconds: float
@@ -176,7 +187,9 @@ class StateCollector(Collector):
 
     ``snapshot()`` must run on the event loop that owns the routing state: a scrape
     from the HTTP thread hops onto ``loop``; a scrape on the loop itself (tests
-    calling ``generate_latest``) runs directly.
+    calling ``generate_latest``) runs directly. The deletion-ticket counts are
+    awaited in the same hop (at most :data:`TICKETS_TIMEOUT_S`); a scrape on the
+    loop cannot await them and reports the last counts read.
     """
 
     def __init__(
@@ -189,13 +202,33 @@ class StateCollector(Collector):
         self._metrics = metrics
         self._loop = loop
         self._loop_thread = threading.get_ident()
+        self._tickets: list[tuple[str, str, int]] | None = None  # the last counts read
 
-    def _take(self) -> Snapshot:
+    async def _read_tickets(self) -> list[tuple[str, str, int]] | None:
+        source = self._metrics.deletion_tickets_source
+        if source is None:
+            return None
+        # Shielded: a slow ledger read is left to finish (a Redis call is never
+        # cancelled from outside); this scrape just goes without it.
+        task: asyncio.Future[TicketRows] | None = None
+        try:
+            task = asyncio.ensure_future(source())
+            rows = list(await asyncio.wait_for(asyncio.shield(task), TICKETS_TIMEOUT_S))
+        except Exception as exc:
+            if task is not None:  # left to finish; its outcome is not needed
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            log.warning("metrics_tickets_unavailable", error=type(exc).__name__)
+            return None
+        self._tickets = rows
+        return rows
+
+    def _take(self) -> tuple[Snapshot, list[tuple[str, str, int]] | None]:
         if threading.get_ident() == self._loop_thread:
-            return self._snapshot()
+            return self._snapshot(), self._tickets
 
-        async def on_loop() -> Snapshot:
-            return self._snapshot()
+        async def on_loop() -> tuple[Snapshot, list[tuple[str, str, int]] | None]:
+            snap = self._snapshot()
+            return snap, await self._read_tickets()
 
         return asyncio.run_coroutine_threadsafe(on_loop(), self._loop).result(SCRAPE_TIMEOUT_S)
 
@@ -221,7 +254,7 @@ class StateCollector(Collector):
             "Share of the queue's logged-in agents that are not available (reserved, busy, "
             "in wrap-up, away) right now",
             labels=["tenant", "queue"])
-        snap = self._take()
+        snap, ticket_rows = self._take()
         for tenant, s in snap.queues:
             waiting.add_metric([tenant, s.queue], s.waiting)
             oldest.add_metric([tenant, s.queue], s.oldest_wait_s)
@@ -240,16 +273,49 @@ class StateCollector(Collector):
             expired.add_metric([tenant], count)
         yield expired
         yield from self._redis(snap)
+        yield from self._privacy(ticket_rows)
+
+    def _privacy(self, ticket_rows: TicketRows | None) -> Iterator[Metric]:
+        opt_outs = CounterMetricFamily(
+            "pairline_opt_outs",
+            "Opt-outs this replica acknowledged that changed the customer's state: "
+            "action=opt_out (newly opted out, single or bulk), action=withdraw (lifted)",
+            labels=["tenant", "action"])
+        requests = CounterMetricFamily(
+            "pairline_deletion_requests",
+            "Deletion requests this replica acknowledged with a new ticket (stored durably)",
+            labels=["tenant"])
+        completed = CounterMetricFamily(
+            "pairline_deletions_completed",
+            "Deletion tickets this replica's worker completed (data purged, tombstone left)",
+            labels=["tenant"])
+        stale = CounterMetricFamily(
+            "pairline_stale_writes_refused",
+            "Customer-profile writes refused by this replica: reason=tombstone (source time "
+            "not after a deletion), reason=newer_profile_stored (amendment rule)",
+            labels=["tenant", "reason"])
+        withheld = CounterMetricFamily(
+            "pairline_outcomes_withheld",
+            "Outcomes reported for opted-out decisions: counted here, never stored",
+            labels=["tenant"])
+        counts = self._metrics.privacy_counts_source
+        for tenant, c in counts() if counts is not None else ():
+            opt_outs.add_metric([tenant, "opt_out"], c.opt_outs)
+            opt_outs.add_metric([tenant, "withdraw"], c.withdrawals)
+            requests.add_metric([tenant], c.deletion_requests)
+            completed.add_metric([tenant], c.deletions_completed)
+            stale.add_metric([tenant, "tombstone"], c.stale_tombstone)
+            stale.add_metric([tenant, "newer_profile_stored"], c.stale_newer)
+            withheld.add_metric([tenant], c.outcomes_withheld)
         tickets = GaugeMetricFamily(
             "pairline_deletion_tickets",
-            "Open deletion tickets by state (open, due_soon, overdue)",
+            "Deletion tickets not completed (state=open), and of those the ones due within "
+            "the tenant's due-soon window (due_soon) and past due (overdue); read from the "
+            "ledger, shared on Redis: aggregate replicas with max",
             labels=["tenant", "state"])
-        source = self._metrics.deletion_tickets_source
-        if source is not None:
-            for tenant, state, count in source():
-                tickets.add_metric([tenant, state], count)
-        yield tickets
-
+        for tenant, state, count in ticket_rows or ():
+            tickets.add_metric([tenant, state], count)
+        yield from (opt_outs, requests, completed, stale, withheld, tickets)
 
     @staticmethod
     def _redis(snap: Snapshot) -> Iterator[Metric]:

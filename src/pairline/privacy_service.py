@@ -16,6 +16,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import structlog
 
@@ -44,6 +45,7 @@ from pairline.stores.privacy import (
 )
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 MAX_BULK_KEYS = 1_000_000
 MAX_PAGE = 1000
@@ -71,6 +73,27 @@ class BulkResult:
     effective_at_ms: int
 
 
+@dataclass(slots=True)
+class PrivacyCounts:
+    """What this process did for one tenant since it started (plain counters,
+    exported as Prometheus counters at scrape time). Per process: with several
+    replicas each counts the operations it acknowledged or carried out, so the
+    sum over replicas counts each once."""
+
+    opt_outs: int = 0  # customers newly opted out (single or bulk)
+    withdrawals: int = 0  # opt-outs lifted (WithdrawOptOut, or left off a replacing list)
+    deletion_requests: int = 0  # tickets issued (a retry that gets the open ticket: not)
+    deletions_completed: int = 0  # tickets this process's worker completed
+    stale_tombstone: int = 0  # profile writes refused by a tombstone
+    stale_newer: int = 0  # profile writes refused: a newer profile is stored
+    outcomes_withheld: int = 0  # outcomes of opted-out decisions, counted, not stored
+
+
+# States of pairline_deletion_tickets: every open ticket; those of them due
+# within the tenant's window (not yet past due); those past due.
+TICKET_STATES = ("open", "due_soon", "overdue")
+
+
 @dataclass(frozen=True, slots=True)
 class TicketPage:
     tickets: list[Ticket]
@@ -82,15 +105,14 @@ class TicketPage:
 class TenantPrivacy:
     """One tenant's privacy state in memory."""
 
-    __slots__ = ("config", "keys", "lock", "outcomes_withheld", "suppressed", "tombstones")
+    __slots__ = ("config", "counts", "keys", "lock", "suppressed", "tombstones")
 
     def __init__(self, config: TenantConfig) -> None:
         self.config = config
         self.keys = KeyRing(config.secret, config.previous_secrets)
         self.suppressed: set[str] = set()
         self.tombstones: dict[str, int] = {}  # digest -> deletion time, unix ms
-        # Outcomes reported for opted-out decisions: counted, never stored.
-        self.outcomes_withheld = 0
+        self.counts = PrivacyCounts()
         # Serialises privacy writes of the tenant, so the order in memory is
         # the order in the ledger.
         self.lock = asyncio.Lock()
@@ -114,14 +136,16 @@ class Privacy:
         self.tenants = {t.name: TenantPrivacy(t) for t in settings.tenants}
         # Set when a deletion is requested: the worker wakes at once.
         self.wake = asyncio.Event()
+        # The last deletion-ticket counts read from the ledger (see ticket_counts).
+        self.last_ticket_counts: list[tuple[str, str, int]] = []
 
     def _t(self, tenant: str) -> TenantPrivacy:
         return self.tenants[tenant]
 
-    async def _durably(self, write: Awaitable[None]) -> None:
+    async def _durably(self, write: Awaitable[T]) -> T:
         """A ledger write; a failure to make it durable is UNAVAILABLE (retry)."""
         try:
-            await write
+            return await write
         except OSError as exc:
             log.error("privacy_write_failed", error=type(exc).__name__)
             raise Unavailable("the privacy record could not be stored durably; retry") from None
@@ -173,7 +197,7 @@ class Privacy:
         """True (and counted) when an outcome must not be stored: the decision
         was made for an opted-out customer."""
         if record is not None and record.decision.mode is Mode.OPTED_OUT:
-            self._t(tenant).outcomes_withheld += 1
+            self._t(tenant).counts.outcomes_withheld += 1
             return True
         return False
 
@@ -241,6 +265,11 @@ class Privacy:
                                 detail="" if changed else "no_change")]
             await self._durably(self.ledger.set_opt_outs(tenant, digests, opted_out, audit))
             self.apply_opt_outs(tenant, digests, opted_out)
+            if changed:
+                if opted_out:
+                    tp.counts.opt_outs += 1
+                else:
+                    tp.counts.withdrawals += 1
         log.info("opt_out_set" if opted_out else "opt_out_withdrawn", tenant=tenant,
                  digest=digests[0], changed=changed)
         return OptOutResult(digests[0], now_ms, changed)
@@ -265,9 +294,11 @@ class Privacy:
             add = sorted(listed - tp.suppressed)
             await self._durably(self.ledger.set_opt_outs(tenant, add, True, audit))
             self.apply_opt_outs(tenant, add, True)
+            tp.counts.opt_outs += len(new)
             if gone:
                 await self._durably(self.ledger.set_opt_outs(tenant, gone, False, withdraw))
                 self.apply_opt_outs(tenant, gone, False)
+                tp.counts.withdrawals += len(gone)
         log.info("opt_outs_bulk", tenant=tenant, received=len(current), opted_out=len(new),
                  withdrawn=len(gone), replace=replace_list)
         return BulkResult(len(current), len(new), len(current) - len(new), len(gone), now_ms)
@@ -297,6 +328,7 @@ class Privacy:
             audit = [AuditEntry(now_ms, AUDIT_DELETION_RECEIVED, digest=ticket.digest,
                                 ticket_id=ticket.ticket_id)]
             await self._durably(self.ledger.put_ticket(tenant, ticket, audit))
+            tp.counts.deletion_requests += 1
         log.info("deletion_received", tenant=tenant, ticket_id=ticket.ticket_id,
                  due_at_ms=ticket.due_at_ms)
         self.wake.set()
@@ -337,6 +369,32 @@ class Privacy:
             sum(t.overdue(now_ms) for t in tickets),
         )
 
+    def due_soon_ms(self, tenant: str, now_ms: int) -> int:
+        """Tickets due by this time (and not yet past due) are "due soon": the end
+        of the ``deletion_due_soon_business_days``-th business day after today on
+        the tenant's calendar (0: the end of today)."""
+        c = self._t(tenant).config
+        return deletion_due_ms(now_ms, tz=c.timezone, holidays=c.holidays,
+                               business_days=c.deletion_due_soon_business_days)
+
+    async def ticket_counts(self) -> list[tuple[str, str, int]]:
+        """(tenant, state, count) of the open deletion tickets of every tenant,
+        read from the ledger now (on Redis: the shared ledger, so every replica
+        reports the same numbers). States: ``open`` (every ticket not completed),
+        ``due_soon`` (open, due within the tenant's window, not past due),
+        ``overdue`` (open and past due). Kept in :attr:`last_ticket_counts`."""
+        now_ms = _ms(self.clock.now())
+        rows: list[tuple[str, str, int]] = []
+        for name in self.tenants:
+            tickets = await self.ledger.open_tickets(name)
+            horizon = self.due_soon_ms(name, now_ms)
+            overdue = sum(t.overdue(now_ms) for t in tickets)
+            soon = sum(not t.overdue(now_ms) and t.due_at_ms <= horizon for t in tickets)
+            rows += [(name, "open", len(tickets)), (name, "due_soon", soon),
+                     (name, "overdue", overdue)]
+        self.last_ticket_counts = rows
+        return rows
+
     async def read_audit(self, tenant: str, after_seq: int, page_size: int) -> list[AuditEntry]:
         return await self.ledger.audit(tenant, after_seq, page_size or DEFAULT_PAGE)
 
@@ -362,6 +420,9 @@ class Privacy:
         else:
             stale = await write(rows)
         if stale:
+            counts = tp.counts
+            counts.stale_tombstone += len(refused)
+            counts.stale_newer += len(stale) - len(refused)
             now_ms = _ms(self.clock.now())
             reason = set(refused)
             audit = [AuditEntry(now_ms, AUDIT_STALE_REFUSED, digest=rows[i].key,
@@ -376,40 +437,64 @@ class Privacy:
         idempotent and recorded durably once done, so a crash anywhere resumes
         without skipping: tombstone (refuses older uploads from now on), purge
         (store and this process's memory), complete. ``stop_after`` (a step
-        name) stops early: a crash midway, for tests."""
+        name) stops early: a crash midway, for tests. Returns the ticket as
+        stored afterwards."""
+        return (await self._carry_out(tenant, ticket, stop_after))[0]
+
+    async def _carry_out(
+        self, tenant: str, ticket: Ticket, stop_after: str = ""
+    ) -> tuple[Ticket, bool]:
+        """:meth:`carry_out`, and whether this call completed the ticket. The
+        ledger refuses to replace a completed ticket: when another worker (a
+        replica sharing the ledger) completed it meanwhile, this one stops there
+        and the stored ticket is returned (counted and audited once)."""
         digests = [ticket.digest, *ticket.aliases]
+
+        async def record(t: Ticket, audit: Sequence[AuditEntry] = ()) -> Ticket | None:
+            if await self._durably(self.ledger.put_ticket(tenant, t, audit)):
+                return t
+            log.info("deletion_completed_elsewhere", tenant=tenant, ticket_id=t.ticket_id)
+            return await self.ledger.get_ticket(tenant, t.ticket_id) or t
+
         if ticket.step == STEP_RECEIVED:
             now_ms = _ms(self.clock.now())
-            ticket = replace(ticket, status=TicketStatus.IN_PROGRESS, step=STEP_TOMBSTONED,
-                             deleted_at_ms=max(now_ms, ticket.received_at_ms))
-            await self._durably(self.ledger.put_ticket(tenant, ticket, ()))
+            nxt = replace(ticket, status=TicketStatus.IN_PROGRESS, step=STEP_TOMBSTONED,
+                          deleted_at_ms=max(now_ms, ticket.received_at_ms))
+            if (stored := await record(nxt)) is not nxt:
+                return stored or ticket, False
+            ticket = nxt
         # The tombstone first: from here no older upload can bring data back.
         self.apply_deletion(tenant, digests, ticket.deleted_at_ms)
         if stop_after == STEP_TOMBSTONED:
-            return ticket
+            return ticket, False
         if ticket.step == STEP_TOMBSTONED:
             purged = 0
             for d in digests:
                 purged += await self.store.purge_customer(tenant, d)
             self.apply_deletion(tenant, digests, ticket.deleted_at_ms)
-            ticket = replace(ticket, step=STEP_PURGED)
-            await self._durably(self.ledger.put_ticket(tenant, ticket, ()))
+            nxt = replace(ticket, step=STEP_PURGED)
+            if (stored := await record(nxt)) is not nxt:
+                return stored or ticket, False
+            ticket = nxt
             log.info("deletion_purged", tenant=tenant, ticket_id=ticket.ticket_id,
                      records=purged)
         if stop_after == STEP_PURGED:
-            return ticket
+            return ticket, False
         now_ms = _ms(self.clock.now())
-        ticket = replace(ticket, status=TicketStatus.COMPLETED, step=STEP_COMPLETED,
-                         completed_at_ms=now_ms)
+        nxt = replace(ticket, status=TicketStatus.COMPLETED, step=STEP_COMPLETED,
+                      completed_at_ms=now_ms)
         audit = [AuditEntry(now_ms, AUDIT_DELETION_COMPLETED, digest=ticket.digest,
                             ticket_id=ticket.ticket_id)]
-        await self._durably(self.ledger.put_ticket(tenant, ticket, audit))
-        log.info("deletion_completed", tenant=tenant, ticket_id=ticket.ticket_id,
-                 late=ticket.completed_at_ms > ticket.due_at_ms)
-        return ticket
+        if (stored := await record(nxt, audit)) is not nxt:
+            return stored or ticket, False
+        self._t(tenant).counts.deletions_completed += 1
+        log.info("deletion_completed", tenant=tenant, ticket_id=nxt.ticket_id,
+                 late=nxt.completed_at_ms > nxt.due_at_ms)
+        return nxt, True
 
     async def run_deletions(self) -> int:
-        """Carry out every open ticket of every tenant; returns how many completed."""
+        """Carry out every open ticket of every tenant; returns how many this
+        call completed."""
         done = 0
         now_ms = _ms(self.clock.now())
         for name in self.tenants:
@@ -418,11 +503,11 @@ class Privacy:
                     log.warning("deletion_overdue", tenant=name, ticket_id=t.ticket_id,
                                 due_at_ms=t.due_at_ms)
                 try:
-                    await self.carry_out(name, t)
+                    _, completed = await self._carry_out(name, t)
                 except Exception:  # one ticket's trouble does not hold up the others
                     log.exception("deletion_failed", tenant=name, ticket_id=t.ticket_id)
                     continue
-                done += 1
+                done += completed
         return done
 
     async def worker(self, interval_s: float) -> None:

@@ -103,6 +103,7 @@ class PairlineServer:
              for t in settings.tenants),
         )
         self.metrics = Metrics()
+        self.metrics.watch_privacy(self.service.privacy)
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.router = MeteredRouterServicer(self.service, self.metrics, self.limits.take,
                                             decision_log_sample=settings.decision_log_sample)

@@ -125,10 +125,13 @@ class PrivacyLedger(Protocol):
     async def opt_outs(self, tenant: str) -> set[str]:
         """Every opted-out digest of the tenant (a copy)."""
 
-    async def put_ticket(self, tenant: str, ticket: Ticket, audit: Sequence[AuditEntry]) -> None:
+    async def put_ticket(self, tenant: str, ticket: Ticket, audit: Sequence[AuditEntry]) -> bool:
         """Create or replace the ticket ``ticket.ticket_id``. A ticket with a
         ``deleted_at_ms`` also sets the tombstone of its digest to at least
-        that time (in the same write)."""
+        that time (in the same write). A completed ticket is final: a write
+        over it changes nothing (nor appends its audit) and returns False, so
+        of two workers (replicas) carrying out the same ticket, exactly one
+        completes it. True when written."""
 
     async def get_ticket(self, tenant: str, ticket_id: str) -> Ticket | None:
         ...
@@ -165,11 +168,12 @@ class PrivacyLedger(Protocol):
 
 
 class _TenantRecords:
-    __slots__ = ("audit", "opt_outs", "secret_id", "tickets", "tombstones")
+    __slots__ = ("audit", "open", "opt_outs", "secret_id", "tickets", "tombstones")
 
     def __init__(self) -> None:
         self.opt_outs: set[str] = set()
         self.tickets: dict[str, Ticket] = {}
+        self.open: set[str] = set()  # ids of tickets not completed (completed ones pile up)
         self.tombstones: dict[str, int] = {}
         self.audit: list[AuditEntry] = []
         self.secret_id = ""
@@ -203,6 +207,10 @@ class MemoryLedger:
         elif kind == "ticket":
             ticket = Ticket.from_json(rec["ticket"])
             t.tickets[ticket.ticket_id] = ticket
+            if ticket.open:
+                t.open.add(ticket.ticket_id)
+            else:
+                t.open.discard(ticket.ticket_id)
             if ticket.deleted_at_ms:
                 for digest in (ticket.digest, *ticket.aliases):
                     old = t.tombstones.get(digest, 0)
@@ -214,8 +222,18 @@ class MemoryLedger:
         for a in rec.get("audit", ()):
             t.audit.append(AuditEntry(**{**a, "seq": len(t.audit) + 1}))
 
-    async def _write(self, rec: dict[str, Any]) -> None:
+    def _final(self, rec: dict[str, Any]) -> bool:
+        """True when ``rec`` would replace a completed ticket (it is refused)."""
+        if rec["kind"] != "ticket":
+            return False
+        old = self._t(rec["tenant"]).tickets.get(rec["ticket"]["ticket_id"])
+        return old is not None and not old.open
+
+    async def _write(self, rec: dict[str, Any]) -> bool:
+        if self._final(rec):
+            return False
         self._apply(rec)
+        return True
 
     @staticmethod
     def _audit(audit: Iterable[AuditEntry]) -> list[dict[str, Any]]:
@@ -230,9 +248,9 @@ class MemoryLedger:
     async def opt_outs(self, tenant: str) -> set[str]:
         return set(self._t(tenant).opt_outs)
 
-    async def put_ticket(self, tenant: str, ticket: Ticket, audit: Sequence[AuditEntry]) -> None:
-        await self._write({"tenant": tenant, "kind": "ticket", "ticket": ticket.to_json(),
-                           "audit": self._audit(audit)})
+    async def put_ticket(self, tenant: str, ticket: Ticket, audit: Sequence[AuditEntry]) -> bool:
+        return await self._write({"tenant": tenant, "kind": "ticket",
+                                  "ticket": ticket.to_json(), "audit": self._audit(audit)})
 
     async def get_ticket(self, tenant: str, ticket_id: str) -> Ticket | None:
         return self._t(tenant).tickets.get(ticket_id)
@@ -242,7 +260,8 @@ class MemoryLedger:
                       key=lambda k: (k.received_at_ms, k.ticket_id))
 
     async def open_tickets(self, tenant: str) -> list[Ticket]:
-        return [t for t in await self.tickets(tenant) if t.open]
+        t = self._t(tenant)
+        return sorted((t.tickets[i] for i in t.open), key=lambda k: (k.received_at_ms, k.ticket_id))
 
     async def tombstones(self, tenant: str) -> dict[str, int]:
         return dict(self._t(tenant).tombstones)
@@ -376,18 +395,21 @@ class FileLedger(MemoryLedger):
                 self._fh.truncate(start)
             raise
 
-    async def _write(self, rec: dict[str, Any]) -> None:
+    async def _write(self, rec: dict[str, Any]) -> bool:
         # Shielded: a caller cancelled mid-fsync must not leave a record that is
         # on disk (and so back after a restart) but not applied in memory.
-        await asyncio.shield(self._durable(rec))
+        return await asyncio.shield(self._durable(rec))
 
-    async def _durable(self, rec: dict[str, Any]) -> None:
+    async def _durable(self, rec: dict[str, Any]) -> bool:
         data = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
         async with self._lock:
             if self._fh.closed:
                 raise OSError("the privacy ledger is closed")
+            if self._final(rec):
+                return False
             await asyncio.to_thread(self._append, data)
             self._apply(rec)
+            return True
 
     async def close(self) -> None:
         async with self._lock:

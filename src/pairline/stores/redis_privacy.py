@@ -21,7 +21,9 @@ key                        value                                           TTL
 These hold digests, ticket ids and times only, never a raw key; they are the
 records the design keeps without a time limit (see the README).
 
-Each write is one Lua script that changes the record, appends its audit entries
+Each write is one Lua script that changes the record (a completed ticket is
+final: the script refuses to replace it, so of two replicas' workers carrying
+out one ticket exactly one completes it), appends its audit entries
 with the tenant's next sequence numbers, and puts an event on the tenant's change
 feed (``oo``: opt-outs changed; ``del``: a tombstone set), so every replica applies
 it within the feed's latency. Durable when acknowledged as far as Redis is: with
@@ -57,6 +59,10 @@ if kind == 'opt_outs' then
   end
 elseif kind == 'ticket' then
   local t = p['ticket']
+  local old = redis.call('HGET', KEYS[2], t['ticket_id'])
+  if old and cjson.decode(old)['ticket']['status'] == 3 then
+    return 0  -- a completed ticket is final
+  end
   redis.call('HSET', KEYS[2], t['ticket_id'], ARGV[2])
   if t['status'] == 3 then
     redis.call('SREM', KEYS[3], t['ticket_id'])
@@ -100,14 +106,15 @@ class RedisLedger:
                 k(tenant, "secret"), k(tenant, "feed")]
 
     async def _write(self, tenant: str, kind: str, payload: dict[str, Any],
-                     audit: Sequence[AuditEntry]) -> None:
+                     audit: Sequence[AuditEntry]) -> bool:
         entries = [{k: v for k, v in asdict(a).items() if k != "seq"} for a in audit]
         try:
             await self.r.sadd("pl:ledger-tenants", tenant)
-            await self._write_script(keys=self._keys(tenant), args=[
+            done = await self._write_script(keys=self._keys(tenant), args=[
                 kind, json.dumps(payload), json.dumps(entries) if entries else "[]"])
         except RedisError as exc:
             raise OSError(f"privacy ledger: {exc}") from exc
+        return bool(done)
 
     async def _read(self, call: Any) -> Any:
         try:
@@ -124,8 +131,8 @@ class RedisLedger:
         return {d.decode() for d in await self._read(
             self.r.smembers(self.store.key(tenant, "optouts")))}
 
-    async def put_ticket(self, tenant: str, ticket: Ticket, audit: Sequence[AuditEntry]) -> None:
-        await self._write(tenant, "ticket", {"ticket": ticket.to_json()}, audit)
+    async def put_ticket(self, tenant: str, ticket: Ticket, audit: Sequence[AuditEntry]) -> bool:
+        return await self._write(tenant, "ticket", {"ticket": ticket.to_json()}, audit)
 
     async def get_ticket(self, tenant: str, ticket_id: str) -> Ticket | None:
         raw = await self._read(self.r.hget(self.store.key(tenant, "tickets"), ticket_id))
