@@ -129,7 +129,7 @@ class TestTls:
 ROLE_KEYS = {role: f"acme-{role}-key-0123456789" for role in
              ("switch", "pipeline", "auditor", "admin")}
 EXPECTED_ROLE = {"Router": "switch", "Profiles": "pipeline", "Privacy": "pipeline",
-                 "Insights": "auditor"}
+                 "Insights": "auditor", "Privacy.ReadAudit": "auditor"}
 
 
 def role_settings() -> Any:
@@ -145,10 +145,12 @@ async def roles_srv() -> AsyncIterator[Any]:
 
 class TestRoles:
     def test_every_pairline_method_has_its_role(self) -> None:
-        """Router: switch; Profiles, Privacy: pipeline; Insights: auditor; unknown: admin."""
+        """Router: switch; Profiles, Privacy: pipeline; Insights and the audit log:
+        auditor; unknown: admin."""
         for name, _ in RPCS:
             service, method = name.split(".")
-            assert role_for(f"/pairline.v1.{service}/{method}") == EXPECTED_ROLE[service]
+            assert role_for(f"/pairline.v1.{service}/{method}") == \
+                EXPECTED_ROLE.get(name, EXPECTED_ROLE[service])
         assert role_for("/pairline.v1.Router/Connect") == "switch"
         assert role_for("/pairline.v1.Insights/ExportHistory") == "auditor"
         assert role_for("/pairline.v1.Admin/Anything") == "admin"
@@ -161,7 +163,8 @@ class TestRoles:
         """A key calls the methods of its role (admin: all); any other is PERMISSION_DENIED
         and changes nothing."""
         name = next(n for n, f in RPCS if f is rpc)
-        allowed = role == "admin" or EXPECTED_ROLE[name.split(".")[0]] == role
+        needed = EXPECTED_ROLE.get(name, EXPECTED_ROLE[name.split(".")[0]])
+        allowed = role == "admin" or needed == role
         client = roles_srv.client(ROLE_KEYS[role])
         before = await roles_srv.acme.insights.GetQueueStats(ipb.GetQueueStatsRequest())
         try:
@@ -170,7 +173,7 @@ class TestRoles:
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code is PERMISSION_DENIED:
-                assert f"needs '{EXPECTED_ROLE[name.split('.')[0]]}'" in err.details()
+                assert f"needs '{needed}'" in err.details()
         assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, UNAUTHENTICATED)
         assert (code is PERMISSION_DENIED) is (not allowed), (name, role, code)
         if not allowed:

@@ -46,8 +46,8 @@ _SERVICE_ROLES = {
     "pairline.v1.Insights": "auditor",
 }
 _METHOD_ROLES: dict[str, str] = {
-    # Audit read RPCs of Privacy (when they land) go to the auditor:
-    # "/pairline.v1.Privacy/ListAudit": "auditor",
+    # Reading the audit log is the auditor's (privacy officer's), not the pipeline's.
+    "/pairline.v1.Privacy/ReadAudit": "auditor",
 }
 
 
