@@ -944,6 +944,12 @@ class Service:
         if rt is None or self.shared is None:
             return
         if kind == "snap":
+            if self.degraded(tenant):
+                # Out of touch, this mirror holds changes Redis has not seen; another
+                # replica's snapshot would overwrite them (an agent or contact it
+                # holds given away again here). The mirror is rebuilt from Redis and
+                # its changes merged back when it is in touch again.
+                return
             for contact_id in self.shared.apply_feed(rt.routing, fields):
                 await self._adopt(tenant, rt, contact_id)
             return
