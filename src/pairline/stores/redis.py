@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -48,12 +49,13 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
 from pairline.stores.base import DecisionRecord, ProfileRow
+from pairline.stores.lane import Lane
 
 log = structlog.get_logger()
 
@@ -195,6 +197,27 @@ return n
 """ % FEED_MAXLEN
 
 
+class LuaScript:
+    """A Lua script run by EVALSHA on the store's :class:`~pairline.stores.lane.Lane`
+    when it has one (loaded by EVAL the first time a Redis does not know it, as
+    after a restart), else through redis-py (Cluster, TLS)."""
+
+    def __init__(self, store: RedisStore, body: str) -> None:
+        self.store = store
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+        self.script = store.r.register_script(body)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        lane = self.store.lane
+        if lane is None:
+            return await self.script(keys=keys, args=args)
+        try:
+            return await lane.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await lane.call("EVAL", self.body, len(keys), *keys, *args)
+
+
 def record_json(record: DecisionRecord) -> bytes:
     d = record.decision.as_dict()
     return json.dumps(
@@ -244,6 +267,8 @@ class RedisStore:
         # cancelled from outside: redis-py's cluster client can reuse a connection
         # that a cancellation closed.)
         self.timeout_s = 0.5
+        # The routing path's own connection (single Redis only; None: redis-py).
+        self.lane = Lane.for_client(client, self.timeout_s)
         self.cache_size = cache_size
         # Agent profiles live as long as the tenant's profile retention.
         self.profile_ttl_s = dict(profile_ttl_s or {})
@@ -264,11 +289,29 @@ class RedisStore:
     ) -> RedisStore:
         store = cls(connect(url, timeout_s), dims, **kw)
         store.timeout_s = timeout_s
+        if store.lane is not None:
+            store.lane.timeout_s = timeout_s
         return store
 
     async def close(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
         with contextlib.suppress(RedisError, RuntimeError):
             await self.r.aclose()
+
+    async def get(self, key: str) -> bytes | None:
+        """GET on the lane when there is one."""
+        if self.lane is None:
+            return await self.r.get(key)  # type: ignore[no-any-return]
+        return await self.lane.call("GET", key)  # type: ignore[no-any-return]
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET (keys of one tenant: one slot) on the lane when there is one."""
+        if not keys:
+            return []
+        if self.lane is None:
+            return await self.r.mget(keys)  # type: ignore[no-any-return]
+        return await self.lane.call("MGET", *keys)  # type: ignore[no-any-return]
 
     @staticmethod
     def key(tenant: str, *parts: str) -> str:
@@ -309,7 +352,7 @@ class RedisStore:
             entry = cache[digest]
         else:
             self.misses += 1
-            blob = await self.r.get(self.key(tenant, "cp", digest))
+            blob = await self.get(self.key(tenant, "cp", digest))
             entry = unpack_profile(digest, blob) if blob else None
             cache[digest] = entry
             if len(cache) > self.cache_size:
@@ -482,12 +525,34 @@ class FeedFollower:
         task, self._task = self._task, None
         await stop_task(task)
 
+    async def _read(self, lane: Lane) -> list[Any]:
+        """One blocking XREAD of every tenant's feed on ``lane``, in redis-py's shape."""
+        keys = [self.store.key(t, "feed") for t in self.last]
+        got = await lane.call("XREAD", "COUNT", 500, "BLOCK", self.block_ms, "STREAMS",
+                              *keys, *self.last.values())
+        return [(stream, _fields(entries)) for stream, entries in got or ()]
+
     async def _run(self) -> None:
         r = self.store.r
         delay = 0.05
+        lane = None
+        if self.store.lane is not None:  # a connection of its own: the reads block
+            lane = Lane(host=self.store.lane.host, port=self.store.lane.port,
+                        path=self.store.lane.path, db=self.store.lane.db,
+                        username=self.store.lane.username, password=self.store.lane.password,
+                        timeout_s=self.store.timeout_s + self.block_ms / 1000.0)
+        try:
+            await self._loop(r, lane, delay)
+        finally:
+            if lane is not None:
+                lane.close()
+
+    async def _loop(self, r: Any, lane: Lane | None, delay: float) -> None:
         while not self._stopping:
             try:
-                if isinstance(r, RedisCluster):
+                if lane is not None:
+                    got = await self._read(lane)
+                elif isinstance(r, RedisCluster):
                     # XREAD over several slots is not allowed: one tenant at a time.
                     got = []
                     per = max(1, self.block_ms // max(1, len(self.last)))
@@ -516,9 +581,14 @@ class FeedFollower:
         """Apply every event of ``tenant`` up to now, without waiting for the loop
         (an operation needs the latest state before it can conclude)."""
         stream = self.store.key(tenant, "feed")
+        lane = self.store.lane
         while True:
-            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
-            entries = got[0][1] if got else []
+            if lane is not None:
+                raw = await lane.call("XREAD", "COUNT", 1000, "STREAMS", stream, self.last[tenant])
+                entries = _fields(raw[0][1]) if raw else []
+            else:
+                got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
+                entries = got[0][1] if got else []
             for entry_id, fields in entries:
                 await self._apply(tenant, entry_id.decode(), fields)
             if len(entries) < 1000:
@@ -536,6 +606,11 @@ class FeedFollower:
             log.exception("feed_event_failed", tenant=tenant, kind=kind)
         self.last[tenant] = _later(self.last[tenant], entry_id)
         self.lag_s = max(0.0, time.time() - int(entry_id.split("-")[0]) / 1000.0)
+
+
+def _fields(entries: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Stream entries as hiredis gives them (id, flat field list) -> (id, dict)."""
+    return [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries]
 
 
 def _later(a: str, b: str) -> str:

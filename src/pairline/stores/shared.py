@@ -45,9 +45,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from pairline.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from pairline.routing import TenantRouting
+from pairline.routing import TenantRouting, snapshot_of
 from pairline.stores.base import DecisionRecord
-from pairline.stores.redis import FEED_MAXLEN, RedisStore, record_json
+from pairline.stores.redis import FEED_MAXLEN, LuaScript, RedisStore, record_json
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -58,71 +58,84 @@ MAX_ATTEMPTS = 50
 PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
-# KEYS: feed, agents set, contacts set, av, wv, then per entity its key and its
-# decision key (pl:{T}:dc:<id>, or the entity key again when it has none).
-# ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any), expected wv,
-# bump av (0/1), bump wv, force (1: no version check: writing back after an
-# outage), then per entity: kind (a/c), id, expected version, snapshot
+# KEYS: the tenant's key prefix ``pl:{T}:`` (every key the script touches is the
+# prefix and a suffix, so one hash tag, one Cluster slot; building them here keeps
+# the call short). ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any),
+# expected wv, bump av (0/1), bump wv, force (1: no version check: writing back
+# after an outage), then per entity: kind (a/c), id, expected version, snapshot
 # ('' = gone), decision id ('' = none); then the number of decision records to
-# write with the change, and per record: decision id, JSON, ttl ms, expiry (its
-# keys: the record's, the index's, and its customer's index, or the record's
-# again when it has no customer).
+# write with the change, and per record: decision id, JSON, ttl ms, expiry,
+# customer digest ('' = none).
+# An entity's value is "<version>|<snapshot>", exactly what the feed carries.
 # Returns {1, versions} | {0} (an entity moved on) | {2} (a counter moved).
 _COMMIT = """
+local P = KEYS[1]
 local n = tonumber(ARGV[1])
-if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return {2} end
-if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return {2} end
+local force = ARGV[8] == '1'
+local counters = redis.call('MGET', P .. 'av', P .. 'wv')
+local av, wv = counters[1] or '0', counters[2] or '0'
+if ARGV[4] ~= '' and av ~= ARGV[4] then return {2} end
+if ARGV[5] ~= '' and wv ~= ARGV[5] then return {2} end
+local keys, held, live = {}, {}, {}
 for i = 1, n do
   local b = 8 + 5 * (i - 1)
-  local cur = tonumber(redis.call('HGET', KEYS[4 + 2 * i], 'v') or '0')
-  if ARGV[8] ~= '1' and cur ~= tonumber(ARGV[b + 3]) then return {0} end
+  local key = P .. (ARGV[b + 1] == 'a' and 'ag:' or 'ct:') .. ARGV[b + 2]
+  local old = redis.call('GET', key)
+  local cur = 0
+  if old then
+    local bar = string.find(old, '|', 1, true)
+    cur = tonumber(string.sub(old, 1, bar - 1))
+    live[i] = bar < #old
+  end
+  if not force and cur ~= tonumber(ARGV[b + 3]) then return {0} end
+  keys[i], held[i] = key, cur
 end
-local av = tonumber(redis.call('GET', KEYS[4]) or '0')
-local wv = tonumber(redis.call('GET', KEYS[5]) or '0')
-if ARGV[6] == '1' then av = redis.call('INCR', KEYS[4]) end
-if ARGV[7] == '1' then wv = redis.call('INCR', KEYS[5]) end
+if ARGV[6] == '1' then av = redis.call('INCR', P .. 'av') end
+if ARGV[7] == '1' then wv = redis.call('INCR', P .. 'wv') end
 local feed = {'k', 'snap', 'av', av, 'wv', wv}
 local versions = {}
 for i = 1, n do
   local b = 8 + 5 * (i - 1)
-  local key = KEYS[4 + 2 * i]
   local kind, id, s, did = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
-  local v = redis.call('HINCRBY', key, 'v', 1)
-  redis.call('HSET', key, 's', s)
+  local v = held[i] + 1
+  local value = v .. '|' .. s
   if kind == 'a' then
-    redis.call('SADD', KEYS[2], id)
+    redis.call('SET', keys[i], value)
+    if held[i] == 0 then redis.call('SADD', P .. 'agents', id) end
   elseif s == '' then
-    redis.call('SREM', KEYS[3], id)
-    redis.call('PEXPIRE', key, ARGV[3])
+    redis.call('SET', keys[i], value, 'PX', ARGV[3])
+    if live[i] then redis.call('SREM', P .. 'contacts', id) end
   else
-    redis.call('SADD', KEYS[3], id)
-    redis.call('PEXPIRE', key, ARGV[2])
-    if did ~= '' then redis.call('SET', KEYS[5 + 2 * i], id, 'PX', ARGV[2]) end
+    redis.call('SET', keys[i], value, 'PX', ARGV[2])
+    if not live[i] then
+      redis.call('SADD', P .. 'contacts', id)
+      redis.call('EXPIRE', P .. 'contacts', %d)
+    end
+    if did ~= '' then redis.call('SET', P .. 'dc:' .. did, id, 'PX', ARGV[2]) end
   end
-  versions[#versions + 1] = v
+  versions[i] = v
   feed[#feed + 1] = kind .. ':' .. id
-  feed[#feed + 1] = v .. '|' .. s
+  feed[#feed + 1] = value
 end
 local o = 8 + 5 * n
 for j = 1, tonumber(ARGV[o + 1] or '0') do
-  local b = o + 1 + 4 * (j - 1)
-  local k = 6 + 2 * n + 3 * (j - 1)
-  redis.call('SET', KEYS[k], ARGV[b + 2], 'PX', ARGV[b + 3])
-  redis.call('ZADD', KEYS[k + 1], ARGV[b + 4], ARGV[b + 1])
-  redis.call('PEXPIRE', KEYS[k + 1], ARGV[b + 3])
-  if KEYS[k + 2] ~= KEYS[k] then
-    redis.call('SADD', KEYS[k + 2], ARGV[b + 1])
-    redis.call('PEXPIRE', KEYS[k + 2], ARGV[b + 3])
+  local b = o + 1 + 5 * (j - 1)
+  local did, ttl, digest = ARGV[b + 1], ARGV[b + 3], ARGV[b + 5]
+  redis.call('SET', P .. 'dec:' .. did, ARGV[b + 2], 'PX', ttl)
+  redis.call('ZADD', P .. 'decs', ARGV[b + 4], did)
+  redis.call('PEXPIRE', P .. 'decs', ttl)
+  if digest ~= '' then
+    redis.call('SADD', P .. 'cd:' .. digest, did)
+    redis.call('PEXPIRE', P .. 'cd:' .. digest, ttl)
   end
 end
-redis.call('EXPIRE', KEYS[3], %d)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', %d, '*', unpack(feed))
+redis.call('XADD', P .. 'feed', 'MAXLEN', '~', %d, '*', unpack(feed))
 return {1, versions}
 """ % (int(CONTACT_TTL_S), FEED_MAXLEN)
 
 
-def _load(s: bytes | str) -> dict[str, Any] | None:
-    return json.loads(s) if s else None
+def _load(kind: str, raw: bytes | str) -> dict[str, Any] | None:
+    return snapshot_of(kind, json.loads(raw)) if raw else None
 
 
 class SharedRouting:
@@ -142,7 +155,7 @@ class SharedRouting:
         # Set by the service once it follows the feed: reads the feed up to now.
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
         self.r = store.r
-        self._commit = self.r.register_script(_COMMIT)
+        self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
         self.conflicts = 0
         self.commits = 0
@@ -323,39 +336,28 @@ class SharedRouting:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
         has its current state); 2 an agent was freed or a contact queued elsewhere
         while this operation concluded nothing was (the caller catches up)."""
-        entities: list[tuple[str, str]] = [("a", a) for a in sorted(routing.touched_agents)]
-        entities += [("c", c) for c in sorted(routing.touched_contacts)]
-        if not entities:
+        if not routing.touched_agents and not routing.touched_contacts:
             return 1
-        keys = [self._k(tenant, "feed"), self._k(tenant, "agents"), self._k(tenant, "contacts"),
-                self._k(tenant, "av"), self._k(tenant, "wv")]
-        argv: list[str | int] = [
-            len(entities), int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
+        entities: list[tuple[str, str]] = []
+        argv: list[str | int | bytes] = [
+            len(routing.touched_agents) + len(routing.touched_contacts),
+            int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
             str(routing.av) if routing.needs_av else "",
             str(routing.wv) if routing.needs_wv else "",
             int(routing.bumps_av), int(routing.bumps_wv), int(force),
         ]
-        for kind, eid in entities:
-            key = self._k(tenant, "ag" if kind == "a" else "ct", eid)
-            if kind == "a":
-                snap: dict[str, Any] | None = routing.agent_snapshot(eid)
-                expected = routing.agent_v.get(eid, 0)
-            else:
-                snap = (routing.contact_snapshot(eid)
-                        if not force or eid in routing.contacts else None)
-                expected = routing.contact_v.get(eid, 0)
-            did = ""
-            if snap is not None and snap.get("d"):
-                did = snap["d"]["decision_id"]
-            keys += [key, self._k(tenant, "dc", did) if did else key]
-            argv += [kind, eid, expected, json.dumps(snap, separators=(",", ":")) if snap else "",
-                     did]
+        for eid in sorted(routing.touched_agents):
+            entities.append(("a", eid))
+            argv += ["a", eid, routing.agent_v.get(eid, 0), routing.agent_wire(eid), ""]
+        for eid in sorted(routing.touched_contacts):
+            entities.append(("c", eid))
+            c = routing.contacts.get(eid)
+            did = c.decision.decision_id if c is not None and c.decision is not None else ""
+            argv += ["c", eid, routing.contact_v.get(eid, 0), routing.contact_wire(eid), did]
         argv.append(len(routing.outbox))
         for did, raw, ttl_ms, expires_at, digest in routing.outbox:
-            rec = self._k(tenant, "dec", did)
-            keys += [rec, self._k(tenant, "decs"), self._k(tenant, "cd", digest) if digest else rec]
-            argv += [did, raw, ttl_ms, expires_at]
-        reply = await self._commit(keys=keys, args=argv)
+            argv += [did, raw, ttl_ms, repr(float(expires_at)), digest or ""]
+        reply = await self._commit([self._k(tenant, "")], argv)
         if reply[0] == 1:
             self.commits += 1
             for (kind, eid), v in zip(entities, reply[1], strict=True):
@@ -378,13 +380,18 @@ class SharedRouting:
         held = versions.get(eid, 0)
         if version < held or (version == held and not force):
             return False
-        snap = _load(raw)
+        SharedRouting._apply_snap(routing, kind, eid, version, _load(kind, raw))
+        return True
+
+    @staticmethod
+    def _apply_snap(routing: TenantRouting, kind: str, eid: str, version: int,
+                    snap: dict[str, Any] | None) -> None:
         if kind == "a":
             routing.apply_agent(eid, snap)
+            routing.agent_v[eid] = version
         else:
             routing.apply_contact(eid, snap)
-        versions[eid] = version
-        return True
+            routing.contact_v[eid] = version
 
     async def refresh(
         self,
@@ -397,7 +404,7 @@ class SharedRouting:
         """Fetch named agents, contacts and decisions' contacts from Redis."""
         contacts = list(contacts)
         for did in decisions:
-            cid = await self.r.get(self._k(tenant, "dc", did))
+            cid = await self.store.get(self._k(tenant, "dc", did))
             if cid:
                 contacts.append(cid.decode())
         wanted = [("a", a) for a in agents] + [("c", c) for c in contacts]
@@ -416,14 +423,16 @@ class SharedRouting:
             if not wanted:
                 return
             seen.update(wanted)
-            async with self.r.pipeline(transaction=False) as p:
-                for kind, eid in wanted:
-                    p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
-                rows = await p.execute()
+            rows = await self.store.mget(
+                [self._k(tenant, "ag" if kind == "a" else "ct", eid) for kind, eid in wanted])
             refs: list[tuple[str, str]] = []
-            for (kind, eid), (v, raw) in zip(wanted, rows, strict=True):
-                self.apply(routing, kind, eid, int(v or 0), raw or b"", force=True)
-                snap = _load(raw or b"")
+            for (kind, eid), value in zip(wanted, rows, strict=True):
+                v, _, raw = (value or b"0|").partition(b"|")
+                version = int(v)
+                snap = _load(kind, raw)
+                # (unless the mirror already holds a newer one, from the feed)
+                if version >= (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0):
+                    self._apply_snap(routing, kind, eid, version, snap)
                 if snap is None:
                     continue
                 if kind == "a":
@@ -443,7 +452,7 @@ class SharedRouting:
     async def load(self, tenant: str, routing: TenantRouting) -> None:
         """Rebuild the mirror from Redis (a replica starting up): the counters, every
         agent, then every live contact."""
-        av, wv = await self.r.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
+        av, wv = await self.store.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
         routing.av, routing.wv = int(av or 0), int(wv or 0)
         agents = [a.decode() for a in await self.r.smembers(self._k(tenant, "agents"))]
         contacts = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
