@@ -356,6 +356,10 @@ class TenantRouting:
         # Decision records to write with the commit:
         # (id, JSON, ttl ms, expires at, customer digest).
         self.outbox: list[tuple[str, bytes, int, float, str]] = []
+        # While a commit is in flight: the version it will give each entity it
+        # writes, keyed by (kind, id) (a feed event of exactly that version is the
+        # commit's own, or another replica's that makes the commit fail and fetch).
+        self.inflight: dict[tuple[str, str], int] = {}
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
         # Reservations released by their offer timeout since start (a metric).
         self.expired_total = 0

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -55,13 +56,16 @@ from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
 from pairline.stores.base import DecisionRecord, ProfileRow
+from pairline.routing import DECISION_FIELDS, decision_values
 from pairline.stores.lane import Lane
 
 log = structlog.get_logger()
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _OFFSET = 1 << 63
 _HEAD = 60  # order key (40) + expires-at ms (20)
 FEED_MAXLEN = 100_000
+FEED_LINGER_S = float(os.environ.get("PAIRLINE_FEED_LINGER_S", "0.001"))
 NO_EXPIRY_MS = 10**19 - 1  # "never" in the 20-digit expiry field
 
 
@@ -219,17 +223,18 @@ class LuaScript:
 
 
 def record_json(record: DecisionRecord) -> bytes:
-    d = record.decision.as_dict()
-    return json.dumps(
+    dec = record.decision
+    d = dict(zip(DECISION_FIELDS, decision_values(dec), strict=True))
+    d["mode"] = int(dec.mode)
+    return _encode(
         {
             "d": d,
             "c": record.customer_digest,
             "x": int(record.expires_at * 1000),
-            "ctx": [list(kv) for kv in record.context],
+            "ctx": record.context,  # (key, value) pairs: JSON arrays
             # cjson turns an empty object into an empty array: keep one key.
             "o": {"": 0, **record.outcomes},
-        },
-        separators=(",", ":"),
+        }
     ).encode()
 
 
@@ -501,9 +506,14 @@ class FeedFollower:
     joined by newlines), in order, from the last id applied. Reconnects by itself;
     ``lag_s`` is the age of the newest event applied when it was applied."""
 
-    def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200) -> None:
+    def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200,
+                 linger_s: float = FEED_LINGER_S) -> None:
         self.store = store
         self.listener = listener
+        # After a read that found events, wait this long before the next one, so a
+        # busy feed is read in batches (one round trip for many events) rather
+        # than one read per event; it adds at most this to the propagation time.
+        self.linger_s = linger_s
         # A blocked read must end well within the socket timeout (or it would
         # read as a dead Redis).
         self.block_ms = max(10, min(block_ms, int(store.timeout_s * 500)))
@@ -568,6 +578,8 @@ class FeedFollower:
                     tenant = stream.decode().split("{", 1)[1].split("}", 1)[0]
                     for entry_id, fields in entries:
                         await self._apply(tenant, entry_id.decode(), fields)
+                if got and self.linger_s > 0:
+                    await asyncio.sleep(self.linger_s)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, asyncio.TimeoutError) as exc:

@@ -357,11 +357,20 @@ class SharedRouting:
         argv.append(len(routing.outbox))
         for did, raw, ttl_ms, expires_at, digest in routing.outbox:
             argv += [did, raw, ttl_ms, repr(float(expires_at)), digest or ""]
-        reply = await self._commit([self._k(tenant, "")], argv)
+        inflight = routing.inflight
+        for kind, eid in entities:
+            inflight[(kind, eid)] = (routing.agent_v if kind == "a" else routing.contact_v
+                                     ).get(eid, 0) + 1
+        try:
+            reply = await self._commit([self._k(tenant, "")], argv)
+        finally:
+            inflight.clear()
         if reply[0] == 1:
             self.commits += 1
             for (kind, eid), v in zip(entities, reply[1], strict=True):
-                (routing.agent_v if kind == "a" else routing.contact_v)[eid] = int(v)
+                versions = routing.agent_v if kind == "a" else routing.contact_v
+                # (the feed may have brought a later version already)
+                versions[eid] = max(versions.get(eid, 0), int(v))
             return 1
         self.conflicts += 1
         # Undo this attempt's local changes: every entity back to Redis's state
@@ -472,7 +481,12 @@ class SharedRouting:
                 continue
             kind, _, eid = name.decode().partition(":")
             v, _, raw = value.partition(b"|")
-            if self.apply(routing, kind, eid, int(v), raw) and kind == "c" and raw:
+            version = int(v)
+            if routing.inflight and routing.inflight.get((kind, eid)) == version:
+                # This replica's commit in flight wrote it (the mirror has it), or
+                # it fails for it and fetches: either way nothing to apply.
+                continue
+            if self.apply(routing, kind, eid, version, raw) and kind == "c" and raw:
                 c = routing.contacts.get(eid)
                 if c is not None and c.profile is None and c.digest:
                     waiting.append(eid)
