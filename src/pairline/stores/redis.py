@@ -107,6 +107,19 @@ def pack_profile(row: ProfileRow, expires_at: float) -> bytes:
     ).tobytes()
 
 
+def pack_profiles(rows: Sequence[ProfileRow], expires_ms: str) -> list[bytes]:
+    """:func:`pack_profile` of many rows (the same expiry): the vectors converted
+    to float32 bytes in one NumPy call."""
+    if not rows:
+        return []
+    data = np.asarray([r.vector for r in rows], dtype=np.float32).tobytes()
+    width = len(data) // len(rows)
+    tail = expires_ms.encode()
+    return [b"%020d%020d%s%s" % (r.source_time_ms + _OFFSET, r.version + _OFFSET, tail,
+                                 data[i * width:(i + 1) * width])
+            for i, r in enumerate(rows)]
+
+
 def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
     head = blob[:_HEAD].decode()
     row = ProfileRow(
@@ -120,41 +133,42 @@ def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
 
 # KEYS: profile keys..., feed, id index (agent profiles: a set of their ids; the
 # feed again for customers, who get no index). ARGV: now (20 digits), feed kind,
-# ids joined by \n, then per key: blob, ttl ms (0 = none). Writes every row that
-# is newer than the live stored one; returns the 1-based positions of the stale
-# rows. One feed event lists the ids written.
+# ids joined by \n, ttl ms (0 = none), then per key its blob. Writes every row
+# that is newer than the live stored one (and than an earlier row of the same key
+# in the call); returns the 1-based positions of the stale rows. One feed event
+# lists the ids written. (SET ... GET: one call per row; a stale row's key gets
+# its stored value back, with the time to live its expiry leaves.)
 _UPSERT = """
 local n = #KEYS - 2
 local now = ARGV[1]
+local ttl = tonumber(ARGV[4])
 local stale = {}
-local written = {}
 local ids = {}
 for id in string.gmatch(ARGV[3], '[^\\n]+') do ids[#ids + 1] = id end
-local winners = {}
-for i = 1, n do
-  local blob = ARGV[2 + 2 * i]
-  local okey = string.sub(blob, 1, 40)
-  local current = winners[KEYS[i]]
-  if current == nil then
-    local old = redis.call('GET', KEYS[i])
-    if old and string.sub(old, 41, 60) > now then current = string.sub(old, 1, 40) end
-  end
-  if current ~= nil and okey <= current then
-    stale[#stale + 1] = i
-  else
-    winners[KEYS[i]] = okey
-    written[KEYS[i]] = i
-  end
-end
 local changed = {}
-for key, i in pairs(written) do
-  local ttl = tonumber(ARGV[3 + 2 * i])
+local listed = {}
+for i = 1, n do
+  local key, blob = KEYS[i], ARGV[4 + i]
+  -- Write, getting what was there in the same call (rows are mostly newer) ...
+  local old
   if ttl > 0 then
-    redis.call('SET', KEYS[i], ARGV[2 + 2 * i], 'PX', ttl)
+    old = redis.call('SET', key, blob, 'PX', ttl, 'GET')
   else
-    redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
+    old = redis.call('SET', key, blob, 'GET')
   end
-  changed[#changed + 1] = ids[i]
+  local until_ms = old and string.sub(old, 41, 60)
+  if old and until_ms > now and string.sub(blob, 1, 40) <= string.sub(old, 1, 40) then
+    -- ... and put a live row that is as new or newer back as it was.
+    if until_ms == '%020d' then
+      redis.call('SET', key, old)
+    else
+      redis.call('SET', key, old, 'PX', math.max(1, tonumber(until_ms) - tonumber(now)))
+    end
+    stale[#stale + 1] = i
+  elseif not listed[key] then
+    listed[key] = true
+    changed[#changed + 1] = ids[i]
+  end
 end
 if #changed > 0 and KEYS[n + 2] ~= KEYS[n + 1] then
   redis.call('SADD', KEYS[n + 2], unpack(changed))
@@ -164,7 +178,9 @@ if #changed > 0 then
              'ids', table.concat(changed, '\\n'))
 end
 return stale
-""" % FEED_MAXLEN
+""" % (NO_EXPIRY_MS, FEED_MAXLEN)
+UPSERT_CHUNK = 1000  # rows per script call (Redis runs one call at a time)
+UPSERT_WINDOW = 4  # chunks of one upsert in flight at once
 
 # KEYS: decision. ARGV: outcomes JSON, now ms. Merges outcomes; 0 when unknown
 # or past its (logical) expiry.
@@ -277,7 +293,7 @@ class RedisStore:
         self.cache_size = cache_size
         # Agent profiles live as long as the tenant's profile retention.
         self.profile_ttl_s = dict(profile_ttl_s or {})
-        self._upsert = client.register_script(_UPSERT)
+        self._upsert = LuaScript(self, _UPSERT)
         self._outcome = client.register_script(_OUTCOME)
         self._activate = client.register_script(_ACTIVATE)
         self._purge = client.register_script(_PURGE)
@@ -326,23 +342,44 @@ class RedisStore:
     async def _write_profiles(
         self, tenant: str, kind: str, rows: Sequence[ProfileRow], ttl_s: float, now: float
     ) -> list[int]:
+        """Upsert ``rows`` in calls of UPSERT_CHUNK rows; on the lane they are
+        pipelined on one connection, so Redis runs them in order (a later row of a
+        key is compared against what an earlier chunk wrote, as in one call)."""
         if not rows:
             return []
         expires = now + ttl_s if ttl_s > 0 else NO_EXPIRY_MS / 1000.0
         ttl_ms = str(max(1, int(ttl_s * 1000))) if ttl_s > 0 else "0"
-        argv: list[bytes | str] = [_ms(now), kind, "\n".join(r.key for r in rows)]
-        for row in rows:
-            argv += [pack_profile(row, expires), ttl_ms]
+        tail = _ms(now) + _ms(expires)  # (now is only for the script; see below)
         feed = self.key(tenant, "feed")
-        keys = [self.key(tenant, kind, r.key) for r in rows] + [
-            feed, self.key(tenant, "aps") if kind == "ap" else feed]
-        stale = await self._upsert(keys=keys, args=argv)
+        index = self.key(tenant, "aps") if kind == "ap" else feed
+        prefix = self.key(tenant, kind, "")
+
+        def call(lo: int) -> Awaitable[Any]:
+            chunk = rows[lo:lo + UPSERT_CHUNK]
+            ids = [r.key for r in chunk]
+            keys = [prefix + k for k in ids]
+            keys += [feed, index]
+            argv: list[bytes | str] = [tail[:20], kind, "\n".join(ids), ttl_ms]
+            argv += pack_profiles(chunk, tail[20:])
+            return self._upsert(keys, argv)  # type: ignore[no-any-return]
+
+        starts = range(0, len(rows), UPSERT_CHUNK)
+        if self.lane is not None:
+            # A few chunks in flight at a time: Redis works on one while the next
+            # is packed, and no call waits long behind the others (timeout).
+            replies: list[Any] = []
+            for i in range(0, len(starts), UPSERT_WINDOW):
+                replies += await asyncio.gather(*(call(lo) for lo in
+                                                  starts[i:i + UPSERT_WINDOW]))
+        else:  # separate connections: one call after the other keeps the order
+            replies = [await call(lo) for lo in starts]
         if kind == "cp":
             cache = self._cache.get(tenant)
             if cache is not None:
                 for r in rows:
                     cache.pop(r.key, None)
-        return sorted(int(i) - 1 for i in stale)
+        return sorted(int(i) - 1 + lo for lo, stale in zip(starts, replies, strict=True)
+                      for i in stale)
 
     async def upsert_customer_profiles(
         self, tenant: str, rows: Sequence[ProfileRow], ttl_s: float, now: float
