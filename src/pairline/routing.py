@@ -481,7 +481,10 @@ class TenantRouting:
             elif status is AgentStatus.LOGGED_OUT:
                 agent.wrap_until = 0.0
         self._sync(agent)
-        self.bumps_av = self.recording
+        # Only an available agent may have become free for someone (an agent
+        # going away or logging out frees no one: its returned contacts wait again,
+        # which moves the other counter).
+        self.bumps_av = self.recording and agent.presence is AgentStatus.AVAILABLE
         return returned
 
     def agent_ready(self, agent_id: str, now: float) -> Agent:

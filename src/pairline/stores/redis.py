@@ -555,6 +555,7 @@ class FeedFollower:
         # read as a dead Redis).
         self.block_ms = max(10, min(block_ms, int(store.timeout_s * 500)))
         self.last: dict[str, str] = {}
+        self.floor: dict[str, str] = {}  # see skip_to
         self.lag_s = 0.0
         self.connected = True
         self._stopping = False
@@ -643,7 +644,16 @@ class FeedFollower:
             if len(entries) < 1000:
                 return
 
+    def skip_to(self, tenant: str, entry_id: str) -> None:
+        """Apply no event up to ``entry_id`` of ``tenant`` any more (the caller read
+        the state they made), also one already read and not yet applied."""
+        self.floor[tenant] = entry_id
+        self.last[tenant] = _later(self.last.get(tenant, "0-0"), entry_id)
+
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+        floor = self.floor.get(tenant)
+        if floor is not None and _later(floor, entry_id) == floor:
+            return  # (up to the floor: what it changed was read since)
         kind = fields.get(b"k", b"").decode()
         try:
             result = self.listener(tenant, kind, fields)

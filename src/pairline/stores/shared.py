@@ -67,7 +67,7 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 # write with the change, and per record: decision id, JSON, ttl ms, expiry,
 # customer digest ('' = none).
 # An entity's value is "<version>|<snapshot>", exactly what the feed carries.
-# Returns {1, versions} | {0} (an entity moved on) | {2} (a counter moved).
+# Returns {1, versions, av, wv} | {0} (an entity moved on) | {2} (a counter moved).
 _COMMIT = """
 local P = KEYS[1]
 local n = tonumber(ARGV[1])
@@ -130,7 +130,7 @@ for j = 1, tonumber(ARGV[o + 1] or '0') do
   end
 end
 redis.call('XADD', P .. 'feed', 'MAXLEN', '~', %d, '*', unpack(feed))
-return {1, versions}
+return {1, versions, av, wv}
 """ % (int(CONTACT_TTL_S), FEED_MAXLEN)
 
 
@@ -154,10 +154,13 @@ class SharedRouting:
         self.now: Callable[[], float] | None = None
         # Set by the service once it follows the feed: reads the feed up to now.
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
+        # Set with it: skip feed events up to an id (see :meth:`rebuild`).
+        self.skip_feed: Callable[[str, str], None] | None = None
         self.r = store.r
         self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
         self.conflicts = 0
+        self.counter_conflicts = 0  # (of the conflicts: a counter moved on)
         self.commits = 0
         self.rebuilds = 0
 
@@ -201,11 +204,22 @@ class SharedRouting:
         decisions: Iterable[str] = (),
     ) -> T:
         refreshed = False
+        behind = False  # the last commit found a counter moved on
         for attempt in range(MAX_ATTEMPTS):
             if attempt >= 3:
                 # Replicas racing on the same agents: back off a little, at
                 # random, so one of them gets through (no livelock).
                 await asyncio.sleep(random.uniform(0, 0.001 * attempt))
+            if behind and self.catch_up is not None:
+                # Read the feed up to now after the back-off, right before the
+                # operation runs again: a counter check needs the mirror as fresh
+                # as it can be (catching up before the back-off left it a back-off
+                # behind, and the counters move on meanwhile).
+                try:
+                    await self.catch_up(tenant)
+                except REDIS_ERRORS as exc:
+                    self._degrade(exc)
+                    return self._local(routing, op)
             routing.touched_agents.clear()
             routing.touched_contacts.clear()
             routing.needs_av = routing.needs_wv = False
@@ -227,17 +241,36 @@ class SharedRouting:
                     return self._local(routing, op)
                 continue
             except (NotFound, FailedPrecondition, AlreadyExists):
-                # Operations refuse before they change anything: nothing to undo.
+                # Refused, maybe on a state the mirror had not caught up with:
+                # fetch the named entities and run once more. An operation refuses
+                # before it changes what it is about, but what it did first (offers
+                # it found expired and returned) is undone too: fetched back, since
+                # it is not committed (kept, a later commit of the same version
+                # would write it without the rest: an agent without a reservation
+                # its contact still holds).
                 routing.recording = False
-                if refreshed:
-                    raise
-                refreshed = True
+                undo = self._touched(routing)
                 try:
-                    await self.refresh(tenant, routing, agents, contacts, decisions)
+                    if refreshed:
+                        if undo:
+                            await self._fetch(tenant, routing, undo)
+                        raise
+                    refreshed = True
+                    await self.refresh(tenant, routing, agents, contacts, decisions, undo)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
                     return self._local(routing, op)
                 continue
+            except Exception:
+                # Any other refusal (a deadline, a limit): undo as above.
+                routing.recording = False
+                undo = self._touched(routing)
+                if undo:
+                    try:
+                        await self._fetch(tenant, routing, undo)
+                    except REDIS_ERRORS as exc:
+                        self._degrade(exc)  # (the rebuild on recovery undoes it)
+                raise
             finally:
                 routing.recording = False
             try:
@@ -248,8 +281,7 @@ class SharedRouting:
                                 needs=(routing.needs_av, routing.needs_wv),
                                 agents=sorted(routing.touched_agents)[:5],
                                 contacts=sorted(routing.touched_contacts)[:5])
-                if outcome == 2 and self.catch_up is not None:
-                    await self.catch_up(tenant)
+                behind = outcome == 2
             except REDIS_ERRORS as exc:
                 # The change stays on this mirror, to be written back later.
                 self._degrade(exc)
@@ -357,6 +389,7 @@ class SharedRouting:
         argv.append(len(routing.outbox))
         for did, raw, ttl_ms, expires_at, digest in routing.outbox:
             argv += [did, raw, ttl_ms, repr(float(expires_at)), digest or ""]
+        av, wv = routing.av, routing.wv
         inflight = routing.inflight
         for kind, eid in entities:
             inflight[(kind, eid)] = (routing.agent_v if kind == "a" else routing.contact_v
@@ -371,8 +404,17 @@ class SharedRouting:
                 versions = routing.agent_v if kind == "a" else routing.contact_v
                 # (the feed may have brought a later version already)
                 versions[eid] = max(versions.get(eid, 0), int(v))
+            # A counter this commit moved by one from the value the mirror held:
+            # no other replica moved it, so the mirror is current with it (without
+            # waiting for the feed, whose lag would fail this replica's next check).
+            if routing.bumps_av and int(reply[2]) == av + 1:
+                routing.av = max(routing.av, av + 1)
+            if routing.bumps_wv and int(reply[3]) == wv + 1:
+                routing.wv = max(routing.wv, wv + 1)
             return 1
         self.conflicts += 1
+        if reply[0] == 2:
+            self.counter_conflicts += 1
         # Undo this attempt's local changes: every entity back to Redis's state
         # (on a counter conflict, fetched; on a version conflict, returned).
         await self._fetch(tenant, routing, entities)
@@ -402,6 +444,11 @@ class SharedRouting:
             routing.apply_contact(eid, snap)
             routing.contact_v[eid] = version
 
+    @staticmethod
+    def _touched(routing: TenantRouting) -> list[tuple[str, str]]:
+        return ([("a", a) for a in routing.touched_agents]
+                + [("c", c) for c in routing.touched_contacts])
+
     async def refresh(
         self,
         tenant: str,
@@ -409,14 +456,16 @@ class SharedRouting:
         agents: Iterable[str] = (),
         contacts: Iterable[str] = (),
         decisions: Iterable[str] = (),
+        more: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Fetch named agents, contacts and decisions' contacts from Redis."""
+        """Fetch named agents, contacts and decisions' contacts (and ``more``
+        entities) from Redis."""
         contacts = list(contacts)
         for did in decisions:
             cid = await self.store.get(self._k(tenant, "dc", did))
             if cid:
                 contacts.append(cid.decode())
-        wanted = [("a", a) for a in agents] + [("c", c) for c in contacts]
+        wanted = [("a", a) for a in agents] + [("c", c) for c in contacts] + list(more)
         await self._fetch(tenant, routing, wanted)
 
     async def _fetch(
@@ -439,6 +488,17 @@ class SharedRouting:
                 v, _, raw = (value or b"0|").partition(b"|")
                 version = int(v)
                 snap = _load(kind, raw)
+                # What the mirror's copy referred to comes too: an agent fetched
+                # without a reservation must not leave its contact holding it.
+                if kind == "a":
+                    held_agent = routing.agents.get(eid)
+                    if held_agent is not None:
+                        refs += [("c", c) for c in held_agent.reservations.values()]
+                        refs += [("c", c) for c in held_agent.connected]
+                else:
+                    held_contact = routing.contacts.get(eid)
+                    if held_contact is not None and held_contact.decision is not None:
+                        refs.append(("a", held_contact.decision.agent_id))
                 # (unless the mirror already holds a newer one, from the feed)
                 if version >= (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0):
                     self._apply_snap(routing, kind, eid, version, snap)
@@ -453,6 +513,11 @@ class SharedRouting:
             depth -= 1
 
     async def rebuild(self, tenant: str, routing: TenantRouting) -> None:
+        if self.skip_feed is not None:
+            # Every feed event up to now is in what the load reads; one the
+            # follower still holds from before (a batch it is applying) would,
+            # once the versions are cleared, bring back what has ended since.
+            self.skip_feed(tenant, await self.store.feed_tail(tenant))
         routing.clear()
         await self.load(tenant, routing)
         if self.catch_up is not None:
