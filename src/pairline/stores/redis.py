@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -65,7 +64,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _OFFSET = 1 << 63
 _HEAD = 60  # order key (40) + expires-at ms (20)
 FEED_MAXLEN = 100_000
-FEED_LINGER_S = float(os.environ.get("PAIRLINE_FEED_LINGER_S", "0.001"))
+FEED_LINGER_S = 0.001  # see FeedFollower.linger_s
 NO_EXPIRY_MS = 10**19 - 1  # "never" in the 20-digit expiry field
 
 
