@@ -159,6 +159,7 @@ class SharedRouting:
         self.r = store.r
         self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._undoing: set[asyncio.Future[None]] = set()
         self.conflicts = 0
         self.counter_conflicts = 0  # (of the conflicts: a counter moved on)
         self.commits = 0
@@ -190,8 +191,32 @@ class SharedRouting:
         async with lock:
             if tenant in self._resync and not await self._recover(tenant, routing):
                 return self._local(routing, op)
-            return await self._run_locked(tenant, routing, op, agents=agents,
-                                          contacts=contacts, decisions=decisions)
+            try:
+                return await self._run_locked(tenant, routing, op, agents=agents,
+                                              contacts=contacts, decisions=decisions)
+            except asyncio.CancelledError:
+                # The caller went away (a deadline) while the commit or the undo
+                # was on its way: whether Redis took the change or not, what the
+                # operation changed here must end up as Redis has it (kept, a
+                # refused change would stay on the mirror at versions Redis has:
+                # a contact waiting here that Redis never had).
+                undo = self._touched(routing)
+                if undo:
+                    self._undo_later(tenant, routing, undo)
+                raise
+
+    def _undo_later(self, tenant: str, routing: TenantRouting,
+                    undo: list[tuple[str, str]]) -> None:
+        async def fetch() -> None:
+            async with self._locks[tenant]:
+                try:
+                    await self._fetch(tenant, routing, undo)
+                except REDIS_ERRORS as exc:
+                    self._degrade(exc)  # (the rebuild on recovery fixes the mirror)
+
+        task = asyncio.ensure_future(fetch())
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
 
     async def _run_locked(
         self,
