@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import json
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -40,6 +42,28 @@ from pairline.domain import (
     ReleaseReason,
 )
 from pairline.errors import FailedPrecondition, NotFound, ResourceExhausted
+
+# Replica snapshots on the wire (Redis values, feed events): JSON arrays in these
+# field orders (shorter and quicker to encode than objects); read back as the
+# dicts agent_snapshot/contact_snapshot give. A dict (the older layout) is read
+# as it is.
+AGENT_FIELDS = ("p", "q", "cap", "use", "wu", "idle", "res", "con")
+CONTACT_FIELDS = ("q", "ch", "pr", "arr", "seq", "dg", "ctx", "mp", "ex", "pf", "st", "d", "oo")
+DECISION_FIELDS: tuple[str, ...] = tuple(Decision.__slots__)  # type: ignore[attr-defined]
+decision_values = operator.attrgetter(*DECISION_FIELDS)
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def snapshot_of(kind: str, obj: Any) -> dict[str, Any] | None:
+    """The snapshot dict of a decoded wire snapshot of ``kind`` (a/c)."""
+    if obj is None or isinstance(obj, dict):
+        return obj
+    if kind == "a":
+        return dict(zip(AGENT_FIELDS, obj, strict=True))
+    snap = dict(zip(CONTACT_FIELDS, obj, strict=True))
+    if snap["d"] is not None:
+        snap["d"] = dict(zip(DECISION_FIELDS, snap["d"], strict=True))
+    return snap
 
 _SETTABLE_PRESENCE = (
     AgentStatus.LOGGED_OUT,
@@ -332,6 +356,10 @@ class TenantRouting:
         # Decision records to write with the commit:
         # (id, JSON, ttl ms, expires at, customer digest).
         self.outbox: list[tuple[str, bytes, int, float, str]] = []
+        # While a commit is in flight: the version it will give each entity it
+        # writes, keyed by (kind, id) (a feed event of exactly that version is the
+        # commit's own, or another replica's that makes the commit fail and fetch).
+        self.inflight: dict[tuple[str, str], int] = {}
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
         # Reservations released by their offer timeout since start (a metric).
         self.expired_total = 0
@@ -453,7 +481,10 @@ class TenantRouting:
             elif status is AgentStatus.LOGGED_OUT:
                 agent.wrap_until = 0.0
         self._sync(agent)
-        self.bumps_av = self.recording
+        # Only an available agent may have become free for someone (an agent
+        # going away or logging out frees no one: its returned contacts wait again,
+        # which moves the other counter).
+        self.bumps_av = self.recording and agent.presence is AgentStatus.AVAILABLE
         return returned
 
     def agent_ready(self, agent_id: str, now: float) -> Agent:
@@ -730,6 +761,22 @@ class TenantRouting:
             "st": int(c.state), "d": c.decision.as_dict() if c.decision else None,
             "oo": c.opted_out,
         }
+
+    def agent_wire(self, agent_id: str) -> str:
+        """:meth:`agent_snapshot` encoded for the wire (see ``AGENT_FIELDS``)."""
+        a = self.agents[agent_id]
+        return _encode((int(a.presence), sorted(a.queues.items()), a.capacity, a.in_use,
+                        a.wrap_until, a.idle_since, a.reservations, a.connected))
+
+    def contact_wire(self, contact_id: str) -> str:
+        """:meth:`contact_snapshot` encoded for the wire; "" when the contact is gone."""
+        c = self.contacts.get(contact_id)
+        if c is None:
+            return ""
+        d = c.decision
+        return _encode((c.queue, int(c.channel), c.priority, c.arrival, c.seq, c.digest,
+                        c.context, c.min_proficiency, sorted(c.excluded), sorted(c.preferred),
+                        int(c.state), None if d is None else decision_values(d), c.opted_out))
 
     def apply_agent(self, agent_id: str, snap: dict[str, Any] | None) -> None:
         if snap is None:  # never committed: drop what this mirror made up

@@ -904,6 +904,7 @@ class Service:
             self._feed = FeedFollower(self.shared.store, self.on_feed)
             await self._feed.start()
             self.shared.catch_up = self._feed.catch_up
+            self.shared.skip_feed = self._feed.skip_to
             self.shared.on_recovered = self._readopt
             self.shared.now = self.clock.now
             for name, rt in self.tenants.items():

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -48,18 +49,22 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
 from pairline.stores.base import DecisionRecord, ProfileRow
+from pairline.routing import DECISION_FIELDS, decision_values
+from pairline.stores.lane import Lane
 
 log = structlog.get_logger()
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _OFFSET = 1 << 63
 _HEAD = 60  # order key (40) + expires-at ms (20)
 FEED_MAXLEN = 100_000
+FEED_LINGER_S = 0.001  # see FeedFollower.linger_s
 NO_EXPIRY_MS = 10**19 - 1  # "never" in the 20-digit expiry field
 
 
@@ -101,6 +106,19 @@ def pack_profile(row: ProfileRow, expires_at: float) -> bytes:
     ).tobytes()
 
 
+def pack_profiles(rows: Sequence[ProfileRow], expires_ms: str) -> list[bytes]:
+    """:func:`pack_profile` of many rows (the same expiry): the vectors converted
+    to float32 bytes in one NumPy call."""
+    if not rows:
+        return []
+    data = np.asarray([r.vector for r in rows], dtype=np.float32).tobytes()
+    width = len(data) // len(rows)
+    tail = expires_ms.encode()
+    return [b"%020d%020d%s%s" % (r.source_time_ms + _OFFSET, r.version + _OFFSET, tail,
+                                 data[i * width:(i + 1) * width])
+            for i, r in enumerate(rows)]
+
+
 def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
     head = blob[:_HEAD].decode()
     row = ProfileRow(
@@ -114,41 +132,42 @@ def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
 
 # KEYS: profile keys..., feed, id index (agent profiles: a set of their ids; the
 # feed again for customers, who get no index). ARGV: now (20 digits), feed kind,
-# ids joined by \n, then per key: blob, ttl ms (0 = none). Writes every row that
-# is newer than the live stored one; returns the 1-based positions of the stale
-# rows. One feed event lists the ids written.
+# ids joined by \n, ttl ms (0 = none), then per key its blob. Writes every row
+# that is newer than the live stored one (and than an earlier row of the same key
+# in the call); returns the 1-based positions of the stale rows. One feed event
+# lists the ids written. (SET ... GET: one call per row; a stale row's key gets
+# its stored value back, with the time to live its expiry leaves.)
 _UPSERT = """
 local n = #KEYS - 2
 local now = ARGV[1]
+local ttl = tonumber(ARGV[4])
 local stale = {}
-local written = {}
 local ids = {}
 for id in string.gmatch(ARGV[3], '[^\\n]+') do ids[#ids + 1] = id end
-local winners = {}
-for i = 1, n do
-  local blob = ARGV[2 + 2 * i]
-  local okey = string.sub(blob, 1, 40)
-  local current = winners[KEYS[i]]
-  if current == nil then
-    local old = redis.call('GET', KEYS[i])
-    if old and string.sub(old, 41, 60) > now then current = string.sub(old, 1, 40) end
-  end
-  if current ~= nil and okey <= current then
-    stale[#stale + 1] = i
-  else
-    winners[KEYS[i]] = okey
-    written[KEYS[i]] = i
-  end
-end
 local changed = {}
-for key, i in pairs(written) do
-  local ttl = tonumber(ARGV[3 + 2 * i])
+local listed = {}
+for i = 1, n do
+  local key, blob = KEYS[i], ARGV[4 + i]
+  -- Write, getting what was there in the same call (rows are mostly newer) ...
+  local old
   if ttl > 0 then
-    redis.call('SET', KEYS[i], ARGV[2 + 2 * i], 'PX', ttl)
+    old = redis.call('SET', key, blob, 'PX', ttl, 'GET')
   else
-    redis.call('SET', KEYS[i], ARGV[2 + 2 * i])
+    old = redis.call('SET', key, blob, 'GET')
   end
-  changed[#changed + 1] = ids[i]
+  local until_ms = old and string.sub(old, 41, 60)
+  if old and until_ms > now and string.sub(blob, 1, 40) <= string.sub(old, 1, 40) then
+    -- ... and put a live row that is as new or newer back as it was.
+    if until_ms == '%020d' then
+      redis.call('SET', key, old)
+    else
+      redis.call('SET', key, old, 'PX', math.max(1, tonumber(until_ms) - tonumber(now)))
+    end
+    stale[#stale + 1] = i
+  elseif not listed[key] then
+    listed[key] = true
+    changed[#changed + 1] = ids[i]
+  end
 end
 if #changed > 0 and KEYS[n + 2] ~= KEYS[n + 1] then
   redis.call('SADD', KEYS[n + 2], unpack(changed))
@@ -158,7 +177,9 @@ if #changed > 0 then
              'ids', table.concat(changed, '\\n'))
 end
 return stale
-""" % FEED_MAXLEN
+""" % (NO_EXPIRY_MS, FEED_MAXLEN)
+UPSERT_CHUNK = 1000  # rows per script call (Redis runs one call at a time)
+UPSERT_WINDOW = 4  # chunks of one upsert in flight at once
 
 # KEYS: decision. ARGV: outcomes JSON, now ms. Merges outcomes; 0 when unknown
 # or past its (logical) expiry.
@@ -195,18 +216,40 @@ return n
 """ % FEED_MAXLEN
 
 
+class LuaScript:
+    """A Lua script run by EVALSHA on the store's :class:`~pairline.stores.lane.Lane`
+    when it has one (loaded by EVAL the first time a Redis does not know it, as
+    after a restart), else through redis-py (Cluster, TLS)."""
+
+    def __init__(self, store: RedisStore, body: str) -> None:
+        self.store = store
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+        self.script = store.r.register_script(body)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        lane = self.store.lane
+        if lane is None:
+            return await self.script(keys=keys, args=args)
+        try:
+            return await lane.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await lane.call("EVAL", self.body, len(keys), *keys, *args)
+
+
 def record_json(record: DecisionRecord) -> bytes:
-    d = record.decision.as_dict()
-    return json.dumps(
+    dec = record.decision
+    d = dict(zip(DECISION_FIELDS, decision_values(dec), strict=True))
+    d["mode"] = int(dec.mode)
+    return _encode(
         {
             "d": d,
             "c": record.customer_digest,
             "x": int(record.expires_at * 1000),
-            "ctx": [list(kv) for kv in record.context],
+            "ctx": record.context,  # (key, value) pairs: JSON arrays
             # cjson turns an empty object into an empty array: keep one key.
             "o": {"": 0, **record.outcomes},
-        },
-        separators=(",", ":"),
+        }
     ).encode()
 
 
@@ -244,10 +287,12 @@ class RedisStore:
         # cancelled from outside: redis-py's cluster client can reuse a connection
         # that a cancellation closed.)
         self.timeout_s = 0.5
+        # The routing path's own connection (single Redis only; None: redis-py).
+        self.lane = Lane.for_client(client, self.timeout_s)
         self.cache_size = cache_size
         # Agent profiles live as long as the tenant's profile retention.
         self.profile_ttl_s = dict(profile_ttl_s or {})
-        self._upsert = client.register_script(_UPSERT)
+        self._upsert = LuaScript(self, _UPSERT)
         self._outcome = client.register_script(_OUTCOME)
         self._activate = client.register_script(_ACTIVATE)
         self._purge = client.register_script(_PURGE)
@@ -264,11 +309,29 @@ class RedisStore:
     ) -> RedisStore:
         store = cls(connect(url, timeout_s), dims, **kw)
         store.timeout_s = timeout_s
+        if store.lane is not None:
+            store.lane.timeout_s = timeout_s
         return store
 
     async def close(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
         with contextlib.suppress(RedisError, RuntimeError):
             await self.r.aclose()
+
+    async def get(self, key: str) -> bytes | None:
+        """GET on the lane when there is one."""
+        if self.lane is None:
+            return await self.r.get(key)  # type: ignore[no-any-return]
+        return await self.lane.call("GET", key)  # type: ignore[no-any-return]
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET (keys of one tenant: one slot) on the lane when there is one."""
+        if not keys:
+            return []
+        if self.lane is None:
+            return await self.r.mget(keys)  # type: ignore[no-any-return]
+        return await self.lane.call("MGET", *keys)  # type: ignore[no-any-return]
 
     @staticmethod
     def key(tenant: str, *parts: str) -> str:
@@ -278,23 +341,44 @@ class RedisStore:
     async def _write_profiles(
         self, tenant: str, kind: str, rows: Sequence[ProfileRow], ttl_s: float, now: float
     ) -> list[int]:
+        """Upsert ``rows`` in calls of UPSERT_CHUNK rows; on the lane they are
+        pipelined on one connection, so Redis runs them in order (a later row of a
+        key is compared against what an earlier chunk wrote, as in one call)."""
         if not rows:
             return []
         expires = now + ttl_s if ttl_s > 0 else NO_EXPIRY_MS / 1000.0
         ttl_ms = str(max(1, int(ttl_s * 1000))) if ttl_s > 0 else "0"
-        argv: list[bytes | str] = [_ms(now), kind, "\n".join(r.key for r in rows)]
-        for row in rows:
-            argv += [pack_profile(row, expires), ttl_ms]
+        tail = _ms(now) + _ms(expires)  # (now is only for the script; see below)
         feed = self.key(tenant, "feed")
-        keys = [self.key(tenant, kind, r.key) for r in rows] + [
-            feed, self.key(tenant, "aps") if kind == "ap" else feed]
-        stale = await self._upsert(keys=keys, args=argv)
+        index = self.key(tenant, "aps") if kind == "ap" else feed
+        prefix = self.key(tenant, kind, "")
+
+        def call(lo: int) -> Awaitable[Any]:
+            chunk = rows[lo:lo + UPSERT_CHUNK]
+            ids = [r.key for r in chunk]
+            keys = [prefix + k for k in ids]
+            keys += [feed, index]
+            argv: list[bytes | str] = [tail[:20], kind, "\n".join(ids), ttl_ms]
+            argv += pack_profiles(chunk, tail[20:])
+            return self._upsert(keys, argv)  # type: ignore[no-any-return]
+
+        starts = range(0, len(rows), UPSERT_CHUNK)
+        if self.lane is not None:
+            # A few chunks in flight at a time: Redis works on one while the next
+            # is packed, and no call waits long behind the others (timeout).
+            replies: list[Any] = []
+            for i in range(0, len(starts), UPSERT_WINDOW):
+                replies += await asyncio.gather(*(call(lo) for lo in
+                                                  starts[i:i + UPSERT_WINDOW]))
+        else:  # separate connections: one call after the other keeps the order
+            replies = [await call(lo) for lo in starts]
         if kind == "cp":
             cache = self._cache.get(tenant)
             if cache is not None:
                 for r in rows:
                     cache.pop(r.key, None)
-        return sorted(int(i) - 1 for i in stale)
+        return sorted(int(i) - 1 + lo for lo, stale in zip(starts, replies, strict=True)
+                      for i in stale)
 
     async def upsert_customer_profiles(
         self, tenant: str, rows: Sequence[ProfileRow], ttl_s: float, now: float
@@ -309,7 +393,7 @@ class RedisStore:
             entry = cache[digest]
         else:
             self.misses += 1
-            blob = await self.r.get(self.key(tenant, "cp", digest))
+            blob = await self.get(self.key(tenant, "cp", digest))
             entry = unpack_profile(digest, blob) if blob else None
             cache[digest] = entry
             if len(cache) > self.cache_size:
@@ -458,13 +542,19 @@ class FeedFollower:
     joined by newlines), in order, from the last id applied. Reconnects by itself;
     ``lag_s`` is the age of the newest event applied when it was applied."""
 
-    def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200) -> None:
+    def __init__(self, store: RedisStore, listener: Listener, *, block_ms: int = 200,
+                 linger_s: float = FEED_LINGER_S) -> None:
         self.store = store
         self.listener = listener
+        # After a read that found events, wait this long before the next one, so a
+        # busy feed is read in batches (one round trip for many events) rather
+        # than one read per event; it adds at most this to the propagation time.
+        self.linger_s = linger_s
         # A blocked read must end well within the socket timeout (or it would
         # read as a dead Redis).
         self.block_ms = max(10, min(block_ms, int(store.timeout_s * 500)))
         self.last: dict[str, str] = {}
+        self.floor: dict[str, str] = {}  # see skip_to
         self.lag_s = 0.0
         self.connected = True
         self._stopping = False
@@ -482,12 +572,34 @@ class FeedFollower:
         task, self._task = self._task, None
         await stop_task(task)
 
+    async def _read(self, lane: Lane) -> list[Any]:
+        """One blocking XREAD of every tenant's feed on ``lane``, in redis-py's shape."""
+        keys = [self.store.key(t, "feed") for t in self.last]
+        got = await lane.call("XREAD", "COUNT", 500, "BLOCK", self.block_ms, "STREAMS",
+                              *keys, *self.last.values())
+        return [(stream, _fields(entries)) for stream, entries in got or ()]
+
     async def _run(self) -> None:
         r = self.store.r
         delay = 0.05
+        lane = None
+        if self.store.lane is not None:  # a connection of its own: the reads block
+            lane = Lane(host=self.store.lane.host, port=self.store.lane.port,
+                        path=self.store.lane.path, db=self.store.lane.db,
+                        username=self.store.lane.username, password=self.store.lane.password,
+                        timeout_s=self.store.timeout_s + self.block_ms / 1000.0)
+        try:
+            await self._loop(r, lane, delay)
+        finally:
+            if lane is not None:
+                lane.close()
+
+    async def _loop(self, r: Any, lane: Lane | None, delay: float) -> None:
         while not self._stopping:
             try:
-                if isinstance(r, RedisCluster):
+                if lane is not None:
+                    got = await self._read(lane)
+                elif isinstance(r, RedisCluster):
                     # XREAD over several slots is not allowed: one tenant at a time.
                     got = []
                     per = max(1, self.block_ms // max(1, len(self.last)))
@@ -503,6 +615,8 @@ class FeedFollower:
                     tenant = stream.decode().split("{", 1)[1].split("}", 1)[0]
                     for entry_id, fields in entries:
                         await self._apply(tenant, entry_id.decode(), fields)
+                if got and self.linger_s > 0:
+                    await asyncio.sleep(self.linger_s)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -516,15 +630,29 @@ class FeedFollower:
         """Apply every event of ``tenant`` up to now, without waiting for the loop
         (an operation needs the latest state before it can conclude)."""
         stream = self.store.key(tenant, "feed")
+        lane = self.store.lane
         while True:
-            got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
-            entries = got[0][1] if got else []
+            if lane is not None:
+                raw = await lane.call("XREAD", "COUNT", 1000, "STREAMS", stream, self.last[tenant])
+                entries = _fields(raw[0][1]) if raw else []
+            else:
+                got = await self.store.r.xread({stream: self.last[tenant]}, count=1000)
+                entries = got[0][1] if got else []
             for entry_id, fields in entries:
                 await self._apply(tenant, entry_id.decode(), fields)
             if len(entries) < 1000:
                 return
 
+    def skip_to(self, tenant: str, entry_id: str) -> None:
+        """Apply no event up to ``entry_id`` of ``tenant`` any more (the caller read
+        the state they made), also one already read and not yet applied."""
+        self.floor[tenant] = entry_id
+        self.last[tenant] = _later(self.last.get(tenant, "0-0"), entry_id)
+
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+        floor = self.floor.get(tenant)
+        if floor is not None and _later(floor, entry_id) == floor:
+            return  # (up to the floor: what it changed was read since)
         kind = fields.get(b"k", b"").decode()
         try:
             result = self.listener(tenant, kind, fields)
@@ -536,6 +664,11 @@ class FeedFollower:
             log.exception("feed_event_failed", tenant=tenant, kind=kind)
         self.last[tenant] = _later(self.last[tenant], entry_id)
         self.lag_s = max(0.0, time.time() - int(entry_id.split("-")[0]) / 1000.0)
+
+
+def _fields(entries: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Stream entries as hiredis gives them (id, flat field list) -> (id, dict)."""
+    return [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries]
 
 
 def _later(a: str, b: str) -> str:

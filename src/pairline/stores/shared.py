@@ -45,9 +45,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from pairline.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from pairline.routing import TenantRouting
+from pairline.routing import TenantRouting, snapshot_of
 from pairline.stores.base import DecisionRecord
-from pairline.stores.redis import FEED_MAXLEN, RedisStore, record_json
+from pairline.stores.redis import FEED_MAXLEN, LuaScript, RedisStore, record_json
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -74,71 +74,84 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _REFUSED = ("Redis is out of reach and this replica does not route alone "
             "(outage_routing = false): retry on another replica")
 
-# KEYS: feed, agents set, contacts set, av, wv, then per entity its key and its
-# decision key (pl:{T}:dc:<id>, or the entity key again when it has none).
-# ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any), expected wv,
-# bump av (0/1), bump wv, force (1: no version check: writing back after an
-# outage), then per entity: kind (a/c), id, expected version, snapshot
+# KEYS: the tenant's key prefix ``pl:{T}:`` (every key the script touches is the
+# prefix and a suffix, so one hash tag, one Cluster slot; building them here keeps
+# the call short). ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any),
+# expected wv, bump av (0/1), bump wv, force (1: no version check: writing back
+# after an outage), then per entity: kind (a/c), id, expected version, snapshot
 # ('' = gone), decision id ('' = none); then the number of decision records to
-# write with the change, and per record: decision id, JSON, ttl ms, expiry (its
-# keys: the record's, the index's, and its customer's index, or the record's
-# again when it has no customer).
-# Returns {1, versions} | {0} (an entity moved on) | {2} (a counter moved).
+# write with the change, and per record: decision id, JSON, ttl ms, expiry,
+# customer digest ('' = none).
+# An entity's value is "<version>|<snapshot>", exactly what the feed carries.
+# Returns {1, versions, av, wv} | {0} (an entity moved on) | {2} (a counter moved).
 _COMMIT = """
+local P = KEYS[1]
 local n = tonumber(ARGV[1])
-if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return {2} end
-if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then return {2} end
+local force = ARGV[8] == '1'
+local counters = redis.call('MGET', P .. 'av', P .. 'wv')
+local av, wv = counters[1] or '0', counters[2] or '0'
+if ARGV[4] ~= '' and av ~= ARGV[4] then return {2} end
+if ARGV[5] ~= '' and wv ~= ARGV[5] then return {2} end
+local keys, held, live = {}, {}, {}
 for i = 1, n do
   local b = 8 + 5 * (i - 1)
-  local cur = tonumber(redis.call('HGET', KEYS[4 + 2 * i], 'v') or '0')
-  if ARGV[8] ~= '1' and cur ~= tonumber(ARGV[b + 3]) then return {0} end
+  local key = P .. (ARGV[b + 1] == 'a' and 'ag:' or 'ct:') .. ARGV[b + 2]
+  local old = redis.call('GET', key)
+  local cur = 0
+  if old then
+    local bar = string.find(old, '|', 1, true)
+    cur = tonumber(string.sub(old, 1, bar - 1))
+    live[i] = bar < #old
+  end
+  if not force and cur ~= tonumber(ARGV[b + 3]) then return {0} end
+  keys[i], held[i] = key, cur
 end
-local av = tonumber(redis.call('GET', KEYS[4]) or '0')
-local wv = tonumber(redis.call('GET', KEYS[5]) or '0')
-if ARGV[6] == '1' then av = redis.call('INCR', KEYS[4]) end
-if ARGV[7] == '1' then wv = redis.call('INCR', KEYS[5]) end
+if ARGV[6] == '1' then av = redis.call('INCR', P .. 'av') end
+if ARGV[7] == '1' then wv = redis.call('INCR', P .. 'wv') end
 local feed = {'k', 'snap', 'av', av, 'wv', wv}
 local versions = {}
 for i = 1, n do
   local b = 8 + 5 * (i - 1)
-  local key = KEYS[4 + 2 * i]
   local kind, id, s, did = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
-  local v = redis.call('HINCRBY', key, 'v', 1)
-  redis.call('HSET', key, 's', s)
+  local v = held[i] + 1
+  local value = v .. '|' .. s
   if kind == 'a' then
-    redis.call('SADD', KEYS[2], id)
+    redis.call('SET', keys[i], value)
+    if held[i] == 0 then redis.call('SADD', P .. 'agents', id) end
   elseif s == '' then
-    redis.call('SREM', KEYS[3], id)
-    redis.call('PEXPIRE', key, ARGV[3])
+    redis.call('SET', keys[i], value, 'PX', ARGV[3])
+    if live[i] then redis.call('SREM', P .. 'contacts', id) end
   else
-    redis.call('SADD', KEYS[3], id)
-    redis.call('PEXPIRE', key, ARGV[2])
-    if did ~= '' then redis.call('SET', KEYS[5 + 2 * i], id, 'PX', ARGV[2]) end
+    redis.call('SET', keys[i], value, 'PX', ARGV[2])
+    if not live[i] then
+      redis.call('SADD', P .. 'contacts', id)
+      redis.call('EXPIRE', P .. 'contacts', %d)
+    end
+    if did ~= '' then redis.call('SET', P .. 'dc:' .. did, id, 'PX', ARGV[2]) end
   end
-  versions[#versions + 1] = v
+  versions[i] = v
   feed[#feed + 1] = kind .. ':' .. id
-  feed[#feed + 1] = v .. '|' .. s
+  feed[#feed + 1] = value
 end
 local o = 8 + 5 * n
 for j = 1, tonumber(ARGV[o + 1] or '0') do
-  local b = o + 1 + 4 * (j - 1)
-  local k = 6 + 2 * n + 3 * (j - 1)
-  redis.call('SET', KEYS[k], ARGV[b + 2], 'PX', ARGV[b + 3])
-  redis.call('ZADD', KEYS[k + 1], ARGV[b + 4], ARGV[b + 1])
-  redis.call('PEXPIRE', KEYS[k + 1], ARGV[b + 3])
-  if KEYS[k + 2] ~= KEYS[k] then
-    redis.call('SADD', KEYS[k + 2], ARGV[b + 1])
-    redis.call('PEXPIRE', KEYS[k + 2], ARGV[b + 3])
+  local b = o + 1 + 5 * (j - 1)
+  local did, ttl, digest = ARGV[b + 1], ARGV[b + 3], ARGV[b + 5]
+  redis.call('SET', P .. 'dec:' .. did, ARGV[b + 2], 'PX', ttl)
+  redis.call('ZADD', P .. 'decs', ARGV[b + 4], did)
+  redis.call('PEXPIRE', P .. 'decs', ttl)
+  if digest ~= '' then
+    redis.call('SADD', P .. 'cd:' .. digest, did)
+    redis.call('PEXPIRE', P .. 'cd:' .. digest, ttl)
   end
 end
-redis.call('EXPIRE', KEYS[3], %d)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', %d, '*', unpack(feed))
-return {1, versions}
+redis.call('XADD', P .. 'feed', 'MAXLEN', '~', %d, '*', unpack(feed))
+return {1, versions, av, wv}
 """ % (int(CONTACT_TTL_S), FEED_MAXLEN)
 
 
-def _load(s: bytes | str) -> dict[str, Any] | None:
-    return json.loads(s) if s else None
+def _load(kind: str, raw: bytes | str) -> dict[str, Any] | None:
+    return snapshot_of(kind, json.loads(raw)) if raw else None
 
 
 class SharedRouting:
@@ -169,10 +182,14 @@ class SharedRouting:
         self.now: Callable[[], float] | None = None
         # Set by the service once it follows the feed: reads the feed up to now.
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
+        # Set with it: skip feed events up to an id (see :meth:`rebuild`).
+        self.skip_feed: Callable[[str, str], None] | None = None
         self.r = store.r
-        self._commit = self.r.register_script(_COMMIT)
+        self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._undoing: set[asyncio.Future[None]] = set()
         self.conflicts = 0
+        self.counter_conflicts = 0  # (of the conflicts: a counter moved on)
         self.commits = 0
         self.rebuilds = 0
 
@@ -204,8 +221,32 @@ class SharedRouting:
         async with lock:
             if tenant in self._resync and not (answers and await self._recover(tenant, routing)):
                 return self._alone(routing, op)
-            return await self._run_locked(tenant, routing, op, agents=agents,
-                                          contacts=contacts, decisions=decisions)
+            try:
+                return await self._run_locked(tenant, routing, op, agents=agents,
+                                              contacts=contacts, decisions=decisions)
+            except asyncio.CancelledError:
+                # The caller went away (a deadline) while the commit or the undo
+                # was on its way: whether Redis took the change or not, what the
+                # operation changed here must end up as Redis has it (kept, a
+                # refused change would stay on the mirror at versions Redis has:
+                # a contact waiting here that Redis never had).
+                undo = self._touched(routing)
+                if undo:
+                    self._undo_later(tenant, routing, undo)
+                raise
+
+    def _undo_later(self, tenant: str, routing: TenantRouting,
+                    undo: list[tuple[str, str]]) -> None:
+        async def fetch() -> None:
+            async with self._locks[tenant]:
+                try:
+                    await self._fetch(tenant, routing, undo)
+                except REDIS_ERRORS as exc:
+                    self._degrade(exc)  # (the rebuild on recovery fixes the mirror)
+
+        task = asyncio.ensure_future(fetch())
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
 
     async def _run_locked(
         self,
@@ -219,11 +260,22 @@ class SharedRouting:
         strict: bool = False,
     ) -> T:
         refreshed = False
+        behind = False  # the last commit found a counter moved on
         for attempt in range(MAX_ATTEMPTS):
             if attempt >= 3:
                 # Replicas racing on the same agents: back off a little, at
                 # random, so one of them gets through (no livelock).
                 await asyncio.sleep(random.uniform(0, 0.001 * attempt))
+            if behind and self.catch_up is not None:
+                # Read the feed up to now after the back-off, right before the
+                # operation runs again: a counter check needs the mirror as fresh
+                # as it can be (catching up before the back-off left it a back-off
+                # behind, and the counters move on meanwhile).
+                try:
+                    await self.catch_up(tenant)
+                except REDIS_ERRORS as exc:
+                    self._degrade(exc)
+                    return self._local(routing, op)
             routing.touched_agents.clear()
             routing.touched_contacts.clear()
             routing.needs_av = routing.needs_wv = False
@@ -247,19 +299,38 @@ class SharedRouting:
                     return self._alone(routing, op)
                 continue
             except (NotFound, FailedPrecondition, AlreadyExists):
-                # Operations refuse before they change anything: nothing to undo.
+                # Refused, maybe on a state the mirror had not caught up with:
+                # fetch the named entities and run once more. An operation refuses
+                # before it changes what it is about, but what it did first (offers
+                # it found expired and returned) is undone too: fetched back, since
+                # it is not committed (kept, a later commit of the same version
+                # would write it without the rest: an agent without a reservation
+                # its contact still holds).
                 routing.recording = False
-                if refreshed:
-                    raise
-                refreshed = True
+                undo = self._touched(routing)
                 try:
-                    await self.refresh(tenant, routing, agents, contacts, decisions)
+                    if refreshed:
+                        if undo:
+                            await self._fetch(tenant, routing, undo)
+                        raise
+                    refreshed = True
+                    await self.refresh(tenant, routing, agents, contacts, decisions, undo)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
                     if strict:
                         raise
                     return self._alone(routing, op)
                 continue
+            except Exception:
+                # Any other refusal (a deadline, a limit): undo as above.
+                routing.recording = False
+                undo = self._touched(routing)
+                if undo:
+                    try:
+                        await self._fetch(tenant, routing, undo)
+                    except REDIS_ERRORS as exc:
+                        self._degrade(exc)  # (the rebuild on recovery undoes it)
+                raise
             finally:
                 routing.recording = False
             try:
@@ -276,8 +347,7 @@ class SharedRouting:
                                 needs=(routing.needs_av, routing.needs_wv),
                                 agents=sorted(routing.touched_agents)[:5],
                                 contacts=sorted(routing.touched_contacts)[:5])
-                if outcome == 2 and self.catch_up is not None:
-                    await self.catch_up(tenant)
+                behind = outcome == 2
             except REDIS_ERRORS as exc:
                 self._degrade(exc)
                 if strict:
@@ -474,45 +544,53 @@ class SharedRouting:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
         has its current state); 2 an agent was freed or a contact queued elsewhere
         while this operation concluded nothing was (the caller catches up)."""
-        entities: list[tuple[str, str]] = [("a", a) for a in sorted(routing.touched_agents)]
-        entities += [("c", c) for c in sorted(routing.touched_contacts)]
-        if not entities:
+        if not routing.touched_agents and not routing.touched_contacts:
             return 1
-        keys = [self._k(tenant, "feed"), self._k(tenant, "agents"), self._k(tenant, "contacts"),
-                self._k(tenant, "av"), self._k(tenant, "wv")]
-        argv: list[str | int] = [
-            len(entities), int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
+        entities: list[tuple[str, str]] = []
+        argv: list[str | int | bytes] = [
+            len(routing.touched_agents) + len(routing.touched_contacts),
+            int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
             str(routing.av) if routing.needs_av else "",
             str(routing.wv) if routing.needs_wv else "",
             int(routing.bumps_av), int(routing.bumps_wv), int(force),
         ]
-        for kind, eid in entities:
-            key = self._k(tenant, "ag" if kind == "a" else "ct", eid)
-            if kind == "a":
-                snap: dict[str, Any] | None = routing.agent_snapshot(eid)
-                expected = routing.agent_v.get(eid, 0)
-            else:
-                snap = (routing.contact_snapshot(eid)
-                        if not force or eid in routing.contacts else None)
-                expected = routing.contact_v.get(eid, 0)
-            did = ""
-            if snap is not None and snap.get("d"):
-                did = snap["d"]["decision_id"]
-            keys += [key, self._k(tenant, "dc", did) if did else key]
-            argv += [kind, eid, expected, json.dumps(snap, separators=(",", ":")) if snap else "",
-                     did]
+        for eid in sorted(routing.touched_agents):
+            entities.append(("a", eid))
+            argv += ["a", eid, routing.agent_v.get(eid, 0), routing.agent_wire(eid), ""]
+        for eid in sorted(routing.touched_contacts):
+            entities.append(("c", eid))
+            c = routing.contacts.get(eid)
+            did = c.decision.decision_id if c is not None and c.decision is not None else ""
+            argv += ["c", eid, routing.contact_v.get(eid, 0), routing.contact_wire(eid), did]
         argv.append(len(routing.outbox))
         for did, raw, ttl_ms, expires_at, digest in routing.outbox:
-            rec = self._k(tenant, "dec", did)
-            keys += [rec, self._k(tenant, "decs"), self._k(tenant, "cd", digest) if digest else rec]
-            argv += [did, raw, ttl_ms, expires_at]
-        reply = await self._commit(keys=keys, args=argv)
+            argv += [did, raw, ttl_ms, repr(float(expires_at)), digest or ""]
+        av, wv = routing.av, routing.wv
+        inflight = routing.inflight
+        for kind, eid in entities:
+            inflight[(kind, eid)] = (routing.agent_v if kind == "a" else routing.contact_v
+                                     ).get(eid, 0) + 1
+        try:
+            reply = await self._commit([self._k(tenant, "")], argv)
+        finally:
+            inflight.clear()
         if reply[0] == 1:
             self.commits += 1
             for (kind, eid), v in zip(entities, reply[1], strict=True):
-                (routing.agent_v if kind == "a" else routing.contact_v)[eid] = int(v)
+                versions = routing.agent_v if kind == "a" else routing.contact_v
+                # (the feed may have brought a later version already)
+                versions[eid] = max(versions.get(eid, 0), int(v))
+            # A counter this commit moved by one from the value the mirror held:
+            # no other replica moved it, so the mirror is current with it (without
+            # waiting for the feed, whose lag would fail this replica's next check).
+            if routing.bumps_av and int(reply[2]) == av + 1:
+                routing.av = max(routing.av, av + 1)
+            if routing.bumps_wv and int(reply[3]) == wv + 1:
+                routing.wv = max(routing.wv, wv + 1)
             return 1
         self.conflicts += 1
+        if reply[0] == 2:
+            self.counter_conflicts += 1
         # Undo this attempt's local changes: every entity back to Redis's state
         # (on a counter conflict, fetched; on a version conflict, returned).
         await self._fetch(tenant, routing, entities)
@@ -529,13 +607,23 @@ class SharedRouting:
         held = versions.get(eid, 0)
         if version < held or (version == held and not force):
             return False
-        snap = _load(raw)
+        SharedRouting._apply_snap(routing, kind, eid, version, _load(kind, raw))
+        return True
+
+    @staticmethod
+    def _apply_snap(routing: TenantRouting, kind: str, eid: str, version: int,
+                    snap: dict[str, Any] | None) -> None:
         if kind == "a":
             routing.apply_agent(eid, snap)
+            routing.agent_v[eid] = version
         else:
             routing.apply_contact(eid, snap)
-        versions[eid] = version
-        return True
+            routing.contact_v[eid] = version
+
+    @staticmethod
+    def _touched(routing: TenantRouting) -> list[tuple[str, str]]:
+        return ([("a", a) for a in routing.touched_agents]
+                + [("c", c) for c in routing.touched_contacts])
 
     async def refresh(
         self,
@@ -544,14 +632,16 @@ class SharedRouting:
         agents: Iterable[str] = (),
         contacts: Iterable[str] = (),
         decisions: Iterable[str] = (),
+        more: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Fetch named agents, contacts and decisions' contacts from Redis."""
+        """Fetch named agents, contacts and decisions' contacts (and ``more``
+        entities) from Redis."""
         contacts = list(contacts)
         for did in decisions:
-            cid = await self.r.get(self._k(tenant, "dc", did))
+            cid = await self.store.get(self._k(tenant, "dc", did))
             if cid:
                 contacts.append(cid.decode())
-        wanted = [("a", a) for a in agents] + [("c", c) for c in contacts]
+        wanted = [("a", a) for a in agents] + [("c", c) for c in contacts] + list(more)
         await self._fetch(tenant, routing, wanted)
 
     async def _fetch(
@@ -562,15 +652,19 @@ class SharedRouting:
         they refer to (an agent's reservations and calls, a contact's agent), so the
         mirror stays consistent across entities (``depth`` levels). Everything is
         read before anything is applied: Redis trouble half way changes nothing."""
-        for kind, eid, v, raw in await self._read(tenant, wanted, depth):
-            self.apply(routing, kind, eid, v, raw, force=True)
+        for kind, eid, version, snap in await self._read(tenant, routing, wanted, depth):
+            # (unless the mirror already holds a newer one, from the feed)
+            if version >= (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0):
+                self._apply_snap(routing, kind, eid, version, snap)
 
     async def _read(
-        self, tenant: str, wanted: list[tuple[str, str]], depth: int = 2,
-    ) -> list[tuple[str, str, int, bytes]]:
-        """Snapshots (kind, id, version, raw) of ``wanted`` and of what they refer
-        to, ``depth`` levels, in the order to apply them; 1000 per round trip."""
-        rows: list[tuple[str, str, int, bytes]] = []
+        self, tenant: str, routing: TenantRouting, wanted: list[tuple[str, str]],
+        depth: int = 2,
+    ) -> list[tuple[str, str, int, dict[str, Any] | None]]:
+        """Snapshots (kind, id, version, snapshot) of ``wanted`` and of what they
+        refer to, in Redis or on the mirror, ``depth`` levels, in the order to apply
+        them; 1000 per round trip."""
+        rows: list[tuple[str, str, int, dict[str, Any] | None]] = []
         seen: set[tuple[str, str]] = set()
         while wanted and depth >= 0:
             wanted = [w for w in dict.fromkeys(wanted) if w not in seen]
@@ -580,13 +674,23 @@ class SharedRouting:
             refs: list[tuple[str, str]] = []
             for i in range(0, len(wanted), 1000):
                 chunk = wanted[i:i + 1000]
-                async with self.r.pipeline(transaction=False) as p:
-                    for kind, eid in chunk:
-                        p.hmget(self._k(tenant, "ag" if kind == "a" else "ct", eid), "v", "s")
-                    got = await p.execute()
-                for (kind, eid), (v, raw) in zip(chunk, got, strict=True):
-                    rows.append((kind, eid, int(v or 0), raw or b""))
-                    snap = _load(raw or b"")
+                values = await self.store.mget(
+                    [self._k(tenant, "ag" if kind == "a" else "ct", eid) for kind, eid in chunk])
+                for (kind, eid), value in zip(chunk, values, strict=True):
+                    v, _, raw = (value or b"0|").partition(b"|")
+                    snap = _load(kind, raw)
+                    rows.append((kind, eid, int(v), snap))
+                    # What the mirror's copy referred to comes too: an agent fetched
+                    # without a reservation must not leave its contact holding it.
+                    if kind == "a":
+                        held_agent = routing.agents.get(eid)
+                        if held_agent is not None:
+                            refs += [("c", c) for c in held_agent.reservations.values()]
+                            refs += [("c", c) for c in held_agent.connected]
+                    else:
+                        held_contact = routing.contacts.get(eid)
+                        if held_contact is not None and held_contact.decision is not None:
+                            refs.append(("a", held_contact.decision.agent_id))
                     if snap is None:
                         continue
                     if kind == "a":
@@ -599,6 +703,11 @@ class SharedRouting:
         return rows
 
     async def rebuild(self, tenant: str, routing: TenantRouting) -> None:
+        if self.skip_feed is not None:
+            # Every feed event up to now is in what the load reads; one the
+            # follower still holds from before (a batch it is applying) would,
+            # once the versions are cleared, bring back what has ended since.
+            self.skip_feed(tenant, await self.store.feed_tail(tenant))
         await self.load(tenant, routing)
         if self.catch_up is not None:
             await self.catch_up(tenant)
@@ -608,15 +717,15 @@ class SharedRouting:
         the counters, every agent, every live contact and what they refer to. All
         is read first: the mirror changes only once every read has succeeded (Redis
         trouble half way leaves it as it was, not half cleared)."""
-        av, wv = await self.r.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
+        av, wv = await self.store.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
         agents = [a.decode() for a in await self.r.smembers(self._k(tenant, "agents"))]
         contacts = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
         rows = await self._read(
-            tenant, [("a", a) for a in agents] + [("c", c) for c in contacts])
+            tenant, routing, [("a", a) for a in agents] + [("c", c) for c in contacts])
         routing.clear()
         routing.av, routing.wv = int(av or 0), int(wv or 0)
-        for kind, eid, v, raw in rows:
-            self.apply(routing, kind, eid, v, raw, force=True)
+        for kind, eid, version, snap in rows:
+            self._apply_snap(routing, kind, eid, version, snap)
 
     def apply_feed(self, routing: TenantRouting, fields: dict[bytes, bytes]) -> list[str]:
         """Apply one feed event of snapshots; returns ids of contacts that became
@@ -629,7 +738,12 @@ class SharedRouting:
                 continue
             kind, _, eid = name.decode().partition(":")
             v, _, raw = value.partition(b"|")
-            if self.apply(routing, kind, eid, int(v), raw) and kind == "c" and raw:
+            version = int(v)
+            if routing.inflight and routing.inflight.get((kind, eid)) == version:
+                # This replica's commit in flight wrote it (the mirror has it), or
+                # it fails for it and fetches: either way nothing to apply.
+                continue
+            if self.apply(routing, kind, eid, version, raw) and kind == "c" and raw:
                 c = routing.contacts.get(eid)
                 if c is not None and c.profile is None and c.digest:
                     waiting.append(eid)
