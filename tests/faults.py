@@ -31,18 +31,19 @@ from redis.exceptions import RedisError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import RedisProcess, free_port  # noqa: E402
-from test_server_lifecycle import Process, clean_env, serving  # noqa: E402
+from support import RedisProcess, free_port
+from test_server_lifecycle import Process, clean_env, serving
 
-from pairline._proto.pairline.v1 import common_pb2 as cpb  # noqa: E402
-from pairline._proto.pairline.v1 import insights_pb2 as ipb  # noqa: E402
-from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc  # noqa: E402
-from pairline._proto.pairline.v1 import profiles_pb2 as ppb  # noqa: E402
-from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc  # noqa: E402
-from pairline._proto.pairline.v1 import router_pb2 as rpb  # noqa: E402
-from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc  # noqa: E402
-from pairline.loadtest import RACE_CODES, LoadOptions, run_loadtest  # noqa: E402
-from pairline.model import dump_model  # noqa: E402
+from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import insights_pb2 as ipb
+from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
+from pairline._proto.pairline.v1 import profiles_pb2 as ppb
+from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
+from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline.loadtest import RACE_CODES, LoadOptions, run_loadtest
+from pairline.model import dump_model
+from pairline.stores.shared import _load
 
 KEY = "acme-key-0123456789"
 AUTH = (("authorization", f"Bearer {KEY}"),)
@@ -252,16 +253,16 @@ class Monitor:
             try:
                 async with self.r.pipeline(transaction=True) as p:
                     for k in keys:
-                        p.hget(k, "s")
+                        p.get(k)
                     raws = await p.execute()
             except (OSError, RedisError):  # Redis down: nothing to read
                 await asyncio.sleep(0.1)
                 continue
             held: dict[str, str] = {}
             for key, raw in zip(keys, raws, strict=True):
-                if not raw:
+                snap = _load("a", (raw or b"").partition(b"|")[2])  # "<version>|<snapshot>"
+                if snap is None:
                     continue
-                snap = json.loads(raw)
                 agent = key.rsplit(":", 1)[1]
                 for ch, (use, cap) in enumerate(zip(snap["use"], snap["cap"], strict=True)):
                     if use > cap:
