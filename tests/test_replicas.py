@@ -442,6 +442,13 @@ class TestPrivacyAcrossReplicas:
                 await c.router.EndContact(rpb.EndContactRequest(
                     contact_id=f"k{i}", reason=rpb.END_REASON_HANDLED))
                 await c.router.AgentReady(rpb.AgentReadyRequest(agent_id="a0"))
+            # A contact of the customer waiting (no agent on its queue): its record
+            # in Redis names the customer until the deletion rewrites it.
+            q = await b.router.RouteContact(contact("w1", queue="nobody",
+                                                    customer_key="+15550111"))
+            assert q.mode == cpb.MODE_QUEUED
+            store = rs.servers[0].service.shared.store  # type: ignore[union-attr]
+            (held,) = await store.mget(["pl:{acme}:ct:w1"])
             ticket = await a.privacy.RequestDeletion(
                 xpb.RequestDeletionRequest(customer_key="+15550111"))
             for _ in range(200):
@@ -457,6 +464,13 @@ class TestPrivacyAcrossReplicas:
                 assert await svc.store.get_customer_profile("acme", digest, rs.clock.now()) is None
                 assert not [r for r in await svc.store.decisions("acme", rs.clock.now())
                             if r.customer_digest == digest]
+            # The waiting contact's record in Redis no longer names the customer,
+            # nor does any replica's copy.
+            assert t.customer_digest.encode() in held
+            (after,) = await store.mget(["pl:{acme}:ct:w1"])
+            assert after and t.customer_digest.encode() not in after, after
+            for s in rs.servers:
+                assert s.service.tenants["acme"].routing.contacts["w1"].digest == ""
             d = await b.router.RouteContact(contact("k9", customer_key="+15550111"))
             assert d.mode == cpb.MODE_NO_PROFILE
             stale = await b.profiles.UpsertCustomerProfile(ppb.CustomerProfile(

@@ -25,7 +25,7 @@ from pairline.config import Settings, TenantConfig
 from pairline.domain import Mode
 from pairline.errors import InvalidArgument, NotFound, Unavailable
 from pairline.privacy import KeyRing, deletion_due_ms
-from pairline.routing import TenantRouting
+from pairline.routing import Contact, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
 from pairline.stores.privacy import (
     AUDIT_DELETION_COMPLETED,
@@ -71,6 +71,17 @@ class BulkResult:
     already: int
     withdrawn: int
     effective_at_ms: int
+
+
+def scrub_contact(c: Contact, *, opted_out: bool) -> None:
+    """A live contact without its customer's data (a deletion or an opt-out)."""
+    c.digest = ""
+    c.profile = c.x = c.u = None
+    c.x_version = ""
+    c.c0 = 0.0
+    c.context = ()
+    if opted_out:
+        c.opted_out = True
 
 
 @dataclass(slots=True)
@@ -134,6 +145,11 @@ class Privacy:
         self.clock = clock
         self._routing_of = routing_of
         self.tenants = {t.name: TenantPrivacy(t) for t in settings.tenants}
+        # Shared state (Redis): rewrites the live contacts of these customers in
+        # Redis without their data (every mirror drops it itself; Redis's record
+        # would keep it until the contact changes). Returns how many. Set by the
+        # service in Redis mode.
+        self.scrub_shared: Callable[[str, set[str], bool], Awaitable[int]] | None = None
         # Set when a deletion is requested: the worker wakes at once.
         self.wake = asyncio.Event()
         # The last deletion-ticket counts read from the ledger (see ticket_counts).
@@ -220,17 +236,22 @@ class Privacy:
             tp.tombstones[d] = max(tp.tombstones.get(d, 0), deleted_at_ms)
         self._forget(tenant, set(digests), opted_out=False)
 
+    async def _scrub_opted_out(self, tenant: str, digests: Sequence[str]) -> None:
+        """Opted-out customers' live contacts, rewritten in Redis without their data.
+        Best effort: routing already ignores their data (the suppression set), and
+        the record goes when the contact changes or ends."""
+        if self.scrub_shared is None or not digests:
+            return
+        try:
+            await self.scrub_shared(tenant, set(digests), True)
+        except Exception:
+            log.warning("opt_out_scrub_failed", tenant=tenant, exc_info=True)
+
     def _forget(self, tenant: str, digests: set[str], *, opted_out: bool) -> int:
         n = 0
         for c in self._routing_of(tenant).contacts.values():
             if c.digest in digests:
-                c.digest = ""
-                c.profile = c.x = c.u = None
-                c.x_version = ""
-                c.c0 = 0.0
-                c.context = ()
-                if opted_out:
-                    c.opted_out = True
+                scrub_contact(c, opted_out=opted_out)
                 n += 1
         return n
 
@@ -265,6 +286,8 @@ class Privacy:
                                 detail="" if changed else "no_change")]
             await self._durably(self.ledger.set_opt_outs(tenant, digests, opted_out, audit))
             self.apply_opt_outs(tenant, digests, opted_out)
+            if opted_out:
+                await self._scrub_opted_out(tenant, digests)
             if changed:
                 if opted_out:
                     tp.counts.opt_outs += 1
@@ -294,6 +317,7 @@ class Privacy:
             add = sorted(listed - tp.suppressed)
             await self._durably(self.ledger.set_opt_outs(tenant, add, True, audit))
             self.apply_opt_outs(tenant, add, True)
+            await self._scrub_opted_out(tenant, add)
             tp.counts.opt_outs += len(new)
             if gone:
                 await self._durably(self.ledger.set_opt_outs(tenant, gone, False, withdraw))
@@ -472,6 +496,8 @@ class Privacy:
             for d in digests:
                 purged += await self.store.purge_customer(tenant, d)
             self.apply_deletion(tenant, digests, ticket.deleted_at_ms)
+            if self.scrub_shared is not None:
+                purged += await self.scrub_shared(tenant, set(digests), False)
             nxt = replace(ticket, step=STEP_PURGED)
             if (stored := await record(nxt)) is not nxt:
                 return stored or ticket, False

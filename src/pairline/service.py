@@ -53,12 +53,12 @@ from pairline.pairing import (
     link,
     refresh_bands,
 )
-from pairline.privacy_service import Privacy
+from pairline.privacy_service import Privacy, scrub_contact
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
 from pairline.stores.base import DecisionRecord, ProfileRow, Store
+from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 from pairline.stores.redis import FeedFollower
 from pairline.stores.shared import REDIS_ERRORS, SharedRouting
-from pairline.stores.privacy import MemoryLedger, PrivacyLedger
 
 log = structlog.get_logger()
 
@@ -359,7 +359,8 @@ class Service:
         )
         rt.routing.reserve(contact, agent, decision, now)
         if self.shared is not None:  # written by the same commit as the reservation
-            self.shared.stage_record(rt.config.name, rt.routing, self._record_of(rt, contact, decision))
+            self.shared.stage_record(rt.config.name, rt.routing,
+                                     self._record_of(rt, contact, decision))
         return decision
 
     @staticmethod
@@ -907,6 +908,7 @@ class Service:
             self.shared.skip_feed = self._feed.skip_to
             self.shared.on_recovered = self._readopt
             self.shared.now = self.clock.now
+            self.privacy.scrub_shared = self._scrub_shared
             for name, rt in self.tenants.items():
                 for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
                     rt.routing.set_agent_vector(agent_id, row.vector)
@@ -971,6 +973,14 @@ class Service:
             model = await self.store.get_model(tenant, ids[0])
             if model is not None:
                 self._use_model(rt, model)
+
+    async def _scrub_shared(self, tenant: str, digests: set[str], opted_out: bool) -> int:
+        """Rewrite in Redis, without their data, the live contacts whose record still
+        names one of ``digests`` (every mirror has dropped it already)."""
+        assert self.shared is not None
+        return await self.shared.scrub(
+            tenant, self.tenants[tenant].routing, digests,
+            lambda c: scrub_contact(c, opted_out=opted_out))
 
     async def _adopt(self, tenant: str, rt: TenantRuntime, contact_id: str) -> None:
         """A contact routed through another replica that waits here too: load its

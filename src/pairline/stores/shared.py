@@ -45,7 +45,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from pairline.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from pairline.routing import TenantRouting, snapshot_of
+from pairline.routing import Contact, TenantRouting, snapshot_of
 from pairline.stores.base import DecisionRecord
 from pairline.stores.redis import FEED_MAXLEN, LuaScript, RedisStore, record_json
 
@@ -624,6 +624,33 @@ class SharedRouting:
     def _touched(routing: TenantRouting) -> list[tuple[str, str]]:
         return ([("a", a) for a in routing.touched_agents]
                 + [("c", c) for c in routing.touched_contacts])
+
+    async def scrub(
+        self, tenant: str, routing: TenantRouting, digests: set[str],
+        scrub_contact: Callable[[Contact], None],
+    ) -> int:
+        """Commit, without their customer's data (``scrub_contact``), the live
+        contacts whose record in Redis still names one of ``digests``: a deletion
+        or an opt-out reaches Redis's copy too, not only every replica's mirror.
+        Returns how many. Raises on Redis trouble (the deletion worker retries)."""
+        live = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
+        rows = await self._read(tenant, routing, [("c", c) for c in live], depth=0)
+        held = [eid for _, eid, _, snap in rows if snap is not None and snap["dg"] in digests]
+        if not held:
+            return 0
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            # (this mirror may not have them all yet: the feed is on its way)
+            await self._fetch(tenant, routing, [("c", c) for c in held])
+
+        def op() -> int:
+            for cid in held:
+                c = routing.contacts.get(cid)
+                if c is not None:
+                    scrub_contact(c)
+                    routing.touched_contacts.add(cid)
+            return len(held)
+
+        return await self.run(tenant, routing, op, contacts=held)
 
     async def refresh(
         self,
