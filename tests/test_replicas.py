@@ -418,6 +418,37 @@ class TestPrivacyAcrossReplicas:
             assert d.mode == cpb.MODE_OPTED_OUT, d
             assert loop.time() - t0 < 1.0
 
+    async def test_a_replica_cut_off_longer_than_the_feed_keeps_catches_up(
+        self, redis_url: str
+    ) -> None:
+        """B misses feed events that are trimmed before it reads them (cut off longer
+        than the feed keeps): it finds the gap and reloads routing state, opt-outs
+        and the model, instead of routing on a stale view."""
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await rs.settle()
+            sb = rs.servers[1].service
+            feed = sb._feed
+            assert feed is not None
+            await feed.stop()  # B hears nothing from here on
+            await a.router.SetAgentState(login("a1", "sales"))
+            await activate_model(a, 9, "v3")
+            await a.privacy.OptOut(xpb.OptOutRequest(customer_key="+15550199"))
+            store = rs.servers[0].service.shared.store  # type: ignore[union-attr]
+            await store.r.xtrim("pl:{acme}:feed", maxlen=0, approximate=False)
+            rb = sb.tenants["acme"]
+            assert "a1" not in rb.routing.agents and not sb.privacy.tenants["acme"].suppressed
+            await feed.check_gaps()
+            assert feed.gaps == 1
+            assert rb.routing.agents["a1"].presence == rs.servers[0].service.tenants[
+                "acme"].routing.agents["a1"].presence
+            assert rb.scorer is not None and rb.scorer.version == "v3"
+            assert len(sb.privacy.tenants["acme"].suppressed) == 1
+            d = await b.router.RouteContact(contact("c1", customer_key="+15550199"))
+            assert d.mode == cpb.MODE_OPTED_OUT and d.agent_id == "a1"
+
     async def test_deletion_purges_every_replica_and_refuses_stale_uploads(
         self, redis_url: str
     ) -> None:

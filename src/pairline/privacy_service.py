@@ -180,6 +180,16 @@ class Privacy:
                 if old:
                     log.info("secret_rotated", tenant=name, secret_id=new, previous=old)
 
+    async def reload(self, tenant: str) -> None:
+        """Reload one tenant's suppression set and tombstones from the ledger (the
+        change feed lost events this process had not applied), and drop the data
+        of any live contact they cover."""
+        tp = self._t(tenant)
+        tp.suppressed = await self.ledger.opt_outs(tenant)
+        tp.tombstones = await self.ledger.tombstones(tenant)
+        self._forget(tenant, set(tp.suppressed), opted_out=True)
+        self._forget(tenant, set(tp.tombstones), opted_out=False)
+
     # ------------------------------------------------------------ hot path
     def screen(self, tenant: str, customer_key: str) -> tuple[list[str], bool]:
         """The customer's digests (current secret first, then previous secrets

@@ -909,6 +909,7 @@ class Service:
             self.shared.on_recovered = self._readopt
             self.shared.now = self.clock.now
             self.privacy.scrub_shared = self._scrub_shared
+            self._feed.on_gap = self._feed_gap
             for name, rt in self.tenants.items():
                 for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
                     rt.routing.set_agent_vector(agent_id, row.vector)
@@ -973,6 +974,24 @@ class Service:
             model = await self.store.get_model(tenant, ids[0])
             if model is not None:
                 self._use_model(rt, model)
+
+    async def _feed_gap(self, tenant: str) -> None:
+        """The feed lost events this replica had not applied (it was cut off longer
+        than the feed keeps them): reload what they would have told it: routing
+        state, opt-outs and deletions, agent profiles, the active model, and no
+        cached customer profile."""
+        assert self.shared is not None
+        rt = self.tenants[tenant]
+        self.shared.store.forget_all(tenant)
+        for agent_id, row in (await self.shared.store.all_agent_profiles(tenant)).items():
+            rt.routing.set_agent_vector(agent_id, row.vector)
+        active = await self.store.active_model_version(tenant)
+        if active and (rt.scorer is None or rt.scorer.version != active):
+            model = await self.store.get_model(tenant, active)
+            if model is not None:
+                self._use_model(rt, model)
+        await self.shared.resync(tenant, rt.routing)
+        await self.privacy.reload(tenant)
 
     async def _scrub_shared(self, tenant: str, digests: set[str], opted_out: bool) -> int:
         """Rewrite in Redis, without their data, the live contacts whose record still

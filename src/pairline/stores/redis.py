@@ -64,6 +64,10 @@ _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _OFFSET = 1 << 63
 _HEAD = 60  # order key (40) + expires-at ms (20)
 FEED_MAXLEN = 100_000
+# Feed events older than this are trimmed (they hold routing snapshots, digests
+# among them); a replica further behind finds the gap and rebuilds instead.
+FEED_RETENTION_S = 600.0
+GAP_CHECK_S = 5.0  # how often a follower trims the feeds and looks for a gap
 FEED_LINGER_S = 0.001  # see FeedFollower.linger_s
 NO_EXPIRY_MS = 10**19 - 1  # "never" in the 20-digit expiry field
 
@@ -402,6 +406,12 @@ class RedisStore:
             return None
         return entry[0]
 
+    def forget_all(self, tenant: str) -> None:
+        """Drop every cached customer profile of ``tenant``."""
+        cache = self._cache.get(tenant)
+        if cache is not None:
+            cache.clear()
+
     def forget(self, tenant: str, digests: Iterable[str]) -> None:
         """Drop cached profiles (a change-feed event said they changed)."""
         cache = self._cache.get(tenant)
@@ -557,6 +567,12 @@ class FeedFollower:
         self.floor: dict[str, str] = {}  # see skip_to
         self.lag_s = 0.0
         self.connected = True
+        # Called for a tenant whose events this follower had not applied were
+        # trimmed away (it was cut off longer than the feed keeps): the caller
+        # rebuilds what the events would have told it.
+        self.on_gap: Callable[[str], Awaitable[None]] | None = None
+        self.gaps = 0
+        self._checked_at = 0.0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -609,12 +625,15 @@ class FeedFollower:
                 else:
                     streams = {self.store.key(t, "feed"): last for t, last in self.last.items()}
                     got = await r.xread(streams, count=500, block=self.block_ms) or []
+                reconnected = not self.connected
                 self.connected = True
                 delay = 0.05
                 for stream, entries in got:
                     tenant = stream.decode().split("{", 1)[1].split("}", 1)[0]
                     for entry_id, fields in entries:
                         await self._apply(tenant, entry_id.decode(), fields)
+                if reconnected or time.monotonic() - self._checked_at >= GAP_CHECK_S:
+                    await self.check_gaps()  # (back from a disconnection, or periodic)
                 if got and self.linger_s > 0:
                     await asyncio.sleep(self.linger_s)
             except asyncio.CancelledError:
@@ -642,6 +661,37 @@ class FeedFollower:
                 await self._apply(tenant, entry_id.decode(), fields)
             if len(entries) < 1000:
                 return
+
+    async def check_gaps(self) -> None:
+        """Trim every feed to its retention, then find the tenants whose events this
+        follower may not have applied yet were trimmed, and hand them to ``on_gap``.
+        Trimming takes the oldest entries, so that is when entries were ever trimmed
+        and the oldest one left (or, with none left, the last one added) is later
+        than the last one applied here. (Rarely, that was the very next event and
+        nothing is lost: a rebuild then costs only time.)"""
+        self._checked_at = time.monotonic()
+        cutoff_ms = int((time.time() - FEED_RETENTION_S) * 1000)
+        for tenant in list(self.last):
+            key = self.store.key(tenant, "feed")
+            try:
+                await self.store.r.xtrim(key, minid=f"{cutoff_ms}-0", approximate=True)
+                info = await self.store.r.xinfo_stream(key)
+            except ResponseError:
+                continue  # no feed yet
+            if int(info.get("entries-added") or 0) <= int(info.get("length") or 0):
+                continue  # nothing was ever trimmed
+            first = info.get("first-entry")
+            oldest = first[0] if first else info.get("last-generated-id") or b"0-0"
+            oldest = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+            last = self.last[tenant]
+            if _later(oldest, last) == last:
+                continue
+            self.gaps += 1
+            log.warning("feed_gap", tenant=tenant, last=last, oldest=oldest)
+            if self.on_gap is not None:
+                await self.on_gap(tenant)
+            if not first:  # (with entries left, the rebuild moved past them)
+                self.last[tenant] = _later(self.last[tenant], oldest)
 
     def skip_to(self, tenant: str, entry_id: str) -> None:
         """Apply no event up to ``entry_id`` of ``tenant`` any more (the caller read

@@ -729,6 +729,12 @@ class SharedRouting:
             depth -= 1
         return rows
 
+    async def resync(self, tenant: str, routing: TenantRouting) -> None:
+        """Rebuild the mirror from Redis between two operations (the feed lost
+        events this replica had not applied)."""
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            await self.rebuild(tenant, routing)
+
     async def rebuild(self, tenant: str, routing: TenantRouting) -> None:
         if self.skip_feed is not None:
             # Every feed event up to now is in what the load reads; one the
