@@ -449,6 +449,33 @@ class TestPrivacyAcrossReplicas:
             d = await b.router.RouteContact(contact("c1", customer_key="+15550199"))
             assert d.mode == cpb.MODE_OPTED_OUT and d.agent_id == "a1"
 
+    async def test_retention_of_a_live_contacts_data_reaches_redis(
+        self, redis_url: str
+    ) -> None:
+        """A contact left live past ``contact_data_ttl_s`` loses its customer's data
+        in Redis's record and on every replica, not only where the sweep ran."""
+        cfg = settings(policy="greedy", contact_data_ttl_s=60)
+        async with replicas(redis_url, n=2, cfg=cfg) as rs:
+            a = rs.client(0)
+            q = await a.router.RouteContact(contact("w1", queue="nobody",
+                                                    customer_key="+15550123"))
+            assert q.mode == cpb.MODE_QUEUED
+            store = rs.servers[0].service.shared.store  # type: ignore[union-attr]
+            (before,) = await store.mget(["pl:{acme}:ct:w1"])
+            digest = rs.servers[0].service.tenants["acme"].routing.contacts["w1"].digest
+            assert digest and digest.encode() in before
+            rs.clock.advance(30)
+            await rs.servers[0].service.sweep_retention()
+            (kept,) = await store.mget(["pl:{acme}:ct:w1"])
+            assert digest.encode() in kept  # not yet past its retention
+            rs.clock.advance(31)
+            await rs.servers[0].service.sweep_retention()
+            (after,) = await store.mget(["pl:{acme}:ct:w1"])
+            assert after and digest.encode() not in after, after
+            await rs.settle()
+            for s in rs.servers:
+                assert s.service.tenants["acme"].routing.contacts["w1"].digest == ""
+
     async def test_deletion_purges_every_replica_and_refuses_stale_uploads(
         self, redis_url: str
     ) -> None:

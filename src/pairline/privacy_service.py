@@ -274,10 +274,7 @@ class Privacy:
             limit = now - tp.config.contact_data_ttl_s
             for c in self._routing_of(name).contacts.values():
                 if c.arrival <= limit and (c.digest or c.profile is not None or c.context):
-                    c.digest = ""
-                    c.profile = c.x = c.u = None
-                    c.x_version = ""
-                    c.context = ()
+                    scrub_contact(c, opted_out=False)
                     n += 1
         return n
 

@@ -802,7 +802,18 @@ class Service:
 
     async def sweep_retention(self) -> int:
         now = self.clock.now()
-        return await self.store.sweep(now) + self.privacy.sweep_contacts(now)
+        n = await self.store.sweep(now) + self.privacy.sweep_contacts(now)
+        if self.shared is not None:  # Redis's copies of those contacts too
+            for name, rt in self.tenants.items():
+                if self.degraded(name):
+                    continue  # (the next sweep)
+                limit = now - rt.config.contact_data_ttl_s
+                await self.shared.scrub(
+                    name, rt.routing,
+                    lambda snap, limit=limit: snap["arr"] <= limit and bool(snap["dg"]
+                                                                          or snap["ctx"]),
+                    lambda c: scrub_contact(c, opted_out=False))
+        return n
 
     # --------------------------------------------------------------- profiles
     @staticmethod
@@ -998,7 +1009,7 @@ class Service:
         names one of ``digests`` (every mirror has dropped it already)."""
         assert self.shared is not None
         return await self.shared.scrub(
-            tenant, self.tenants[tenant].routing, digests,
+            tenant, self.tenants[tenant].routing, lambda snap: snap["dg"] in digests,
             lambda c: scrub_contact(c, opted_out=opted_out))
 
     async def _adopt(self, tenant: str, rt: TenantRuntime, contact_id: str) -> None:

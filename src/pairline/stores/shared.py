@@ -626,16 +626,17 @@ class SharedRouting:
                 + [("c", c) for c in routing.touched_contacts])
 
     async def scrub(
-        self, tenant: str, routing: TenantRouting, digests: set[str],
+        self, tenant: str, routing: TenantRouting, match: Callable[[dict[str, Any]], bool],
         scrub_contact: Callable[[Contact], None],
     ) -> int:
         """Commit, without their customer's data (``scrub_contact``), the live
-        contacts whose record in Redis still names one of ``digests``: a deletion
-        or an opt-out reaches Redis's copy too, not only every replica's mirror.
-        Returns how many. Raises on Redis trouble (the deletion worker retries)."""
+        contacts whose record in Redis ``match``es (names a deleted or opted-out
+        customer, or is past the data's retention): Redis's copy too, not only
+        every replica's mirror. Returns how many. Raises on Redis trouble (the
+        deletion worker retries)."""
         live = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
         rows = await self._read(tenant, routing, [("c", c) for c in live], depth=0)
-        held = [eid for _, eid, _, snap in rows if snap is not None and snap["dg"] in digests]
+        held = [eid for _, eid, _, snap in rows if snap is not None and match(snap)]
         if not held:
             return 0
         async with self._locks.setdefault(tenant, asyncio.Lock()):
