@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pairline._proto.pairline.v1 import insights_pb2_grpc as ipb_grpc
 from pairline._proto.pairline.v1 import privacy_pb2_grpc as xpb_grpc
 from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline.aio import stop_task
 from pairline.clock import Clock, SystemClock
 from pairline.config import Settings
 from pairline.interceptors import Guard, GuardedServer
@@ -32,7 +32,6 @@ from pairline.servicers import (
     PrivacyServicer,
     ProfilesServicer,
 )
-from pairline.aio import stop_task
 from pairline.stores import MemoryStore, Store
 from pairline.stores.privacy import FileLedger, MemoryLedger, PrivacyLedger
 from pairline.stores.redis import RedisStore

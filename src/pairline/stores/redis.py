@@ -54,8 +54,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
-from pairline.stores.base import DecisionRecord, ProfileRow
 from pairline.routing import DECISION_FIELDS, decision_values
+from pairline.stores.base import DecisionRecord, ProfileRow
 from pairline.stores.lane import Lane
 
 log = structlog.get_logger()
@@ -638,7 +638,7 @@ class FeedFollower:
                     await asyncio.sleep(self.linger_s)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 if self.connected:
                     log.warning("feed_disconnected", error=str(exc))
                 self.connected = False
