@@ -695,6 +695,19 @@ class Lockstep:
         return self._replies.code()  # type: ignore[no-any-return]
 
 
+def upsert_profiles(profiles: Any, md: Any, p: Any, i: int) -> None:
+    """A ``profiles`` step: its customer and agent profiles, at version ``i``."""
+    customers, agents = p
+    profiles.UpsertCustomerProfiles(iter([profiles_pb2.CustomerProfileBatch(
+        profiles=[profiles_pb2.CustomerProfile(
+            customer_key=k, vector=v, version=i, source_time_ms=i + 1)
+            for k, v in customers])]), metadata=md, timeout=10)
+    profiles.UpsertAgentProfiles(profiles_pb2.AgentProfileBatch(
+        profiles=[profiles_pb2.AgentProfile(
+            agent_id=a, vector=v, version=i, source_time_ms=i + 1)
+            for a, v in agents]), metadata=md, timeout=10)
+
+
 def router_pb2_grpc_stub(channel: grpc.Channel) -> Any:
     from pairline._proto.pairline.v1 import router_pb2_grpc
 
@@ -728,15 +741,7 @@ class TestConnectSequences:
                         ts.call(service.expire_all())
                         continue
                     if kind == "profiles":
-                        customers, agents = p
-                        profiles.UpsertCustomerProfiles(iter([profiles_pb2.CustomerProfileBatch(
-                            profiles=[profiles_pb2.CustomerProfile(
-                                customer_key=k, vector=v, version=i, source_time_ms=i + 1)
-                                for k, v in customers])]), metadata=md, timeout=10)
-                        profiles.UpsertAgentProfiles(profiles_pb2.AgentProfileBatch(
-                            profiles=[profiles_pb2.AgentProfile(
-                                agent_id=a, vector=v, version=i, source_time_ms=i + 1)
-                                for a, v in agents]), metadata=md, timeout=10)
+                        upsert_profiles(profiles, md, p, i)
                         continue
                     ev = event_of(kind, p, decisions, i)
                     before = ts.run(lambda: digest(ts, who))

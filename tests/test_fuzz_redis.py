@@ -49,10 +49,11 @@ from test_fuzz import (
     mutated,
     routing_digest,
     switch_steps,
+    upsert_profiles,
 )
 from test_profiles import model_file
 
-from pairline._proto.pairline.v1 import profiles_pb2, profiles_pb2_grpc, router_pb2_grpc
+from pairline._proto.pairline.v1 import profiles_pb2_grpc, router_pb2_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.logs import configure
 from pairline.testing import FakeClock
@@ -204,15 +205,7 @@ class TestConnectSequencesOnRedis:
                         a.call(service.expire_all())
                         continue
                     if kind == "profiles":
-                        customers, agents = p
-                        profiles.UpsertCustomerProfiles(iter([profiles_pb2.CustomerProfileBatch(
-                            profiles=[profiles_pb2.CustomerProfile(
-                                customer_key=k, vector=v, version=i, source_time_ms=i + 1)
-                                for k, v in customers])]), metadata=md, timeout=10)
-                        profiles.UpsertAgentProfiles(profiles_pb2.AgentProfileBatch(
-                            profiles=[profiles_pb2.AgentProfile(
-                                agent_id=x, vector=v, version=i, source_time_ms=i + 1)
-                                for x, v in agents]), metadata=md, timeout=10)
+                        upsert_profiles(profiles, md, p, i)
                         continue
                     ev = event_of(kind, p, decisions, i)
                     before = a.run(lambda: (replicated(a, who), redis_digest(pair.r, who)))
