@@ -363,10 +363,17 @@ class TenantRouting:
         self.needs_av = self.needs_wv = self.bumps_av = self.bumps_wv = False
         # Reservations released by their offer timeout since start (a metric).
         self.expired_total = 0
+        # Offers decided before this time do not expire here (0: all may). Set
+        # while this mirror is out of touch with the shared state: an offer made
+        # before may have been confirmed through another replica meanwhile, so
+        # giving its contact or agent away again here could give it twice; it
+        # expires once the mirror is rebuilt from the shared state.
+        self.hold_before = 0.0
 
     def clear(self) -> None:
         """Forget every agent, contact and reservation (before a rebuild from the
         shared state); agent profiles stay."""
+        self.hold_before = 0.0
         self.agents.clear()
         self.contacts.clear()
         self.queues.clear()
@@ -689,13 +696,19 @@ class TenantRouting:
     def expire(self, now: float) -> list[Decision]:
         """Release every reservation whose offer timed out. Cheap when none did."""
         expired: list[Decision] = []
+        held: list[tuple[float, str]] = []
         while self._expiry and self._expiry[0][0] <= now:
-            _, decision_id = heapq.heappop(self._expiry)
-            decision = self.reservations.get(decision_id)
+            entry = heapq.heappop(self._expiry)
+            decision = self.reservations.get(entry[1])
             if decision is not None and decision.expires_at <= now:
-                self._release(decision_id, now)
+                if decision.decided_at < self.hold_before:
+                    held.append(entry)  # (see hold_before)
+                    continue
+                self._release(entry[1], now)
                 expired.append(decision)
                 self.expired_total += 1
+        for entry in held:
+            heapq.heappush(self._expiry, entry)
         return expired
 
     def end_contact(

@@ -171,6 +171,7 @@ class SharedRouting:
         self._resync: set[str] = set()
         self._probe_at = 0.0
         self._out_since = 0.0  # wall time the current outage began
+        self._out_at = 0.0  # the same on the service's clock
         self._back_since: float | None = None  # monotonic time Redis answered again
         self._beat_at = 0.0
         # Per tenant: snapshots of what the mirror changed while out of touch, kept
@@ -379,6 +380,7 @@ class SharedRouting:
         if not self._resync:
             log.warning("redis_unreachable", error=repr(exc))
             self._out_since = time.time()
+            self._out_at = time.time() if self.now is None else self.now()
             self._back_since = None
         self._resync = set(self.tenants)
         self._probe_at = time.monotonic()
@@ -390,6 +392,9 @@ class SharedRouting:
         return self._local(routing, op)
 
     def _local(self, routing: TenantRouting, op: Callable[[], T]) -> T:
+        # Offers made before the outage stay until the mirror is rebuilt (see
+        # TenantRouting.hold_before).
+        routing.hold_before = max(routing.hold_before, self._out_at)
         routing.touched_agents.clear()
         routing.touched_contacts.clear()
         routing.recording = True
