@@ -7,19 +7,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pairline.service import run_now
 
-__all__ = ["percentiles_us", "run_now", "serving_process"]
+__all__ = ["percentiles_us", "run_now", "server_process", "serving_process"]
 
 
 def percentiles_us(benchmark: Any) -> dict[str, float]:
@@ -37,24 +36,34 @@ def percentiles_us(benchmark: Any) -> dict[str, float]:
 def serving_process(cfg: Path, addr: str) -> Iterator[grpc.Channel]:
     """``pairline serve --config cfg`` in a process of its own, once health says
     SERVING; yields a channel to it, and stops the process after."""
+    with server_process(cfg, addr) as (ch, _pid):
+        yield ch
+
+
+@contextmanager
+def server_process(cfg: Path, addr: str, launch: Sequence[str] = (),
+                   timeout_s: float = 120) -> Iterator[tuple[grpc.Channel, int]]:
+    """As :func:`serving_process`, yielding (channel, pid); ``launch`` replaces
+    ``python -m pairline.cli`` (say, with ``taskset -c 0`` in front)."""
+    launch = list(launch) or [sys.executable, "-m", "pairline.cli"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pairline.cli", "serve", "--config", str(cfg), "--listen", addr],
+        [*launch, "serve", "--config", str(cfg), "--listen", addr],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
     )
     try:
         with grpc.insecure_channel(addr) as ch:
             health = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + timeout_s
             while True:
                 try:
                     if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                         break
                 except grpc.RpcError:
                     pass
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("server did not become SERVING")
                 time.sleep(0.1)
-            yield ch
+            yield ch, proc.pid
     finally:
         proc.terminate()
         proc.wait(20)

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -34,10 +34,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-import test_grpc_bench as gb  # noqa: E402
-from support import free_port  # noqa: E402
+import test_grpc_bench as gb
+from _util import server_process
+from support import free_port
 
-from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc  # noqa: E402
+from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -123,29 +124,12 @@ def phase(name: str, pid: int, run: Callable[[], int], per_thread: bool) -> None
                       f"{(after[3] - before[3]) / n:5.2f} switches/call")
 
 
-@contextlib.contextmanager
-def serving(cfg: Path, addr: str) -> Iterator[tuple[grpc.Channel, int]]:
-    """``pairline serve`` in its own process, once SERVING: (channel, pid)."""
+def serving(cfg: Path, addr: str) -> contextlib.AbstractContextManager[
+        tuple[grpc.Channel, int]]:
+    """``pairline serve`` in its own process (``PAIRLINE_LAUNCH`` replaces
+    ``python -m pairline.cli``), once SERVING: (channel, pid)."""
     launch = os.environ.get("PAIRLINE_LAUNCH", f"{sys.executable} -m pairline.cli").split()
-    proc = subprocess.Popen([*launch, "serve", "--config", str(cfg), "--listen", addr],
-                            stdout=subprocess.DEVNULL)
-    try:
-        with grpc.insecure_channel(addr) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("server did not become SERVING")
-                time.sleep(0.1)
-            yield ch, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    return server_process(cfg, addr, launch)
 
 
 def profiler(out: str, pid: int) -> subprocess.Popen[bytes]:
