@@ -689,7 +689,13 @@ class FeedFollower:
             self.gaps += 1
             log.warning("feed_gap", tenant=tenant, last=last, oldest=oldest)
             if self.on_gap is not None:
-                await self.on_gap(tenant)
+                try:
+                    await self.on_gap(tenant)
+                except (TimeoutError, RedisError, OSError):
+                    raise  # (the loop retries; the gap is found again)
+                except Exception:  # a bad record must not stop the feed: next check
+                    log.exception("feed_gap_reload_failed", tenant=tenant)
+                    continue
             if not first:  # (with entries left, the rebuild moved past them)
                 self.last[tenant] = _later(self.last[tenant], oldest)
 
