@@ -224,10 +224,15 @@ async def test_three_processes_20k_contacts_one_killed(
             assert switch.failovers <= 24 + 1 + N_AGENTS, switch.failovers
             assert switch.ambiguous <= switch.failovers + switch.retries, switch.ambiguous
             assert switch.retries <= 0.01 * stats["ended"], switch.retries
-            # Nothing held or waiting is left, as every replica sees it.
+            # Nothing held or waiting is left, as every replica sees it (once its
+            # periodic reconciliation with Redis has run: RECONCILE_S).
             for i in switch.alive:
-                q = await switch.insights[i].GetQueueStats(ipb.GetQueueStatsRequest(),
-                                                           metadata=AUTH)
+                for _ in range(30):
+                    q = await switch.insights[i].GetQueueStats(ipb.GetQueueStatsRequest(),
+                                                               metadata=AUTH)
+                    if sum(x.waiting + x.contacts_in_service for x in q.queues) == 0:
+                        break
+                    await asyncio.sleep(0.1)
                 assert sum(x.waiting + x.contacts_in_service for x in q.queues) == 0, q
                 for a in range(N_AGENTS):
                     st = await switch.router[i].GetAgentState(

@@ -61,6 +61,7 @@ from pairline.stores.redis import FeedFollower
 from pairline.stores.shared import REDIS_ERRORS, SharedRouting
 
 log = structlog.get_logger()
+RECONCILE_S = 1.0  # how often a replica checks its mirror's live contacts against Redis
 
 T = TypeVar("T")
 
@@ -213,6 +214,7 @@ class Service:
         self.shared = shared
         self.coord: SharedRouting | _Local = shared or _Local()
         self._feed: FeedFollower | None = None
+        self._reconciled_at = 0.0
         self._background: set[asyncio.Future[Any]] = set()
         seeds = np.random.SeedSequence(seed).spawn(len(settings.tenants))
         self.tenants = {
@@ -797,7 +799,14 @@ class Service:
                                                   lambda r=rt.routing: r.expire(now)))
                 except Unavailable:
                     continue  # Redis went out of reach meanwhile: the next sweep
-
+        if self.shared is not None and time.monotonic() - self._reconciled_at >= RECONCILE_S:
+            self._reconciled_at = time.monotonic()
+            for name, rt in self.tenants.items():
+                try:
+                    if await self.shared.reconcile(name, rt.routing):
+                        log.info("mirror_reconciled", tenant=name)
+                except REDIS_ERRORS:
+                    pass  # (the next sweep)
         return n
 
     async def sweep_retention(self) -> int:

@@ -735,6 +735,23 @@ class SharedRouting:
             depth -= 1
         return rows
 
+    async def reconcile(self, tenant: str, routing: TenantRouting) -> int:
+        """Anti-entropy, periodic: the contacts this mirror holds that Redis no
+        longer lists as live, and the live ones it lacks, are fetched from Redis (a
+        feed event missed or not applied leaves the mirror with a ghost that only
+        a commit touching it would correct). Returns how many were fetched."""
+        if tenant in self._resync:
+            return 0  # out of touch: the mirror holds changes Redis has not seen
+        live = {c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))}
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            if tenant in self._resync:
+                return 0
+            odd = [c for c in routing.contacts if c not in live]
+            odd += [c for c in live if c not in routing.contacts]
+            if odd:
+                await self._fetch(tenant, routing, [("c", c) for c in odd])
+        return len(odd)
+
     async def resync(self, tenant: str, routing: TenantRouting) -> None:
         """Rebuild the mirror from Redis between two operations (the feed lost
         events this replica had not applied)."""
