@@ -10,10 +10,12 @@ import copy
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from support import RedisProcess, contact, login, settings
 from test_replicas import replicas
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
+from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.domain import AgentStatus, Channel, Decision, EndReason, Mode
 from pairline.routing import ContactState, TenantRouting
@@ -112,5 +114,76 @@ async def test_a_replica_that_does_not_route_alone_refuses_until_the_other_wrote
             assert d2.mode != cpb.MODE_DEGRADED and d2.agent_id and d2.agent_id != d.agent_id
             st = await other.router.GetAgentState(rpb.GetAgentStateRequest(agent_id=d.agent_id))
             assert list(st.contact_ids) == ["c1"]
+    finally:
+        own.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_the_replica_that_routes_alone_fences_the_others_off_first() -> None:
+    """Redis slow, not gone: the replica that routes alone first fences the others
+    off and reads the feed up to the fence. A contact another replica connected
+    just before (which its feed loop had not applied yet) is on its mirror, so it
+    does not give that agent away again; the others' commits are refused from
+    then on, until it has written back and lifted the fence."""
+    own = RedisProcess()
+    try:
+        async with replicas(own.url, n=2, cfg=settings()) as rs:
+            lone_shared = rs.servers[0].service.shared
+            other_shared = rs.servers[1].service.shared
+            assert lone_shared is not None and other_shared is not None
+            other_shared.outage_routing = False
+            keys = aioredis.Redis.from_url(own.url)
+            lone, other = rs.client(0), rs.client(1)
+            await lone.router.SetAgentState(login("a1", "sales"))
+            await rs.settle()
+            # The lone replica's feed loop stops: only the fence's read brings
+            # it what the other does from here on.
+            await rs.servers[0].service._feed.stop()  # type: ignore[union-attr]
+            d1 = await other.router.RouteContact(contact("c1"), timeout=2)
+            assert d1.agent_id == "a1"
+            await other.router.ConfirmDecision(rpb.ConfirmDecisionRequest(
+                decision_id=d1.decision_id))
+            assert "c1" not in rs.servers[0].service.tenants["acme"].routing.contacts
+
+            async def unreachable() -> bool:  # the failure injected: no probe answers
+                return False
+
+            probe = lone_shared._probe
+            lone_shared._probe = unreachable  # type: ignore[method-assign]
+            lone_shared.out_of_touch(TimeoutError("test: a slow commit"))
+            d2 = await lone.router.RouteContact(contact("c2"), timeout=2)
+            assert d2.agent_id == "", "a1 was given away twice"
+            assert d2.mode == cpb.MODE_QUEUED and d2.queue_position == 1
+            assert await keys.exists("pl:{acme}:fence") == 1
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await other.router.RouteContact(contact("c3"), timeout=2)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            # The lone replica knows c1 is on a1, and ends it.
+            st = await lone.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+            assert list(st.contact_ids) == ["c1"]
+            await lone.router.EndContact(rpb.EndContactRequest(
+                contact_id="c1", reason=rpb.END_REASON_HANDLED))
+            lone_shared._probe = probe  # type: ignore[method-assign]
+            for _ in range(100):
+                if not lone_shared.degraded and not await keys.exists(
+                        "pl:{acme}:fence"):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the lone replica never wrote back")
+            for _ in range(100):
+                try:
+                    await other.router.RouteContact(contact("c3"), timeout=2)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the other replica never resumed")
+            # Written back: c1's end is in Redis, c2 still waits (c3 behind it).
+            st = await other.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+            assert "c1" not in st.contact_ids
+            stats = await other.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+            assert sum(q.waiting for q in stats.queues) + len(st.contact_ids) == 2
     finally:
         own.stop()

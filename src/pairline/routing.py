@@ -944,10 +944,12 @@ class TenantRouting:
                     st.agents_logged_in += 1
                     st.agents_reserved += bool(agent.reservations)
                     st.agents_available += any(agent.routable_on(c, now) for c in Channel)
+                    # (.get: a mirror applying the feed may hold an agent's snapshot
+                    # a moment before its contact's; a read never fails on that)
                     st.contacts_in_service += sum(
                         1
                         for cid in (*agent.reservations.values(), *agent.connected)
-                        if self.contacts[cid].queue == name
+                        if (c := self.contacts.get(cid)) is not None and c.queue == name
                     )
             out.append(st)
         return out

@@ -926,6 +926,7 @@ class Service:
             await self._feed.start()
             self.shared.catch_up = self._feed.catch_up
             self.shared.skip_feed = self._feed.skip_to
+            self.shared.fence_feed = self._feed.fence
             self.shared.on_recovered = self._readopt
             self.shared.now = self.clock.now
             self.privacy.scrub_shared = self._scrub_shared
@@ -934,6 +935,8 @@ class Service:
                 for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
                     rt.routing.set_agent_vector(agent_id, row.vector)
                 await self.shared.load(name, rt.routing)
+                if self.shared.outage_routing:
+                    await self.shared.lift_fence(name)
         for name, rt in self.tenants.items():
             if rt.config.model_path:
                 with open(rt.config.model_path, "rb") as fh:
@@ -968,11 +971,13 @@ class Service:
         if rt is None or self.shared is None:
             return
         if kind == "snap":
-            if self.degraded(tenant):
+            if self.shared.holds_unseen(tenant):
                 # Out of touch, this mirror holds changes Redis has not seen; another
                 # replica's snapshot would overwrite them (an agent or contact it
                 # holds given away again here). The mirror is rebuilt from Redis and
-                # its changes merged back when it is in touch again.
+                # its changes merged back when it is in touch again. (Out of touch
+                # but not routing alone yet, it applies them: the changes the others
+                # made up to the fence must all be here before it does.)
                 return
             for contact_id in self.shared.apply_feed(rt.routing, fields):
                 await self._adopt(tenant, rt, contact_id)

@@ -662,6 +662,32 @@ class FeedFollower:
             if len(entries) < 1000:
                 return
 
+    async def fence(self, tenant: str, key: str, value: str, ttl_ms: int,
+                    timeout_s: float) -> None:
+        """Set ``key`` (the fence that stops the other replicas' commits) and apply
+        every event of ``tenant`` up to it, reading the first ones in the same
+        round trip (see :class:`pairline.stores.shared.SharedRouting`); Redis may
+        take up to ``timeout_s`` to answer (it is slow: that is why)."""
+        stream = self.store.key(tenant, "feed")
+        lane = self.store.lane
+        if lane is not None:  # (connected already: no handshake through a slow Redis)
+            _, raw = await asyncio.gather(
+                lane.call("SET", key, value, "PX", ttl_ms, timeout_s=timeout_s),
+                lane.call("XREAD", "COUNT", 1000, "STREAMS", stream, self.last[tenant],
+                          timeout_s=timeout_s))
+            entries = _fields(raw[0][1]) if raw else []
+        else:
+            async with asyncio.timeout(timeout_s), self.store.r.pipeline(
+                    transaction=False) as p:
+                p.set(key, value, px=ttl_ms)
+                p.xread({stream: self.last[tenant]}, count=1000)
+                _, got = await p.execute()
+            entries = got[0][1] if got else []
+        for entry_id, fields in entries:
+            await self._apply(tenant, entry_id.decode(), fields)
+        if len(entries) >= 1000:
+            await self.catch_up(tenant)
+
     async def check_gaps(self) -> None:
         """Trim every feed to its retention, then find the tenants whose events this
         follower may not have applied yet were trimmed, and hand them to ``on_gap``.

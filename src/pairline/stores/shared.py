@@ -26,7 +26,9 @@ Keys of tenant ``T`` (one hash tag, one Cluster slot):
 ``pl:{T}:ag:<agent>`` and ``pl:{T}:ct:<contact>`` hashes {v: version, s: snapshot
 JSON}; ``pl:{T}:agents`` and ``pl:{T}:contacts`` sets of ids (for a replica
 starting up); ``pl:{T}:dc:<decision>`` the contact a decision is about; and the
-feed ``pl:{T}:feed`` shared with :mod:`pairline.stores.redis`. Contact records hold
+feed ``pl:{T}:feed`` shared with :mod:`pairline.stores.redis`; ``pl:{T}:fb``,
+``pl:{T}:fba`` and ``pl:{T}:fence`` the heartbeats and fence of the replica that
+routes alone during an outage (see FALLBACK_BEAT_S and FENCE_WAIT_S). Contact records hold
 the customer digest and context, so they carry a time to live; an ended contact
 leaves a versioned empty record for a while, so a late snapshot of it cannot bring
 it back.
@@ -70,6 +72,20 @@ FALLBACK_BEAT_S = 0.25
 FALLBACK_WAIT_S = 3.0
 FALLBACK_STALE_S = 0.75  # its "in touch" older than this (and alive): it routes alone
 FALLBACK_TTL_MS = 60_000
+# Before it routes alone, that replica fences the others off (pl:{T}:fence: their
+# commits are refused from then on) and, in the same round trip, reads the feed up
+# to the fence: its mirror then holds every change they made, and none can follow.
+# Redis is slow then, so it waits up to FENCE_WAIT_S for that (the tenant's calls
+# wait behind it); Redis refusing, or silent that long, is out of reach for the
+# others too: it routes alone without the fence.
+FENCE_WAIT_S = 1.0
+
+
+class Fenced(RedisError):
+    """A commit refused: the replica that routes alone is doing so (Redis trouble,
+    as far as this replica is concerned: it stops until that one is back)."""
+
+
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _REFUSED = ("Redis is out of reach and this replica does not route alone "
             "(outage_routing = false): retry on another replica")
@@ -78,23 +94,26 @@ _REFUSED = ("Redis is out of reach and this replica does not route alone "
 # prefix and a suffix, so one hash tag, one Cluster slot; building them here keeps
 # the call short). ARGV: n, contact ttl ms, gone ttl ms, expected av ('' = any),
 # expected wv, bump av (0/1), bump wv, force (1: no version check: writing back
-# after an outage), then per entity: kind (a/c), id, expected version, snapshot
+# after an outage), fenced (1: refused while pl:{T}:fence exists: a replica that
+# does not route alone), then per entity: kind (a/c), id, expected version, snapshot
 # ('' = gone), decision id ('' = none); then the number of decision records to
 # write with the change, and per record: decision id, JSON, ttl ms, expiry,
 # customer digest ('' = none).
 # An entity's value is "<version>|<snapshot>", exactly what the feed carries.
-# Returns {1, versions, av, wv} | {0} (an entity moved on) | {2} (a counter moved).
+# Returns {1, versions, av, wv} | {0} (an entity moved on) | {2} (a counter moved)
+# | {3} (fenced off: the replica that routes alone is doing so).
 _COMMIT = """
 local P = KEYS[1]
 local n = tonumber(ARGV[1])
 local force = ARGV[8] == '1'
+if ARGV[9] == '1' and redis.call('EXISTS', P .. 'fence') == 1 then return {3} end
 local counters = redis.call('MGET', P .. 'av', P .. 'wv')
 local av, wv = counters[1] or '0', counters[2] or '0'
 if ARGV[4] ~= '' and av ~= ARGV[4] then return {2} end
 if ARGV[5] ~= '' and wv ~= ARGV[5] then return {2} end
 local keys, held, live = {}, {}, {}
 for i = 1, n do
-  local b = 8 + 5 * (i - 1)
+  local b = 9 + 5 * (i - 1)
   local key = P .. (ARGV[b + 1] == 'a' and 'ag:' or 'ct:') .. ARGV[b + 2]
   local old = redis.call('GET', key)
   local cur = 0
@@ -111,7 +130,7 @@ if ARGV[7] == '1' then wv = redis.call('INCR', P .. 'wv') end
 local feed = {'k', 'snap', 'av', av, 'wv', wv}
 local versions = {}
 for i = 1, n do
-  local b = 8 + 5 * (i - 1)
+  local b = 9 + 5 * (i - 1)
   local kind, id, s, did = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
   local v = held[i] + 1
   local value = v .. '|' .. s
@@ -133,7 +152,7 @@ for i = 1, n do
   feed[#feed + 1] = kind .. ':' .. id
   feed[#feed + 1] = value
 end
-local o = 8 + 5 * n
+local o = 9 + 5 * n
 for j = 1, tonumber(ARGV[o + 1] or '0') do
   local b = o + 1 + 5 * (j - 1)
   local did, ttl, digest = ARGV[b + 1], ARGV[b + 3], ARGV[b + 5]
@@ -185,6 +204,12 @@ class SharedRouting:
         self.catch_up: Callable[[str], Awaitable[None]] | None = None
         # Set with it: skip feed events up to an id (see :meth:`rebuild`).
         self.skip_feed: Callable[[str, str], None] | None = None
+        # Set with it: sets the fence (key, value, ttl ms) and reads the feed up to
+        # it in one round trip (see FENCE_WAIT_S).
+        self.fence_feed: Callable[[str, str, str, int, float], Awaitable[None]] | None = None
+        # Tenants this replica routes alone on (fenced, or Redis out of reach): its
+        # mirror holds changes Redis has not seen, until they are written back.
+        self._alone_on: set[str] = set()
         self.r = store.r
         self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -221,7 +246,7 @@ class SharedRouting:
         answers = tenant in self._resync and await self._probe()
         async with lock:
             if tenant in self._resync and not (answers and await self._recover(tenant, routing)):
-                return self._alone(routing, op)
+                return await self._go_alone(tenant, routing, op)
             try:
                 return await self._run_locked(tenant, routing, op, agents=agents,
                                               contacts=contacts, decisions=decisions)
@@ -276,7 +301,7 @@ class SharedRouting:
                     await self.catch_up(tenant)
                 except REDIS_ERRORS as exc:
                     self._degrade(exc)
-                    return self._local(routing, op)
+                    return await self._go_alone(tenant, routing, op)
             routing.touched_agents.clear()
             routing.touched_contacts.clear()
             routing.needs_av = routing.needs_wv = False
@@ -297,7 +322,7 @@ class SharedRouting:
                     self._degrade(exc)
                     if strict:
                         raise
-                    return self._alone(routing, op)
+                    return await self._go_alone(tenant, routing, op)
                 continue
             except (NotFound, FailedPrecondition, AlreadyExists):
                 # Refused, maybe on a state the mirror had not caught up with:
@@ -320,7 +345,7 @@ class SharedRouting:
                     self._degrade(exc)
                     if strict:
                         raise
-                    return self._alone(routing, op)
+                    return await self._go_alone(tenant, routing, op)
                 continue
             except Exception:
                 # Any other refusal (a deadline, a limit): undo as above.
@@ -385,11 +410,42 @@ class SharedRouting:
         self._resync = set(self.tenants)
         self._probe_at = time.monotonic()
 
-    def _alone(self, routing: TenantRouting, op: Callable[[], T]) -> T:
-        """``op`` with Redis out of reach: on the mirror alone, or refused."""
+    async def _go_alone(self, tenant: str, routing: TenantRouting, op: Callable[[], T]) -> T:
+        """``op`` with Redis out of reach or slow: refused on a replica that does not
+        route alone; on the one that does, run on its mirror alone, once the others
+        are fenced off (see FENCE_WAIT_S)."""
         if not self.outage_routing:
             raise Unavailable(_REFUSED)
+        if tenant not in self._alone_on:
+            await self._take_over(tenant)
         return self._local(routing, op)
+
+    async def _take_over(self, tenant: str) -> None:
+        """Fence the other replicas off ``tenant`` and bring the mirror up to the
+        fence (under the tenant's lock: the calls behind it wait for this, a round
+        trip or a few). Without an answer from Redis, route alone all the same: it
+        is out of reach for the others too."""
+        start = time.monotonic()
+        try:
+            if self.fence_feed is not None:
+                await self.fence_feed(tenant, self._k(tenant, "fence"), repr(time.time()),
+                                      FALLBACK_TTL_MS, FENCE_WAIT_S)
+            else:
+                async with asyncio.timeout(FENCE_WAIT_S):
+                    await self.r.set(self._k(tenant, "fence"), repr(time.time()),
+                                     px=FALLBACK_TTL_MS)
+            log.warning("routing_alone", tenant=tenant, fenced=True,
+                        waited_s=round(time.monotonic() - start, 3))
+        except REDIS_ERRORS as exc:
+            log.warning("routing_alone", tenant=tenant, fenced=False, error=repr(exc),
+                        waited_s=round(time.monotonic() - start, 3))
+        self._alone_on.add(tenant)
+
+    def holds_unseen(self, tenant: str) -> bool:
+        """Whether ``tenant``'s mirror may hold changes Redis has not seen (a feed
+        snapshot must not overwrite them): it is out of touch, and routing alone or
+        a replica that does not (its mirror is rebuilt before it serves again)."""
+        return tenant in self._resync and (tenant in self._alone_on or not self.outage_routing)
 
     def _local(self, routing: TenantRouting, op: Callable[[], T]) -> T:
         # Offers made before the outage stay until the mirror is rebuilt (see
@@ -428,6 +484,8 @@ class SharedRouting:
             async with self.r.pipeline(transaction=False) as p:
                 for t in self.tenants:  # alive, routing alone or not
                     p.set(self._k(t, "fba"), repr(time.time()), px=FALLBACK_TTL_MS)
+                for t in self._alone_on:  # (only while it is there: see _recover)
+                    p.pexpire(self._k(t, "fence"), FALLBACK_TTL_MS)
                 for t in ready:
                     p.set(self._k(t, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
                 await p.execute()
@@ -468,6 +526,7 @@ class SharedRouting:
                 alive is not None and time.time() - float(alive) < FALLBACK_WAIT_S):
             return False  # it is alive (routing alone, or writing back): wait for it
         log.warning("fallback_silent", tenant=tenant, waited_s=FALLBACK_WAIT_S)
+        await self.r.delete(self._k(tenant, "fence"))  # (it may have left one)
         return True
 
     async def maintain(self, routings: dict[str, TenantRouting]) -> None:
@@ -479,6 +538,15 @@ class SharedRouting:
             async with lock:
                 if tenant in self._resync:
                     await self._recover(tenant, routings[tenant])
+
+    async def lift_fence(self, tenant: str) -> None:
+        """The replica that routes alone, in touch with nothing to write back: say so
+        and let the others commit again (also at its start: a fence its previous
+        life left)."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self._k(tenant, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
+            p.delete(self._k(tenant, "fence"))
+            await p.execute()
 
     async def _probe(self) -> bool:
         """At most every PROBE_S: whether Redis answers a PING, quickly."""
@@ -526,11 +594,12 @@ class SharedRouting:
                     log.warning("outage_decisions_dropped", tenant=tenant, n=len(dropped))
             self._pending.pop(tenant, None)
             if self.outage_routing:  # written back: the others may resume now
-                await self.r.set(self._k(tenant, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
+                await self.lift_fence(tenant)
         except REDIS_ERRORS:
             self._probe_at = time.monotonic()
             return False
         self._resync.discard(tenant)
+        self._alone_on.discard(tenant)
         if not self._resync:
             log.info("redis_reachable_again")
         if self.on_recovered is not None:
@@ -558,6 +627,7 @@ class SharedRouting:
             str(routing.av) if routing.needs_av else "",
             str(routing.wv) if routing.needs_wv else "",
             int(routing.bumps_av), int(routing.bumps_wv), int(force),
+            int(not self.outage_routing),
         ]
         for eid in sorted(routing.touched_agents):
             entities.append(("a", eid))
@@ -593,6 +663,9 @@ class SharedRouting:
             if routing.bumps_wv and int(reply[3]) == wv + 1:
                 routing.wv = max(routing.wv, wv + 1)
             return 1
+        if reply[0] == 3:
+            raise Fenced("the replica that routes alone during an outage has fenced "
+                         "the others off")
         self.conflicts += 1
         if reply[0] == 2:
             self.counter_conflicts += 1
