@@ -544,8 +544,8 @@ class SharedRouting:
         and let the others commit again (also at its start: a fence its previous
         life left)."""
         async with self.r.pipeline(transaction=False) as p:
+            p.delete(self._k(tenant, "fence"))  # (first: a replica that reads fb resumes)
             p.set(self._k(tenant, "fb"), repr(time.time()), px=FALLBACK_TTL_MS)
-            p.delete(self._k(tenant, "fence"))
             await p.execute()
 
     async def _probe(self) -> bool:
