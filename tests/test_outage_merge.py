@@ -11,7 +11,7 @@ import copy
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from support import RedisProcess, contact, login, settings
+from support import Client, RedisProcess, contact, login, settings
 from test_replicas import replicas
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
@@ -73,6 +73,18 @@ def test_connected_here_wins_over_an_offer_made_elsewhere() -> None:
     assert shared.agents["a1"].in_use[0] == 1 and "d-elsewhere" not in shared.reservations
 
 
+async def _route_once_resumed(client: Client, contact_id: str) -> cpb.Decision:
+    """Route ``contact_id`` through a replica that does not route alone, retrying
+    while it refuses (UNAVAILABLE) until it has resumed."""
+    for _ in range(100):
+        try:
+            return await client.router.RouteContact(contact(contact_id), timeout=2)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.05)
+    raise AssertionError("the other replica never resumed")
+
+
 @pytest.mark.timeout(60)
 async def test_a_replica_that_does_not_route_alone_refuses_until_the_other_wrote_back(
 ) -> None:
@@ -102,15 +114,7 @@ async def test_a_replica_that_does_not_route_alone_refuses_until_the_other_wrote
             own.start()
             # The other resumes only once the lone one has written back: then it
             # sees c1 on its agent and gives c2 the other agent.
-            for _ in range(100):
-                try:
-                    d2 = await other.router.RouteContact(contact("c2"), timeout=2)
-                    break
-                except grpc.aio.AioRpcError as e:
-                    assert e.code() == grpc.StatusCode.UNAVAILABLE
-                    await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the other replica never resumed")
+            d2 = await _route_once_resumed(other, "c2")
             assert d2.mode != cpb.MODE_DEGRADED and d2.agent_id and d2.agent_id != d.agent_id
             st = await other.router.GetAgentState(rpb.GetAgentStateRequest(agent_id=d.agent_id))
             assert list(st.contact_ids) == ["c1"]
@@ -171,15 +175,7 @@ async def test_the_replica_that_routes_alone_fences_the_others_off_first() -> No
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("the lone replica never wrote back")
-            for _ in range(100):
-                try:
-                    await other.router.RouteContact(contact("c3"), timeout=2)
-                    break
-                except grpc.aio.AioRpcError as e:
-                    assert e.code() == grpc.StatusCode.UNAVAILABLE
-                    await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the other replica never resumed")
+            await _route_once_resumed(other, "c3")
             # Written back: c1's end is in Redis, c2 still waits (c3 behind it).
             st = await other.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
             assert "c1" not in st.contact_ids
