@@ -11,6 +11,7 @@ import copy
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from faults import ProxyProcess
 from support import Client, RedisProcess, contact, login, settings
 from test_replicas import replicas
 
@@ -182,4 +183,38 @@ async def test_the_replica_that_routes_alone_fences_the_others_off_first() -> No
             stats = await other.insights.GetQueueStats(ipb.GetQueueStatsRequest())
             assert sum(q.waiting for q in stats.queues) + len(st.contact_ids) == 2
     finally:
+        own.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_slow_call_puts_a_replica_out_of_touch_only_when_redis_is_slow() -> None:
+    """A slow answer from Redis may be this process's own stall (a busy machine).
+    Out of touch fences the other replicas off, so a PING decides first: fast, the
+    replica stays in touch; slow (the latency proxy between it and Redis), out."""
+    own = RedisProcess()
+    proxy = ProxyProcess(own.port, lo_ms=120, hi_ms=150)
+    try:
+        async with replicas(proxy.url, n=1, cfg=settings()) as rs:
+            shared = rs.servers[0].service.shared
+            assert shared is not None
+
+            async def slow_call() -> None:
+                shared.slow_call("test: a call took long")
+                assert shared._checking is not None
+                await shared._checking
+
+            await slow_call()
+            assert not shared.degraded
+            proxy.slow(True)
+            await slow_call()
+            assert shared.degraded
+            proxy.slow(False)
+            for _ in range(100):  # and back once a probe answers fast
+                await rs.servers[0].service.expire_all()
+                if not shared.degraded:
+                    break
+                await asyncio.sleep(0.05)
+            assert not shared.degraded
+    finally:
+        proxy.stop()
         own.stop()

@@ -546,6 +546,14 @@ class RedisStore:
         return info[0][0].decode() if info else "0-0"
 
 
+# KEYS: the fence, the feed. ARGV: the fence's value, its ttl ms, the feed id to
+# read from (exclusive), how many events at most.
+_FENCE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('XRANGE', KEYS[2], ARGV[3], '+', 'COUNT', ARGV[4])
+"""
+
+
 class FeedFollower:
     """Follows every tenant's change feed and hands each event to ``listener``
     (tenant, kind, fields; profile and model events list their ids in ``ids``,
@@ -665,24 +673,18 @@ class FeedFollower:
     async def fence(self, tenant: str, key: str, value: str, ttl_ms: int,
                     timeout_s: float) -> None:
         """Set ``key`` (the fence that stops the other replicas' commits) and apply
-        every event of ``tenant`` up to it, reading the first ones in the same
-        round trip (see :class:`pairline.stores.shared.SharedRouting`); Redis may
-        take up to ``timeout_s`` to answer (it is slow: that is why)."""
-        stream = self.store.key(tenant, "feed")
+        every event of ``tenant`` up to it, read by the same script: nothing can
+        come between the two (see :class:`pairline.stores.shared.SharedRouting`).
+        Redis may take up to ``timeout_s`` to answer (it is slow: that is why)."""
+        args = (2, key, self.store.key(tenant, "feed"), value, ttl_ms,
+                f"({self.last[tenant]}", 1000)
         lane = self.store.lane
         if lane is not None:  # (connected already: no handshake through a slow Redis)
-            _, raw = await asyncio.gather(
-                lane.call("SET", key, value, "PX", ttl_ms, timeout_s=timeout_s),
-                lane.call("XREAD", "COUNT", 1000, "STREAMS", stream, self.last[tenant],
-                          timeout_s=timeout_s))
-            entries = _fields(raw[0][1]) if raw else []
+            raw = await lane.call("EVAL", _FENCE, *args, timeout_s=timeout_s)
         else:
-            async with asyncio.timeout(timeout_s), self.store.r.pipeline(
-                    transaction=False) as p:
-                p.set(key, value, px=ttl_ms)
-                p.xread({stream: self.last[tenant]}, count=1000)
-                _, got = await p.execute()
-            entries = got[0][1] if got else []
+            async with asyncio.timeout(timeout_s):
+                raw = await self.store.r.eval(_FENCE, *args)
+        entries = _fields(raw)
         for entry_id, fields in entries:
             await self._apply(tenant, entry_id.decode(), fields)
         if len(entries) >= 1000:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -214,6 +215,7 @@ class SharedRouting:
         self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
         self._undoing: set[asyncio.Future[None]] = set()
+        self._checking: asyncio.Future[None] | None = None  # see slow_call
         self.conflicts = 0
         self.counter_conflicts = 0  # (of the conflicts: a counter moved on)
         self.commits = 0
@@ -363,10 +365,9 @@ class SharedRouting:
                 sent = time.monotonic()
                 outcome = await self.commit(tenant, routing)
                 if outcome == 1 and time.monotonic() - sent > self.slow_s:
-                    # Done, but Redis is slow: every call of the tenant waits on it
-                    # under the lock. Go on without it until it is fast again.
-                    self._degrade(TimeoutError(
-                        f"a commit took {time.monotonic() - sent:.3f} s"))
+                    # Done, but Redis may be slow: every call of the tenant waits on
+                    # it under the lock. If so, go on without it until it is fast.
+                    self.slow_call(f"a commit took {time.monotonic() - sent:.3f} s")
                 if attempt >= 10:
                     log.warning("commit_contended", tenant=tenant, attempt=attempt,
                                 outcome=outcome, av=routing.av, wv=routing.wv,
@@ -400,6 +401,35 @@ class SharedRouting:
     def out_of_touch(self, exc: BaseException) -> None:
         """A call on the routing path found Redis out of reach or slow."""
         self._degrade(exc)
+
+    def slow_call(self, what: str) -> None:
+        """A call to Redis on the routing path answered, slowly. Redis is slow, or
+        this process was (a busy machine: every await returns late). Going out of
+        touch stops the others too (see FENCE_WAIT_S), so first a PING in the
+        background says which: out of touch unless it answers within PROBE_FAST_S."""
+        if self._resync or self._checking is not None:
+            return
+
+        async def check() -> None:
+            start = time.monotonic()
+            try:
+                lane = self.store.lane
+                if lane is not None:  # (behind what is in flight on it, if anything)
+                    await lane.call("PING", timeout_s=self.slow_s)
+                else:
+                    async with asyncio.timeout(self.slow_s):
+                        await self.r.ping()
+                took = time.monotonic() - start
+            except REDIS_ERRORS:
+                took = math.inf
+            finally:
+                self._checking = None
+            if took > PROBE_FAST_S:
+                self._degrade(TimeoutError(f"{what}, then a PING {took:.3f} s"))
+            else:
+                log.info("redis_slow_call_passed", call=what, ping_s=round(took, 4))
+
+        self._checking = asyncio.ensure_future(check())
 
     def _degrade(self, exc: BaseException) -> None:
         if not self._resync:
@@ -594,6 +624,9 @@ class SharedRouting:
                     log.warning("outage_decisions_dropped", tenant=tenant, n=len(dropped))
             self._pending.pop(tenant, None)
             if self.outage_routing:  # written back: the others may resume now
+                # (the mirror holds nothing Redis lacks now: from here on it takes
+                # the feed's snapshots, the others' commits once the fence is lifted)
+                self._alone_on.discard(tenant)
                 await self.lift_fence(tenant)
         except REDIS_ERRORS:
             self._probe_at = time.monotonic()
