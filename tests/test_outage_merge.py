@@ -74,6 +74,26 @@ def test_connected_here_wins_over_an_offer_made_elsewhere() -> None:
     assert shared.agents["a1"].in_use[0] == 1 and "d-elsewhere" not in shared.reservations
 
 
+def test_connected_here_takes_the_place_of_an_offer_of_another_contact() -> None:
+    """a1's place taken in the shared state by an offer of c9 (a commit that landed
+    as Redis died: its caller got an error, the switch went elsewhere) while c1 was
+    given a1 and connected here: c1 keeps a1 (the switch connected it), c9 waits
+    again; never over capacity. (It used to drop c1, which the switch then routed a
+    second time: a double assignment.)"""
+    shared = _routing()
+    alone = copy.deepcopy(shared)
+    _reserve(shared, "c9", "a1", "d-elsewhere")
+    _reserve(alone, "c1", "a1", "d-here")
+    alone.confirm("d-here")
+    dropped = shared.merge_back({"a1": alone.agent_snapshot("a1")},
+                                {"c1": alone.contact_snapshot("c1")}, 2.0)
+    assert dropped == []
+    assert shared.contacts["c1"].state is ContactState.CONNECTED
+    assert shared.contacts["c9"].state is ContactState.WAITING
+    assert list(shared.agents["a1"].connected) == ["c1"] and not shared.agents["a1"].reservations
+    assert shared.agents["a1"].in_use[0] == 1 and "d-elsewhere" not in shared.reservations
+
+
 async def _route_once_resumed(client: Client, contact_id: str) -> cpb.Decision:
     """Route ``contact_id`` through a replica that does not route alone, retrying
     while it refuses (UNAVAILABLE) until it has resumed."""

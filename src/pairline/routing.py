@@ -870,9 +870,13 @@ class TenantRouting:
             agent.wrap_until = max(agent.wrap_until, float(snap["wu"]))
             self._sync(agent)
         dropped = []
+        merged: set[str] = set()  # decisions placed by this merge
         # Contacts that ended here first: the agents they held are free for the
-        # decisions made here after them.
-        for contact_id, snap in sorted(contacts.items(), key=lambda kv: kv[1] is not None):
+        # decisions made here after them; then the connected ones (the switch has
+        # them), then the offers.
+        for contact_id, snap in sorted(contacts.items(), key=lambda kv: (
+                kv[1] is not None,
+                kv[1] is not None and ContactState(kv[1]["st"]) is not ContactState.CONNECTED)):
             current = self.contacts.get(contact_id)
             if snap is None:  # ended here
                 if current is not None:
@@ -897,6 +901,17 @@ class TenantRouting:
             local.state = ContactState.WAITING
             agent = self.agents.get(decision.agent_id) if decision is not None else None
             c = local.channel - 1
+            if (agent is not None and agent.in_use[c] >= agent.capacity[c]
+                    and ContactState(snap["st"]) is ContactState.CONNECTED):
+                # Connected here, and the agent's place taken by an offer in the
+                # shared state (made by a commit whose caller never got the answer,
+                # or not confirmed yet): the switch connected ours, so that offer
+                # yields (its contact waits again; a late confirm finds NOT_FOUND).
+                for did, cid in list(agent.reservations.items()):
+                    other = self.contacts.get(cid)
+                    if did not in merged and other is not None and other.channel == local.channel:
+                        self._release(did, now)
+                        break
             if (decision is None or agent is None or agent.presence is AgentStatus.LOGGED_OUT
                     or agent.in_use[c] >= agent.capacity[c]):
                 if decision is not None:
@@ -912,6 +927,7 @@ class TenantRouting:
             agent.in_use[c] += 1
             agent.reservations[decision.decision_id] = contact_id
             self.reservations[decision.decision_id] = decision
+            merged.add(decision.decision_id)
             heapq.heappush(self._expiry, (decision.expires_at, decision.decision_id))
             self._tc(contact_id)
             self._sync(agent)
