@@ -11,6 +11,7 @@ import copy
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from faults import ProxyProcess
 from support import Client, RedisProcess, contact, login, settings
 from test_replicas import replicas
@@ -237,4 +238,54 @@ async def test_a_slow_call_puts_a_replica_out_of_touch_only_when_redis_is_slow()
             assert not shared.degraded
     finally:
         proxy.stop()
+        own.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_write_back_cut_short_keeps_what_was_decided_alone_on_the_mirror() -> None:
+    """Redis back, the mirror rebuilt from it, then Redis trouble again before the
+    write-back: the contact routed alone during the outage is still known
+    here (it used to be gone from the mirror until the next recovery: its end
+    answered NOT_FOUND), and is written back once Redis takes it."""
+    own = RedisProcess()
+    try:
+        async with replicas(own.url, n=1, cfg=settings()) as rs:
+            shared = rs.servers[0].service.shared
+            routings = {n: rt.routing for n, rt in rs.servers[0].service.tenants.items()}
+            routing = routings["acme"]
+            assert shared is not None
+            lone = rs.client(0)
+            await lone.router.SetAgentState(login("a1", "sales"))
+            own.kill()
+            d = await lone.router.RouteContact(contact("c1"), timeout=2)
+            assert d.mode == cpb.MODE_DEGRADED and d.agent_id == "a1"
+            own.start()
+            catch_up = shared.catch_up
+
+            async def refused(tenant: str) -> None:  # the failure injected
+                raise RedisConnectionError("test: Redis gone again")
+
+            # Cut short right after the mirror was loaded from Redis.
+            shared.catch_up = refused
+            shared._probe_at = 0.0
+            await shared.maintain(routings)
+            assert shared.degraded and "c1" in routing.contacts
+            assert routing.contacts["c1"].decision.decision_id == d.decision_id
+            shared.catch_up = catch_up
+            await lone.router.ConfirmDecision(rpb.ConfirmDecisionRequest(
+                decision_id=d.decision_id))
+            for _ in range(100):
+                shared._probe_at = 0.0
+                await shared.maintain(routings)
+                if not shared.degraded:
+                    break
+                await asyncio.sleep(0.05)
+            assert not shared.degraded
+            keys = aioredis.Redis.from_url(own.url)
+            raw = await keys.get("pl:{acme}:ct:c1")
+            await keys.aclose()
+            assert raw is not None and d.decision_id.encode() in raw
+            await lone.router.EndContact(rpb.EndContactRequest(
+                contact_id="c1", reason=rpb.END_REASON_HANDLED))
+    finally:
         own.stop()

@@ -569,6 +569,21 @@ class SharedRouting:
                 if tenant in self._resync:
                     await self._recover(tenant, routings[tenant])
 
+    def _keep_pending(self, tenant: str, routing: TenantRouting) -> None:
+        """A recovery cut short by Redis trouble, maybe after the mirror was rebuilt
+        from Redis: what this replica decided alone and has not written back goes
+        on the mirror again (merged as the write-back would; it stays pending), so
+        the calls it keeps answering alone meanwhile see it (a contact it created
+        would be NOT_FOUND)."""
+        pending = self._pending.get(tenant)
+        if not pending or not (pending[0] or pending[1]):
+            return
+        now = time.time() if self.now is None else self.now()
+        try:
+            self._local(routing, lambda: routing.merge_back(pending[0], pending[1], now))
+        except Exception:  # (the next recovery rebuilds and merges it all the same)
+            log.warning("outage_pending_not_reapplied", tenant=tenant, exc_info=True)
+
     async def lift_fence(self, tenant: str) -> None:
         """The replica that routes alone, in touch with nothing to write back: say so
         and let the others commit again (also at its start: a fence its previous
@@ -630,6 +645,7 @@ class SharedRouting:
                 await self.lift_fence(tenant)
         except REDIS_ERRORS:
             self._probe_at = time.monotonic()
+            self._keep_pending(tenant, routing)
             return False
         self._resync.discard(tenant)
         self._alone_on.discard(tenant)
