@@ -11,8 +11,8 @@ import copy
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from faults import ProxyProcess
+from redis.exceptions import ConnectionError as RedisConnectionError
 from support import Client, RedisProcess, contact, login, settings
 from test_replicas import replicas
 
