@@ -211,6 +211,9 @@ class SharedRouting:
         # Tenants this replica routes alone on (fenced, or Redis out of reach): its
         # mirror holds changes Redis has not seen, until they are written back.
         self._alone_on: set[str] = set()
+        # Tenants whose mirror a recovery under way has rebuilt from Redis (it
+        # takes the feed's snapshots again: see _recover).
+        self._rebuilt: set[str] = set()
         self.r = store.r
         self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -475,7 +478,8 @@ class SharedRouting:
         """Whether ``tenant``'s mirror may hold changes Redis has not seen (a feed
         snapshot must not overwrite them): it is out of touch, and routing alone or
         a replica that does not (its mirror is rebuilt before it serves again)."""
-        return tenant in self._resync and (tenant in self._alone_on or not self.outage_routing)
+        return (tenant in self._resync and tenant not in self._rebuilt
+                and (tenant in self._alone_on or not self.outage_routing))
 
     def _local(self, routing: TenantRouting, op: Callable[[], T]) -> T:
         # Offers made before the outage stay until the mirror is rebuilt (see
@@ -628,6 +632,11 @@ class SharedRouting:
             routing.dirty_agents.clear()
             routing.dirty_contacts.clear()
             await self.rebuild(tenant, routing)
+            # Rebuilt: the mirror is Redis's state, and takes the feed's snapshots
+            # from here on (skipped, another replica's write-back landing now
+            # would be missing here for good; the merge below is compare-and-set).
+            self._alone_on.discard(tenant)
+            self._rebuilt.add(tenant)
             if agents or contacts:
                 now = time.time() if self.now is None else self.now()
                 # strict: Redis trouble raises (the merge stays pending, the mirror
@@ -639,14 +648,14 @@ class SharedRouting:
                     log.warning("outage_decisions_dropped", tenant=tenant, n=len(dropped))
             self._pending.pop(tenant, None)
             if self.outage_routing:  # written back: the others may resume now
-                # (the mirror holds nothing Redis lacks now: from here on it takes
-                # the feed's snapshots, the others' commits once the fence is lifted)
-                self._alone_on.discard(tenant)
                 await self.lift_fence(tenant)
         except REDIS_ERRORS:
             self._probe_at = time.monotonic()
+            self._rebuilt.discard(tenant)
             self._keep_pending(tenant, routing)
             return False
+        finally:
+            self._rebuilt.discard(tenant)
         self._resync.discard(tenant)
         self._alone_on.discard(tenant)
         if not self._resync:
