@@ -289,3 +289,40 @@ async def test_a_write_back_cut_short_keeps_what_was_decided_alone_on_the_mirror
                 contact_id="c1", reason=rpb.END_REASON_HANDLED))
     finally:
         own.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_alone_without_a_fence_an_unknown_contact_is_unavailable_not_not_found(
+) -> None:
+    """Redis gone (no fence could be set): a contact another replica created just
+    before may not have reached this mirror, so ending it here answers UNAVAILABLE
+    (retry), not NOT_FOUND (the switch would forget a contact Redis still holds);
+    once Redis is back, the same call ends it."""
+    own = RedisProcess()
+    try:
+        async with replicas(own.url, n=2, cfg=settings()) as rs:
+            rs.servers[1].service.shared.outage_routing = False  # type: ignore[union-attr]
+            lone, other = rs.client(0), rs.client(1)
+            await lone.router.SetAgentState(login("a1", "sales"))
+            await rs.settle()
+            await rs.servers[0].service._feed.stop()  # type: ignore[union-attr]
+            d = await other.router.RouteContact(contact("c1"), timeout=2)
+            assert d.agent_id == "a1"
+            own.kill()
+            end = rpb.EndContactRequest(contact_id="c1", reason=rpb.END_REASON_ABANDONED)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await lone.router.EndContact(end, timeout=2)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "retry" in (err.value.details() or "")
+            own.start()
+            for _ in range(100):
+                try:
+                    await lone.router.EndContact(end, timeout=2)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("c1 never ended")
+    finally:
+        own.stop()

@@ -214,6 +214,7 @@ class SharedRouting:
         # Tenants whose mirror a recovery under way has rebuilt from Redis (it
         # takes the feed's snapshots again: see _recover).
         self._rebuilt: set[str] = set()
+        self._fenced: set[str] = set()  # (of _alone_on: with the fence up)
         self.r = store.r
         self._commit = LuaScript(store, _COMMIT)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -451,7 +452,17 @@ class SharedRouting:
             raise Unavailable(_REFUSED)
         if tenant not in self._alone_on:
             await self._take_over(tenant)
-        return self._local(routing, op)
+        try:
+            return self._local(routing, op)
+        except NotFound as exc:
+            if tenant in self._fenced:
+                raise  # (the mirror holds every change the others made)
+            # Not fenced (Redis went away): another replica's last changes may not
+            # have reached this mirror (a contact it created just before). Not
+            # known here is not "does not exist": the caller retries.
+            raise Unavailable(f"{exc.message}, as far as this replica knows while Redis "
+                              "is out of reach: retry (it may have been made through "
+                              "another replica just before)") from exc
 
     async def _take_over(self, tenant: str) -> None:
         """Fence the other replicas off ``tenant`` and bring the mirror up to the
@@ -469,6 +480,7 @@ class SharedRouting:
                                      px=FALLBACK_TTL_MS)
             log.warning("routing_alone", tenant=tenant, fenced=True,
                         waited_s=round(time.monotonic() - start, 3))
+            self._fenced.add(tenant)
         except REDIS_ERRORS as exc:
             log.warning("routing_alone", tenant=tenant, fenced=False, error=repr(exc),
                         waited_s=round(time.monotonic() - start, 3))
@@ -636,6 +648,7 @@ class SharedRouting:
             # from here on (skipped, another replica's write-back landing now
             # would be missing here for good; the merge below is compare-and-set).
             self._alone_on.discard(tenant)
+            self._fenced.discard(tenant)
             self._rebuilt.add(tenant)
             if agents or contacts:
                 now = time.time() if self.now is None else self.now()
@@ -658,6 +671,7 @@ class SharedRouting:
             self._rebuilt.discard(tenant)
         self._resync.discard(tenant)
         self._alone_on.discard(tenant)
+        self._fenced.discard(tenant)
         if not self._resync:
             log.info("redis_reachable_again")
         if self.on_recovered is not None:
