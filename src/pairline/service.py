@@ -171,7 +171,8 @@ def _predict(scorer: Scorer, index: QueueIndex, row: int, u: np.ndarray, c0: flo
     is not meaningful, so the prediction is the contact's own term)."""
     if not index.has_vec[row]:
         return scorer.predict(c0)
-    return scorer.predict(c0 + float(index.vec[row] @ u))
+    # np.dot: the same BLAS dot product as ``@`` here, without matmul's ~2 us of set-up.
+    return scorer.predict(c0 + float(np.dot(index.vec[row], u)))
 
 
 def _baseline_pick(index: QueueIndex, rows: np.ndarray) -> int:
