@@ -635,9 +635,12 @@ class Service:
 
     async def agent_ready(self, tenant: str, agent_id: str) -> Decision:
         rt = self._rt(tenant)
-        decision, contact = await self.coord.run(
-            tenant, rt.routing, lambda: self._ready_op(rt, agent_id), agents=(agent_id,)
-        )
+        if self.shared is None:  # the embedded store: as in route_contact
+            decision, contact = self._ready_op(rt, agent_id)
+        else:
+            decision, contact = await self.coord.run(
+                tenant, rt.routing, lambda: self._ready_op(rt, agent_id), agents=(agent_id,)
+            )
         if contact is not None:
             await self._record(tenant, rt, contact, decision)
         return decision
