@@ -230,8 +230,8 @@ def decision(d: Decision) -> cpb.Decision:
         policy=d.policy,
         model_version=d.model_version,
         predicted_outcome=d.predicted_outcome,
-        offer_expires_at_ms=_ms(d.expires_at),
-        decided_at_ms=_ms(d.decided_at),
+        offer_expires_at_ms=round(d.expires_at * 1000),  # _ms, inline: once per decision
+        decided_at_ms=round(d.decided_at * 1000),
         shadow_agent_id=d.shadow_agent_id,
         shadow_contact_id=d.shadow_contact_id,
         shadow_predicted_outcome=d.shadow_predicted_outcome,

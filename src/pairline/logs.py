@@ -64,6 +64,16 @@ _RID_PREFIX = f"r{secrets.token_hex(6)}-"
 _rids = itertools.count(1)
 
 
+# Whether debug events pass the level filter (set by configure; structlog's own
+# default logs every level). Hot paths check it before building a debug event.
+_debug = True
+
+
+def debug_on() -> bool:
+    """Whether a ``log.debug`` event would be kept (see :func:`configure`)."""
+    return _debug
+
+
 def new_request_id() -> str:
     return f"{_RID_PREFIX}{next(_rids):x}"
 
@@ -157,7 +167,9 @@ def redact_raw_keys(
 
 def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> None:
     """``cache=False`` keeps loggers reconfigurable (structlog.testing.capture_logs)."""
+    global _debug
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _debug = lvl <= logging.DEBUG
     logging.basicConfig(stream=sys.stderr, level=lvl, format="%(message)s")
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()

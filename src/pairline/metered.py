@@ -19,7 +19,7 @@ import structlog
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
-from pairline.metrics import MODE_LABELS, Metrics
+from pairline.metrics import MODE_LABELS, Metrics, observer
 from pairline.service import Service
 from pairline.servicers import RouterServicer
 
@@ -40,12 +40,14 @@ class MeteredRouterServicer(RouterServicer):
 
     async def _route(self, req: rpb.RouteContactRequest, tenant: str, at: str = "") -> cpb.Decision:
         t0 = perf_counter()
-        before = self._reserved_as(tenant, req.contact_id)
+        contacts = self._contacts(tenant)
+        before = _decision_of(contacts, req.contact_id) if contacts is not None else None
         d = await super()._route(req, tenant, at)
         seconds = perf_counter() - t0
         self._observe(tenant, "RouteContact", d.mode, d.policy, seconds)
-        if d.decision_id and d.decision_id != before:  # not a retry's earlier decision
-            self._waited(tenant, d)
+        did = d.decision_id
+        if did and contacts is not None and (before is None or before.decision_id != did):
+            self._waited(tenant, contacts, d.contact_id, did)  # not a retry's earlier decision
         if self._sample and (self._sample >= 1.0 or random() < self._sample):
             _log_decision(tenant, "RouteContact", d, seconds)
         return d
@@ -55,34 +57,38 @@ class MeteredRouterServicer(RouterServicer):
         d = await super()._ready(req, tenant, at)
         seconds = perf_counter() - t0
         self._observe(tenant, "AgentReady", d.mode, d.policy, seconds)
-        if d.decision_id:
-            self._waited(tenant, d)
+        did = d.decision_id
+        if did:
+            contacts = self._contacts(tenant)
+            if contacts is not None:
+                self._waited(tenant, contacts, d.contact_id, did)
         if self._sample and (self._sample >= 1.0 or random() < self._sample):
             _log_decision(tenant, "AgentReady", d, seconds)
         return d
 
-    def _contact(self, tenant: str, contact_id: str) -> Any:
-        """The live contact in the tenant's routing state (None if unknown). Reads the
-        embedded routing state; a store without it (#5) records no waits here."""
+    def _contacts(self, tenant: str) -> Any:
+        """The live contacts of the tenant's routing state (None without one). Reads
+        the embedded routing state; a store without it (#5) records no waits here."""
         routing = getattr(self._s.tenants.get(tenant), "routing", None)
-        return routing.contacts.get(contact_id) if routing is not None else None
+        return routing.contacts if routing is not None else None
 
-    def _reserved_as(self, tenant: str, contact_id: str) -> str:
-        contact = self._contact(tenant, contact_id)
-        decision = contact.decision if contact is not None else None
-        return decision.decision_id if decision is not None else ""
-
-    def _waited(self, tenant: str, d: cpb.Decision) -> None:
+    def _waited(self, tenant: str, contacts: Any, contact_id: str, decision_id: str) -> None:
         """Observe the wait of the contact this call reserved."""
-        contact = self._contact(tenant, d.contact_id)
+        contact = contacts.get(contact_id)
         decision = contact.decision if contact is not None else None
-        if decision is None or decision.decision_id != d.decision_id:
+        if decision is None or decision.decision_id != decision_id:
             return
         key = (tenant, contact.queue)
         child = self._waits.get(key)
         if child is None:
-            child = self._waits[key] = self._wait.labels(tenant, contact.queue)
-        child.observe(max(0.0, decision.decided_at - contact.arrival))
+            child = self._waits[key] = observer(self._wait.labels(tenant, contact.queue))
+        child(max(0.0, decision.decided_at - contact.arrival))
+
+
+def _decision_of(contacts: Any, contact_id: str) -> Any:
+    """The decision the live contact holds, if any."""
+    contact = contacts.get(contact_id)
+    return contact.decision if contact is not None else None
 
 
 def _log_decision(tenant: str, op: str, d: cpb.Decision, seconds: float) -> None:

@@ -8,8 +8,9 @@ Five kinds of metric live here:
 
 * **Hot path** (per decision): :meth:`Metrics.observe_decision` does one dict lookup,
   one histogram observation and one counter increment (label children are
-  resolved once per label set and cached); a reservation also observes the
-  contact's wait (:mod:`pairline.metered`). See ``benchmarks/test_metrics_bench.py``.
+  resolved once per label set and cached, and updated without their locks: see
+  :func:`observer`); a reservation also observes the contact's wait
+  (:mod:`pairline.metered`). See ``benchmarks/test_metrics_bench.py``.
 * **Read at scrape time** (queue depths, waits, agents, occupancy): nothing is
   counted on the hot path; :class:`StateCollector` asks the service for queue
   statistics when Prometheus scrapes, on the server's event loop (the routing
@@ -36,7 +37,9 @@ name (``_seconds``, ``_ratio``), counters end in ``_total``.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
+from prometheus_client.values import MutexValue
 
 from pairline.domain import Mode, QueueStats
 
@@ -141,7 +145,9 @@ class Metrics:
         # pairline_deletion_tickets (awaited on the server's loop).
         self.privacy_counts_source: CountsSource | None = None
         self.deletion_tickets_source: TicketSource | None = None
-        self._children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+        self._children: dict[
+            tuple[str, str, int, str], tuple[Callable[[float], None], Callable[[], None]]
+        ] = {}
 
     def watch_privacy(self, privacy: Privacy) -> None:
         """Export ``privacy``'s counters and deletion-ticket counts."""
@@ -158,11 +164,47 @@ class Metrics:
         if pair is None:
             label = MODE_LABELS.get(mode, "unspecified")
             pair = self._children[key] = (
-                self.decision_seconds.labels(rpc, label),
-                self.decisions.labels(tenant, rpc, label, policy or "none"),
+                observer(self.decision_seconds.labels(rpc, label)),
+                incrementer(self.decisions.labels(tenant, rpc, label, policy or "none")),
             )
-        pair[0].observe(seconds)
-        pair[1].inc()
+        pair[0](seconds)
+        pair[1]()
+
+
+# The hot-path updates below write prometheus_client's values without taking
+# their locks (each lock costs as much as the update). Safe because only the
+# event loop's thread writes the decision metrics; a scrape reads each value
+# once, from its own thread, as it does anyway. Any other value class (the
+# multiprocess mode) keeps the library's own methods.
+def observer(child: Any) -> Callable[[float], None]:
+    """``child.observe`` of a labelled Histogram child, for the event loop's thread."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if (bounds is None or buckets is None or len(buckets) != len(bounds) or not bounds
+            or bounds[-1] != math.inf or list(bounds) != sorted(bounds)
+            or not all(type(v) is MutexValue for v in (total, *buckets))):
+        return child.observe  # type: ignore[no-any-return]
+
+    def observe(amount: float) -> None:
+        total._value += amount  # type: ignore[union-attr]
+        i = bisect_left(bounds, amount)  # the first bucket with amount <= its bound
+        if amount <= bounds[i]:  # (not for NaN, as in Histogram.observe)
+            buckets[i]._value += 1.0
+
+    return observe
+
+
+def incrementer(child: Any) -> Callable[[], None]:
+    """``child.inc`` (by one) of a labelled Counter child, for the event loop's thread."""
+    value = getattr(child, "_value", None)
+    if type(value) is not MutexValue:
+        return child.inc  # type: ignore[no-any-return]
+
+    def inc() -> None:
+        value._value += 1.0
+
+    return inc
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from pairline import kernels
+from pairline import kernels, logs
 from pairline.benchmark import Observation, Report, SlotSchedule, estimate
 from pairline.clock import Clock
 from pairline.config import Settings, TenantConfig
@@ -171,7 +171,8 @@ def _predict(scorer: Scorer, index: QueueIndex, row: int, u: np.ndarray, c0: flo
     is not meaningful, so the prediction is the contact's own term)."""
     if not index.has_vec[row]:
         return scorer.predict(c0)
-    return scorer.predict(c0 + float(index.vec[row] @ u))
+    # np.dot: the same BLAS dot product as ``@`` here, without matmul's ~2 us of set-up.
+    return scorer.predict(c0 + float(np.dot(index.vec[row], u)))
 
 
 def _baseline_pick(index: QueueIndex, rows: np.ndarray) -> int:
@@ -390,14 +391,15 @@ class Service:
             # reach the caller, so its reservation must not outlive this call.
             self.abandon(tenant, d.decision_id)
             raise
-        log.debug(
-            "contact_routed",
-            tenant=tenant,
-            decision_id=d.decision_id,
-            mode=d.mode.name,
-            agent=d.agent_id,
-            queue=d.queue,
-        )
+        if logs.debug_on():  # per decision: skip building the event when it is dropped
+            log.debug(
+                "contact_routed",
+                tenant=tenant,
+                decision_id=d.decision_id,
+                mode=d.mode.name,
+                agent=d.agent_id,
+                queue=d.queue,
+            )
 
     @staticmethod
     def _queued(contact_id: str, agent_id: str, queue: str, channel: int, position: int,
@@ -420,15 +422,19 @@ class Service:
         digests, opted_out = self.privacy.screen(tenant, req.customer_key)
         digest = digests[0] if digests else ""
         profile = None
+        shared = self.shared
         if (digest and rt.scorer is not None and rt.wants_profiles(req.queue)
                 and not self.degraded(tenant)):
-            row = await self._soft(
-                self.privacy.customer_profile(tenant, digests, self.clock.now()))
+            read = self.privacy.customer_profile(tenant, digests, self.clock.now())
+            row = await (read if shared is None else self._soft(read))
             profile = row.vector if row is not None else None
-        decision, contact, accepted = await self.coord.run(
-            tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile, opted_out),
-            contacts=(req.contact_id,),
-        )
+        if shared is None:  # the embedded store: the operation's changes are the state
+            decision, contact, accepted = self._route_op(rt, req, digest, profile, opted_out)
+        else:
+            decision, contact, accepted = await self.coord.run(
+                tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile, opted_out),
+                contacts=(req.contact_id,),
+            )
         accepted()
         if contact is not None:
             await self._record(tenant, rt, contact, decision)
@@ -629,9 +635,12 @@ class Service:
 
     async def agent_ready(self, tenant: str, agent_id: str) -> Decision:
         rt = self._rt(tenant)
-        decision, contact = await self.coord.run(
-            tenant, rt.routing, lambda: self._ready_op(rt, agent_id), agents=(agent_id,)
-        )
+        if self.shared is None:  # the embedded store: as in route_contact
+            decision, contact = self._ready_op(rt, agent_id)
+        else:
+            decision, contact = await self.coord.run(
+                tenant, rt.routing, lambda: self._ready_op(rt, agent_id), agents=(agent_id,)
+            )
         if contact is not None:
             await self._record(tenant, rt, contact, decision)
         return decision
