@@ -54,12 +54,11 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
-from pairline.routing import DECISION_FIELDS, decision_values
+from pairline.routing import DECISION_FIELDS, decision_values, wire_json
 from pairline.stores.base import DecisionRecord, ProfileRow
 from pairline.stores.lane import Lane
 
 log = structlog.get_logger()
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _OFFSET = 1 << 63
 _HEAD = 60  # order key (40) + expires-at ms (20)
@@ -245,7 +244,7 @@ def record_json(record: DecisionRecord) -> bytes:
     dec = record.decision
     d = dict(zip(DECISION_FIELDS, decision_values(dec), strict=True))
     d["mode"] = int(dec.mode)
-    return _encode(
+    return wire_json(
         {
             "d": d,
             "c": record.customer_digest,
