@@ -731,10 +731,12 @@ class FeedFollower:
         self.last[tenant] = _later(self.last.get(tenant, "0-0"), entry_id)
 
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
-        floor = self.floor.get(tenant)
-        if floor is not None and _later(floor, entry_id) == floor:
-            return  # (up to the floor: what it changed was read since)
-        kind = fields.get(b"k", b"").decode()
+        if self.floor:
+            floor = self.floor.get(tenant)
+            if floor is not None and _later(floor, entry_id) == floor:
+                return  # (up to the floor: what it changed was read since)
+        k = fields.get(b"k", b"")
+        kind = "snap" if k == b"snap" else k.decode()
         try:
             result = self.listener(tenant, kind, fields)
             if result is not None:
@@ -744,7 +746,7 @@ class FeedFollower:
         except Exception:  # a bad event must not stop the feed
             log.exception("feed_event_failed", tenant=tenant, kind=kind)
         self.last[tenant] = _later(self.last[tenant], entry_id)
-        self.lag_s = max(0.0, time.time() - int(entry_id.split("-")[0]) / 1000.0)
+        self.lag_s = max(0.0, time.time() - int(entry_id.partition("-")[0]) / 1000.0)
 
 
 def _fields(entries: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:

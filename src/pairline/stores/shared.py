@@ -872,17 +872,27 @@ class SharedRouting:
         """Apply one feed event of snapshots; returns ids of contacts that became
         (or stayed) waiting, whose profiles the caller may want to load."""
         waiting = []
-        routing.av = max(routing.av, int(fields.get(b"av", 0)))
-        routing.wv = max(routing.wv, int(fields.get(b"wv", 0)))
+        av, wv = int(fields.get(b"av", 0)), int(fields.get(b"wv", 0))
+        if av > routing.av:
+            routing.av = av
+        if wv > routing.wv:
+            routing.wv = wv
+        inflight = routing.inflight
         for name, value in fields.items():
-            if name in (b"k", b"av", b"wv"):
+            # Entity fields are "a:<id>" / "c:<id>"; the others are k, av and wv.
+            if name[1:2] != b":":
                 continue
-            kind, _, eid = name.decode().partition(":")
+            kind, eid = name[:1].decode(), name[2:].decode()
             v, _, raw = value.partition(b"|")
             version = int(v)
-            if routing.inflight and routing.inflight.get((kind, eid)) == version:
+            if inflight and inflight.get((kind, eid)) == version:
                 # This replica's commit in flight wrote it (the mirror has it), or
                 # it fails for it and fetches: either way nothing to apply.
+                continue
+            # (most events are this replica's own commits, applied already: one
+            # version lookup and nothing decoded)
+            held = (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0)
+            if version <= held:
                 continue
             if self.apply(routing, kind, eid, version, raw) and kind == "c" and raw:
                 c = routing.contacts.get(eid)
