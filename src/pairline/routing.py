@@ -374,6 +374,9 @@ class TenantRouting:
         # Decision records to write with the commit:
         # (id, JSON, ttl ms, expires at, customer digest).
         self.outbox: list[tuple[str, bytes, int, float, str]] = []
+        # The decisions of those records as encoded for them, by decision id:
+        # (decision, its field values then, JSON array); see decision_wire.
+        self.staged: dict[str, tuple[Decision, tuple[Any, ...], str]] = {}
         # While a commit is in flight: the version it will give each entity it
         # writes, keyed by (kind, id) (a feed event of exactly that version is the
         # commit's own, or another replica's that makes the commit fail and fetch).
@@ -805,9 +808,30 @@ class TenantRouting:
         if c is None:
             return ""
         d = c.decision
-        return _encode((c.queue, int(c.channel), c.priority, c.arrival, c.seq, c.digest,
+        # The decision is spliced in as decision_wire gives it: the record staged with
+        # the same commit (see :attr:`staged`) has encoded it already.
+        head = _encode((c.queue, int(c.channel), c.priority, c.arrival, c.seq, c.digest,
                         c.context, c.min_proficiency, sorted(c.excluded), sorted(c.preferred),
-                        int(c.state), None if d is None else decision_values(d), c.opted_out))
+                        int(c.state)))
+        decision = "null" if d is None else self.decision_wire(d)
+        return f"{head[:-1]},{decision},{'true' if c.opted_out else 'false'}]"
+
+    def decision_wire(self, d: Decision) -> str:
+        """``d``'s fields (``DECISION_FIELDS``) as a JSON array; the encoding staged with
+        this operation's record when it is of this very decision, unchanged."""
+        values = decision_values(d)
+        staged = self.staged.get(d.decision_id)
+        if staged is not None and staged[0] is d and staged[1] == values:
+            return staged[2]
+        return _encode(values)
+
+    def stage_decision(self, d: Decision) -> str:
+        """:meth:`decision_wire` of ``d``, kept for this operation's commit (its record
+        and its contact's snapshot carry the same array, encoded once)."""
+        values = decision_values(d)
+        wire = _encode(values)
+        self.staged[d.decision_id] = (d, values, wire)
+        return wire
 
     def apply_agent(self, agent_id: str, snap: dict[str, Any] | None) -> None:
         if snap is None:  # never committed: drop what this mirror made up

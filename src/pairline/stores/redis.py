@@ -8,7 +8,7 @@ key                         value                                               
 ==========================  ======================================================  ==========
 ``pl:{T}:cp:<digest>``      customer profile: order key, expiry, float32 vector     profile TTL
 ``pl:{T}:ap:<agent>``       agent profile: same layout                              profile TTL
-``pl:{T}:dec:<id>``         a decision with its outcomes (JSON)                     decision TTL
+``pl:{T}:dec:<id>``         a decision with its outcomes (JSON, see record_json)    decision TTL
 ``pl:{T}:decs``             sorted set: decision id by expiry (for the report)      decision TTL,
                                                                                     refreshed
 ``pl:{T}:model:<version>``  a model file as uploaded                                none (configuration)
@@ -240,28 +240,30 @@ class LuaScript:
             return await lane.call("EVAL", self.body, len(keys), *keys, *args)
 
 
-def record_json(record: DecisionRecord) -> bytes:
-    dec = record.decision
-    d = dict(zip(DECISION_FIELDS, decision_values(dec), strict=True))
-    d["mode"] = int(dec.mode)
-    return wire_json(
-        {
-            "d": d,
-            "c": record.customer_digest,
-            "x": int(record.expires_at * 1000),
-            "ctx": record.context,  # (key, value) pairs: JSON arrays
-            # cjson turns an empty object into an empty array: keep one key.
-            "o": {"": 0, **record.outcomes},
-        }
-    ).encode()
+def record_json(record: DecisionRecord, decision: str | None = None) -> bytes:
+    """A decision record as stored: ``d`` the decision's fields as a JSON array in
+    ``DECISION_FIELDS`` order (``decision``: that array already encoded), ``c`` the
+    customer digest, ``x`` the expiry in ms, ``ctx`` the context pairs, ``o`` the
+    outcomes."""
+    if decision is None:
+        decision = wire_json(decision_values(record.decision))
+    # cjson turns an empty object into an empty array: "o" keeps one key.
+    outcomes = wire_json({"": 0, **record.outcomes}) if record.outcomes else '{"":0}'
+    digest = wire_json(record.customer_digest)
+    context = wire_json(record.context)  # (key, value) pairs: JSON arrays
+    return (f'{{"d":{decision},"c":{digest},"x":{int(record.expires_at * 1000)},'
+            f'"ctx":{context},"o":{outcomes}}}').encode()
 
 
 def _record_of(raw: bytes) -> DecisionRecord:
     rec = json.loads(raw)
     outcomes = rec["o"] if isinstance(rec["o"], dict) else {}
     outcomes.pop("", None)
+    d = rec["d"]
+    if not isinstance(d, dict):  # (an object in records written before the array)
+        d = dict(zip(DECISION_FIELDS, d, strict=True))
     return DecisionRecord(
-        decision=Decision.of(rec["d"]),
+        decision=Decision.of(d),
         customer_digest=rec["c"],
         outcomes={k: float(v) for k, v in outcomes.items()},
         expires_at=rec["x"] / 1000.0,

@@ -310,6 +310,7 @@ class SharedRouting:
             routing.needs_av = routing.needs_wv = False
             routing.bumps_av = routing.bumps_wv = False
             routing.outbox.clear()
+            routing.staged.clear()
             routing.recording = True
             try:
                 result = op()
@@ -456,6 +457,9 @@ class SharedRouting:
         routing.hold_before = max(routing.hold_before, self._out_at)
         routing.touched_agents.clear()
         routing.touched_contacts.clear()
+        # (records staged now are not committed: the service writes them itself)
+        routing.outbox.clear()
+        routing.staged.clear()
         routing.recording = True
         try:
             return op()
@@ -614,8 +618,8 @@ class SharedRouting:
         """Write ``record`` with the commit of the operation that made it."""
         d = record.decision
         ttl_ms = max(1, int((record.expires_at - d.decided_at) * 1000))
-        routing.outbox.append((d.decision_id, record_json(record), ttl_ms, record.expires_at,
-                               record.customer_digest))
+        routing.outbox.append((d.decision_id, record_json(record, routing.stage_decision(d)),
+                               ttl_ms, record.expires_at, record.customer_digest))
 
     async def commit(self, tenant: str, routing: TenantRouting, *, force: bool = False) -> int:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
