@@ -37,6 +37,11 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=_reply_error)
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # The loop-time deadline of each call in ``waiting`` (same order), and the
+        # one timer that watches them all (see :meth:`watch`).
+        self.deadlines: collections.deque[float] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.error: Exception | None = None
@@ -46,7 +51,7 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        waiting = self.waiting
+        waiting, deadlines = self.waiting, self.deadlines
         while True:
             try:
                 reply = self.reader.gets()
@@ -59,8 +64,48 @@ class _Protocol(asyncio.Protocol):
                 self.fail(RedisConnectionError("unexpected reply from Redis"))
                 return
             fut = waiting.popleft()
+            deadlines.popleft()
             if not fut.done():  # (a caller that gave up leaves its place in line)
                 fut.set_result(reply)
+
+    def send(self, packed: bytes, deadline: float) -> asyncio.Future[Any]:
+        """Write one packed command; its reply will be the result of the future
+        returned (the connection fails when it has not come by ``deadline``, loop
+        time)."""
+        assert self.transport is not None
+        fut = self.loop.create_future()
+        self.waiting.append(fut)
+        self.deadlines.append(deadline)
+        self.transport.write(packed)
+        timer = self.timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:  # (a call with a shorter timeout than those before)
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self.watch)
+        return fut
+
+    def watch(self) -> None:
+        """The timer of the calls in flight. One timer for all of them instead of one
+        per call (arming and cancelling a timer per call costs more than the rest of
+        the call's bookkeeping): when it fires, a call past its deadline without a
+        reply fails the connection (the reply may still come: the stream is out of
+        step, drop it); otherwise it is armed again for the earliest deadline left."""
+        self.timer = None
+        if self.closed or not self.waiting:
+            return
+        loop = self.loop
+        now = loop.time()
+        earliest = None
+        for fut, deadline in zip(self.waiting, self.deadlines, strict=True):
+            if fut.done():
+                continue  # (a caller that gave up)
+            if deadline <= now:
+                self.fail(RedisTimeoutError("Timeout reading from Redis"))
+                return
+            if earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self.timer = loop.call_at(earliest, self.watch)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
@@ -72,6 +117,10 @@ class _Protocol(asyncio.Protocol):
             self.error = error
             if self.transport is not None:
                 self.transport.abort()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines.clear()
         while self.waiting:
             fut = self.waiting.popleft()
             if not fut.done():
@@ -144,22 +193,8 @@ class Lane:
                     raise reply
             return proto
 
-    def _timed_out(self, proto: _Protocol, fut: asyncio.Future[Any]) -> None:
-        if not fut.done():
-            # The reply may still come: the connection is out of step, drop it.
-            proto.fail(RedisTimeoutError("Timeout reading from Redis"))
-
     async def _send(self, proto: _Protocol, packed: bytes, timeout_s: float) -> Any:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        proto.waiting.append(fut)
-        assert proto.transport is not None
-        proto.transport.write(packed)
-        timer = loop.call_later(timeout_s, self._timed_out, proto, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        return await proto.send(packed, proto.loop.time() + timeout_s)
 
     async def call(self, *args: Any, timeout_s: float | None = None) -> Any:
         """Send one command and return its reply (bytes, ints, lists as hiredis
@@ -167,8 +202,9 @@ class Lane:
         proto = self._proto
         if proto is None or proto.closed:
             proto = await self._connect()
-        reply = await self._send(proto, hiredis.pack_command(args),
-                                 self.timeout_s if timeout_s is None else timeout_s)
+        reply = await proto.send(
+            hiredis.pack_command(args),
+            proto.loop.time() + (self.timeout_s if timeout_s is None else timeout_s))
         if isinstance(reply, Exception):
             raise reply
         return reply

@@ -8,7 +8,7 @@ key                         value                                               
 ==========================  ======================================================  ==========
 ``pl:{T}:cp:<digest>``      customer profile: order key, expiry, float32 vector     profile TTL
 ``pl:{T}:ap:<agent>``       agent profile: same layout                              profile TTL
-``pl:{T}:dec:<id>``         a decision with its outcomes (JSON)                     decision TTL
+``pl:{T}:dec:<id>``         a decision with its outcomes (JSON, see record_json)    decision TTL
 ``pl:{T}:decs``             sorted set: decision id by expiry (for the report)      decision TTL,
                                                                                     refreshed
 ``pl:{T}:model:<version>``  a model file as uploaded                                none (configuration)
@@ -54,12 +54,11 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from pairline.aio import stop_task
 from pairline.domain import Decision
 from pairline.model import Model, load_model
-from pairline.routing import DECISION_FIELDS, decision_values
+from pairline.routing import DECISION_FIELDS, decision_values, wire_json
 from pairline.stores.base import DecisionRecord, ProfileRow
 from pairline.stores.lane import Lane
 
 log = structlog.get_logger()
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _OFFSET = 1 << 63
 _HEAD = 60  # order key (40) + expires-at ms (20)
@@ -241,28 +240,30 @@ class LuaScript:
             return await lane.call("EVAL", self.body, len(keys), *keys, *args)
 
 
-def record_json(record: DecisionRecord) -> bytes:
-    dec = record.decision
-    d = dict(zip(DECISION_FIELDS, decision_values(dec), strict=True))
-    d["mode"] = int(dec.mode)
-    return _encode(
-        {
-            "d": d,
-            "c": record.customer_digest,
-            "x": int(record.expires_at * 1000),
-            "ctx": record.context,  # (key, value) pairs: JSON arrays
-            # cjson turns an empty object into an empty array: keep one key.
-            "o": {"": 0, **record.outcomes},
-        }
-    ).encode()
+def record_json(record: DecisionRecord, decision: str | None = None) -> bytes:
+    """A decision record as stored: ``d`` the decision's fields as a JSON array in
+    ``DECISION_FIELDS`` order (``decision``: that array already encoded), ``c`` the
+    customer digest, ``x`` the expiry in ms, ``ctx`` the context pairs, ``o`` the
+    outcomes."""
+    if decision is None:
+        decision = wire_json(decision_values(record.decision))
+    # cjson turns an empty object into an empty array: "o" keeps one key.
+    outcomes = wire_json({"": 0, **record.outcomes}) if record.outcomes else '{"":0}'
+    digest = wire_json(record.customer_digest)
+    context = wire_json(record.context)  # (key, value) pairs: JSON arrays
+    return (f'{{"d":{decision},"c":{digest},"x":{int(record.expires_at * 1000)},'
+            f'"ctx":{context},"o":{outcomes}}}').encode()
 
 
 def _record_of(raw: bytes) -> DecisionRecord:
     rec = json.loads(raw)
     outcomes = rec["o"] if isinstance(rec["o"], dict) else {}
     outcomes.pop("", None)
+    d = rec["d"]
+    if not isinstance(d, dict):  # (an object in records written before the array)
+        d = dict(zip(DECISION_FIELDS, d, strict=True))
     return DecisionRecord(
-        decision=Decision.of(rec["d"]),
+        decision=Decision.of(d),
         customer_digest=rec["c"],
         outcomes={k: float(v) for k, v in outcomes.items()},
         expires_at=rec["x"] / 1000.0,
@@ -734,10 +735,12 @@ class FeedFollower:
         self.last[tenant] = _later(self.last.get(tenant, "0-0"), entry_id)
 
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
-        floor = self.floor.get(tenant)
-        if floor is not None and _later(floor, entry_id) == floor:
-            return  # (up to the floor: what it changed was read since)
-        kind = fields.get(b"k", b"").decode()
+        if self.floor:
+            floor = self.floor.get(tenant)
+            if floor is not None and _later(floor, entry_id) == floor:
+                return  # (up to the floor: what it changed was read since)
+        k = fields.get(b"k", b"")
+        kind = "snap" if k == b"snap" else k.decode()
         try:
             result = self.listener(tenant, kind, fields)
             if result is not None:
@@ -747,7 +750,7 @@ class FeedFollower:
         except Exception:  # a bad event must not stop the feed
             log.exception("feed_event_failed", tenant=tenant, kind=kind)
         self.last[tenant] = _later(self.last[tenant], entry_id)
-        self.lag_s = max(0.0, time.time() - int(entry_id.split("-")[0]) / 1000.0)
+        self.lag_s = max(0.0, time.time() - int(entry_id.partition("-")[0]) / 1000.0)
 
 
 def _fields(entries: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:

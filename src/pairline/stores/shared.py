@@ -57,6 +57,7 @@ T = TypeVar("T")
 
 CONTACT_TTL_S = 86_400.0  # a live contact record outlives any real call
 GONE_TTL_S = 3_600.0  # an ended contact's version is remembered this long
+_CONTACT_TTL_MS, _GONE_TTL_MS = int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000)
 MAX_ATTEMPTS = 50
 PROBE_S = 0.5  # while Redis is unreachable, try it at most this often
 # Back in touch only when a PING answers within this: a slow Redis (every call
@@ -217,6 +218,8 @@ class SharedRouting:
         self._fenced: set[str] = set()  # (of _alone_on: with the fence up)
         self.r = store.r
         self._commit = LuaScript(store, _COMMIT)
+        # Each tenant's KEYS of the commit script (its key prefix), built once.
+        self._keys = {t: [self._k(t, "")] for t in self.tenants}
         self._locks: dict[str, asyncio.Lock] = {}
         self._undoing: set[asyncio.Future[None]] = set()
         self._checking: asyncio.Future[None] | None = None  # see slow_call
@@ -313,6 +316,7 @@ class SharedRouting:
             routing.needs_av = routing.needs_wv = False
             routing.bumps_av = routing.bumps_wv = False
             routing.outbox.clear()
+            routing.staged.clear()
             routing.recording = True
             try:
                 result = op()
@@ -499,6 +503,9 @@ class SharedRouting:
         routing.hold_before = max(routing.hold_before, self._out_at)
         routing.touched_agents.clear()
         routing.touched_contacts.clear()
+        # (records staged now are not committed: the service writes them itself)
+        routing.outbox.clear()
+        routing.staged.clear()
         routing.recording = True
         try:
             return op()
@@ -683,50 +690,59 @@ class SharedRouting:
         """Write ``record`` with the commit of the operation that made it."""
         d = record.decision
         ttl_ms = max(1, int((record.expires_at - d.decided_at) * 1000))
-        routing.outbox.append((d.decision_id, record_json(record), ttl_ms, record.expires_at,
-                               record.customer_digest))
+        routing.outbox.append((d.decision_id, record_json(record, routing.stage_decision(d)),
+                               ttl_ms, record.expires_at, record.customer_digest))
 
     async def commit(self, tenant: str, routing: TenantRouting, *, force: bool = False) -> int:
         """Commit the recorded changes: 1 done; 0 an entity moved on (the mirror now
         has its current state); 2 an agent was freed or a contact queued elsewhere
         while this operation concluded nothing was (the caller catches up)."""
-        if not routing.touched_agents and not routing.touched_contacts:
+        touched_agents, touched_contacts = routing.touched_agents, routing.touched_contacts
+        if not touched_agents and not touched_contacts:
             return 1
-        entities: list[tuple[str, str]] = []
+        # The entities written, in argv order: (versions, kind, id), so the reply's
+        # versions land where they belong.
+        entities: list[tuple[dict[str, int], str, str]] = []
         argv: list[str | int | bytes] = [
-            len(routing.touched_agents) + len(routing.touched_contacts),
-            int(CONTACT_TTL_S * 1000), int(GONE_TTL_S * 1000),
+            len(touched_agents) + len(touched_contacts), _CONTACT_TTL_MS, _GONE_TTL_MS,
             str(routing.av) if routing.needs_av else "",
             str(routing.wv) if routing.needs_wv else "",
-            int(routing.bumps_av), int(routing.bumps_wv), int(force),
-            int(not self.outage_routing),
+            1 if routing.bumps_av else 0, 1 if routing.bumps_wv else 0, 1 if force else 0,
+            0 if self.outage_routing else 1,
         ]
-        for eid in sorted(routing.touched_agents):
-            entities.append(("a", eid))
-            argv += ["a", eid, routing.agent_v.get(eid, 0), routing.agent_wire(eid), ""]
-        for eid in sorted(routing.touched_contacts):
-            entities.append(("c", eid))
-            c = routing.contacts.get(eid)
-            did = c.decision.decision_id if c is not None and c.decision is not None else ""
-            argv += ["c", eid, routing.contact_v.get(eid, 0), routing.contact_wire(eid), did]
-        argv.append(len(routing.outbox))
-        for did, raw, ttl_ms, expires_at, digest in routing.outbox:
-            argv += [did, raw, ttl_ms, repr(float(expires_at)), digest or ""]
         av, wv = routing.av, routing.wv
         inflight = routing.inflight
-        for kind, eid in entities:
-            inflight[(kind, eid)] = (routing.agent_v if kind == "a" else routing.contact_v
-                                     ).get(eid, 0) + 1
         try:
-            reply = await self._commit([self._k(tenant, "")], argv)
+            versions = routing.agent_v
+            for eid in sorted(touched_agents) if len(touched_agents) > 1 else touched_agents:
+                v = versions.get(eid, 0)
+                entities.append((versions, "a", eid))
+                argv += ("a", eid, v, routing.agent_wire(eid), "")
+                inflight[("a", eid)] = v + 1
+            versions = routing.contact_v
+            contacts = routing.contacts
+            for eid in (sorted(touched_contacts) if len(touched_contacts) > 1
+                        else touched_contacts):
+                v = versions.get(eid, 0)
+                entities.append((versions, "c", eid))
+                c = contacts.get(eid)
+                did = c.decision.decision_id if c is not None and c.decision is not None else ""
+                argv += ("c", eid, v, routing.contact_wire(eid), did)
+                inflight[("c", eid)] = v + 1
+            outbox = routing.outbox
+            argv.append(len(outbox))
+            for did, raw, ttl_ms, expires_at, digest in outbox:
+                argv += (did, raw, ttl_ms, repr(float(expires_at)), digest or "")
+            keys = self._keys.get(tenant) or [self._k(tenant, "")]
+            reply = await self._commit(keys, argv)
         finally:
             inflight.clear()
         if reply[0] == 1:
             self.commits += 1
-            for (kind, eid), v in zip(entities, reply[1], strict=True):
-                versions = routing.agent_v if kind == "a" else routing.contact_v
+            for (versions, _, eid), v in zip(entities, reply[1], strict=True):
                 # (the feed may have brought a later version already)
-                versions[eid] = max(versions.get(eid, 0), int(v))
+                if v > versions.get(eid, 0):
+                    versions[eid] = v
             # A counter this commit moved by one from the value the mirror held:
             # no other replica moved it, so the mirror is current with it (without
             # waiting for the feed, whose lag would fail this replica's next check).
@@ -743,7 +759,7 @@ class SharedRouting:
             self.counter_conflicts += 1
         # Undo this attempt's local changes: every entity back to Redis's state
         # (on a counter conflict, fetched; on a version conflict, returned).
-        await self._fetch(tenant, routing, entities)
+        await self._fetch(tenant, routing, [(kind, eid) for _, kind, eid in entities])
         return 2 if reply[0] == 2 else 0
 
     @staticmethod
@@ -932,17 +948,27 @@ class SharedRouting:
         """Apply one feed event of snapshots; returns ids of contacts that became
         (or stayed) waiting, whose profiles the caller may want to load."""
         waiting = []
-        routing.av = max(routing.av, int(fields.get(b"av", 0)))
-        routing.wv = max(routing.wv, int(fields.get(b"wv", 0)))
+        av, wv = int(fields.get(b"av", 0)), int(fields.get(b"wv", 0))
+        if av > routing.av:
+            routing.av = av
+        if wv > routing.wv:
+            routing.wv = wv
+        inflight = routing.inflight
         for name, value in fields.items():
-            if name in (b"k", b"av", b"wv"):
+            # Entity fields are "a:<id>" / "c:<id>"; the others are k, av and wv.
+            if name[1:2] != b":":
                 continue
-            kind, _, eid = name.decode().partition(":")
+            kind, eid = name[:1].decode(), name[2:].decode()
             v, _, raw = value.partition(b"|")
             version = int(v)
-            if routing.inflight and routing.inflight.get((kind, eid)) == version:
+            if inflight and inflight.get((kind, eid)) == version:
                 # This replica's commit in flight wrote it (the mirror has it), or
                 # it fails for it and fetches: either way nothing to apply.
+                continue
+            # (most events are this replica's own commits, applied already: one
+            # version lookup and nothing decoded)
+            held = (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0)
+            if version <= held:
                 continue
             if self.apply(routing, kind, eid, version, raw) and kind == "c" and raw:
                 c = routing.contacts.get(eid)
