@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from faults import ProxyProcess
 from redis.exceptions import ConnectionError as RedisConnectionError
 from support import Client, RedisProcess, contact, login, settings
-from test_replicas import replicas
+from test_replicas import Replicas, replicas
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
@@ -95,6 +95,22 @@ def test_connected_here_takes_the_place_of_an_offer_of_another_contact() -> None
     assert shared.agents["a1"].in_use[0] == 1 and "d-elsewhere" not in shared.reservations
 
 
+async def _c1_routed_where_the_lone_one_does_not_see_it(
+    rs: Replicas,
+) -> tuple[Client, Client, cpb.Decision]:
+    """Replica 0 routes alone in an outage, replica 1 does not. a1 logs in, replica
+    0's feed loop stops, and c1 is given a1 through replica 1: Redis has it,
+    replica 0's mirror does not. Returns both clients and c1's decision."""
+    rs.servers[1].service.shared.outage_routing = False  # type: ignore[union-attr]
+    lone, other = rs.client(0), rs.client(1)
+    await lone.router.SetAgentState(login("a1", "sales"))
+    await rs.settle()
+    await rs.servers[0].service._feed.stop()  # type: ignore[union-attr]
+    d = await other.router.RouteContact(contact("c1"), timeout=2)
+    assert d.agent_id == "a1"
+    return lone, other, d
+
+
 async def _route_once_resumed(client: Client, contact_id: str) -> cpb.Decision:
     """Route ``contact_id`` through a replica that does not route alone, retrying
     while it refuses (UNAVAILABLE) until it has resumed."""
@@ -157,16 +173,9 @@ async def test_the_replica_that_routes_alone_fences_the_others_off_first() -> No
             lone_shared = rs.servers[0].service.shared
             other_shared = rs.servers[1].service.shared
             assert lone_shared is not None and other_shared is not None
-            other_shared.outage_routing = False
             keys = aioredis.Redis.from_url(own.url)
-            lone, other = rs.client(0), rs.client(1)
-            await lone.router.SetAgentState(login("a1", "sales"))
-            await rs.settle()
-            # The lone replica's feed loop stops: only the fence's read brings
-            # it what the other does from here on.
-            await rs.servers[0].service._feed.stop()  # type: ignore[union-attr]
-            d1 = await other.router.RouteContact(contact("c1"), timeout=2)
-            assert d1.agent_id == "a1"
+            # (only the fence's read brings the lone one what the other does now)
+            lone, other, d1 = await _c1_routed_where_the_lone_one_does_not_see_it(rs)
             await other.router.ConfirmDecision(rpb.ConfirmDecisionRequest(
                 decision_id=d1.decision_id))
             assert "c1" not in rs.servers[0].service.tenants["acme"].routing.contacts
@@ -301,13 +310,7 @@ async def test_alone_without_a_fence_an_unknown_contact_is_unavailable_not_not_f
     own = RedisProcess()
     try:
         async with replicas(own.url, n=2, cfg=settings()) as rs:
-            rs.servers[1].service.shared.outage_routing = False  # type: ignore[union-attr]
-            lone, other = rs.client(0), rs.client(1)
-            await lone.router.SetAgentState(login("a1", "sales"))
-            await rs.settle()
-            await rs.servers[0].service._feed.stop()  # type: ignore[union-attr]
-            d = await other.router.RouteContact(contact("c1"), timeout=2)
-            assert d.agent_id == "a1"
+            lone, _, _ = await _c1_routed_where_the_lone_one_does_not_see_it(rs)
             own.kill()
             end = rpb.EndContactRequest(contact_id="c1", reason=rpb.END_REASON_ABANDONED)
             with pytest.raises(grpc.aio.AioRpcError) as err:
