@@ -671,7 +671,6 @@ class SharedRouting:
                 await self.lift_fence(tenant)
         except REDIS_ERRORS:
             self._probe_at = time.monotonic()
-            self._rebuilt.discard(tenant)
             self._keep_pending(tenant, routing)
             return False
         finally:
