@@ -676,8 +676,6 @@ class SharedRouting:
         finally:
             self._rebuilt.discard(tenant)
         self._resync.discard(tenant)
-        self._alone_on.discard(tenant)
-        self._fenced.discard(tenant)
         if not self._resync:
             log.info("redis_reachable_again")
         if self.on_recovered is not None:
