@@ -3,13 +3,15 @@ and small request builders."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +171,19 @@ def bad_request_field(status: status_pb2.Status) -> str | None:
 
 
 # ---------------------------------------------------------------------- redis
+def on_every_core(fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """``[fn(*a) for a in args]``, in that order, computed by one worker process per
+    core: the seeds of a CPU-bound statistical test run side by side. The workers
+    are spawned (a fork would copy this process's grpc and event-loop threads), so
+    ``fn`` must be a module-level function and its arguments picklable."""
+    jobs = list(args)
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(*a) for a in jobs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*jobs, strict=True)))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import on_every_core
 
 from pairline.sim import erlang_scenario, simulate
 from pairline.sim.queueing import (
@@ -31,6 +32,7 @@ from pairline.sim.queueing import (
     poisson_excess,
     queue_controls,
 )
+from pairline.sim.scenario import Scenario
 from pairline.sim.workload import Workload
 
 AGENTS = 12
@@ -112,27 +114,30 @@ def replicate(per_min: float, runs: int, hours: float,
               patience_min: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``runs`` seeded runs of the pure baseline on M/M/12(+M): per run the
     simulated (SL, ASA, abandonment, occupancy), the control statistics, and the
-    controls' exact means."""
+    controls' exact means. The runs are independent: a worker process per core."""
     scenario = erlang_scenario(agents=AGENTS, arrivals_per_min=per_min,
                                handle_min=HANDLE_S / 60, patience_min=patience_min,
                                horizon_s=hours * 3600)
     patience_s = math.inf if patience_min is None else patience_min * 60
-    ys, cs = [], []
-    means = np.zeros(0)
-    for seed in range(runs):
-        row = simulate(scenario, ["baseline"], seed=seed, switch="pure", oracle=False,
-                       ceiling=False)["policies"][0]
-        ys.append((row["service_level"], row["asa_s"], row["abandon_rate"],
-                   row["occupancy_mean"]))
-        wl = Workload.draw(scenario, seed)
-        measured = (wl.arrival_s >= scenario.warmup_s) & (wl.arrival_s < scenario.horizon_s)
-        controls = queue_controls(wl.arrival_s, wl.handle_s, wl.patience_s, measured,
-                                  agents=AGENTS, arrival_rate=per_min / 60,
-                                  handle_mean_s=HANDLE_S, patience_mean_s=patience_s,
-                                  threshold_s=THRESHOLD_S)
-        cs.append(controls.values)
-        means = controls.means
-    return np.asarray(ys), np.asarray(cs), means
+    got = on_every_core(one_run, [(scenario, seed, per_min, patience_s) for seed in range(runs)])
+    ys, cs, means = zip(*got, strict=True)
+    return np.asarray(ys), np.asarray(cs), means[-1]
+
+
+def one_run(scenario: Scenario, seed: int, per_min: float,
+            patience_s: float) -> tuple[tuple[float, ...], np.ndarray, np.ndarray]:
+    """One seed of :func:`replicate`: (SL, ASA, abandonment, occupancy), the control
+    statistics and their exact means."""
+    row = simulate(scenario, ["baseline"], seed=seed, switch="pure", oracle=False,
+                   ceiling=False)["policies"][0]
+    y = (row["service_level"], row["asa_s"], row["abandon_rate"], row["occupancy_mean"])
+    wl = Workload.draw(scenario, seed)
+    measured = (wl.arrival_s >= scenario.warmup_s) & (wl.arrival_s < scenario.horizon_s)
+    controls = queue_controls(wl.arrival_s, wl.handle_s, wl.patience_s, measured,
+                              agents=AGENTS, arrival_rate=per_min / 60,
+                              handle_mean_s=HANDLE_S, patience_mean_s=patience_s,
+                              threshold_s=THRESHOLD_S)
+    return y, controls.values, controls.means
 
 
 def check(name: str, y: np.ndarray, controls: np.ndarray, means: np.ndarray, ref: float,
