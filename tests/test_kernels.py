@@ -20,7 +20,9 @@ from naive import (
     naive_score_rows,
 )
 
-from pairline import kernels
+from pairline import kernels, pairing
+from pairline.domain import AgentStatus
+from pairline.routing import Agent, QueueIndex
 
 SIZES = (0, 1, 2, 100, 1000)
 DIMS = (1, 3, 64)
@@ -269,14 +271,21 @@ class TestScoreRows:
         check_score_rows(A, rows, u, np.float32(c0))
 
 
-def run_greedy_keys(A, has_vec, rows, u, c0):  # type: ignore[no-untyped-def]
+def run_greedy_keys(A, has_vec, rows, u, c0, dense=False):  # type: ignore[no-untyped-def]
+    """The row-by-row kernel, or (``dense``) greedy_keys_dense on every row's
+    score computed beforehand by BLAS, as pairing.greedy_keys does for a large share."""
     out = np.full(rows.shape[0], np.nan, dtype=np.float64)
-    kernels.greedy_keys(A, has_vec, rows, u, np.float32(c0), out)
+    if dense:
+        with np.errstate(invalid="ignore", over="ignore"):  # rows never read may be NaN
+            scores = np.ascontiguousarray(A @ u, dtype=np.float32)
+        kernels.greedy_keys_dense(scores, has_vec, rows, np.float32(c0), out)
+    else:
+        kernels.greedy_keys(A, has_vec, rows, u, np.float32(c0), out)
     return out
 
 
-def check_greedy_keys(A, has_vec, rows, u, c0) -> np.ndarray:  # type: ignore[no-untyped-def]
-    got = run_greedy_keys(A, has_vec, rows, u, c0)
+def check_greedy_keys(A, has_vec, rows, u, c0, dense=False) -> np.ndarray:  # type: ignore[no-untyped-def]
+    got = run_greedy_keys(A, has_vec, rows, u, c0, dense)
     want = naive_greedy_keys(A, has_vec, rows, u, c0)
     mag = -np.asarray(naive_greedy_keys(np.abs(A), has_vec, rows, np.abs(u), abs(c0)))
     assert got.shape == (rows.shape[0],)
@@ -292,75 +301,125 @@ def has_vec_mask(rng: np.random.Generator, n: int, which: str) -> np.ndarray:
     return rng.random(n) < 0.6
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["rowwise", "dense"])
 class TestGreedyKeys:
+    """Both ways of computing greedy's keys (see pairing.greedy_keys) against the twin."""
+
     @pytest.mark.parametrize("which", ["all", "none", "some"])
     @pytest.mark.parametrize("kind", ["sorted", "shuffled", "repeats"])
     @pytest.mark.parametrize("d", DIMS)
     @pytest.mark.parametrize("n", SIZES)
-    def test_matches_naive(self, n: int, d: int, kind: str, which: str) -> None:
+    def test_matches_naive(self, dense: bool, n: int, d: int, kind: str, which: str) -> None:
         """Every shape, selection and mix of agents with and without a profile: equals the twin."""
         rng = np.random.default_rng(2500 + n * 7 + d)
         A, u = f32(rng, (n, d)), f32(rng, d)
         has_vec = has_vec_mask(rng, n, which)
         rows = row_selection(rng, n, n if kind != "repeats" else n + 3, kind)
-        check_greedy_keys(A, has_vec, rows, u, np.float32(rng.normal()))
+        check_greedy_keys(A, has_vec, rows, u, np.float32(rng.normal()), dense)
 
-    def test_known_rows_are_negated_scores(self) -> None:
+    def test_known_rows_are_negated_scores(self, dense: bool) -> None:
         """Agents with a profile get minus their ``score_rows`` score."""
         rng = np.random.default_rng(2600)
         A, u = f32(rng, (30, 64)), f32(rng, 64)
         rows = row_selection(rng, 30, 40, "repeats")
-        got = run_greedy_keys(A, np.ones(30, np.bool_), rows, u, 0.75)
+        got = run_greedy_keys(A, np.ones(30, np.bool_), rows, u, 0.75, dense)
         np.testing.assert_allclose(got, -run_score_rows(A, rows, u, 0.75).astype(np.float64),
                                    rtol=1e-6, atol=1e-6)
 
-    def test_unknown_rows_get_mean_key(self) -> None:
+    def test_unknown_rows_get_mean_key(self, dense: bool) -> None:
         """A row without a profile gets the mean key of the selected rows with one (repeats too)."""
         A = np.array([[1.0], [3.0], [np.nan], [np.nan]], dtype=np.float32)
         has_vec = np.array([True, True, False, False])
         rows = np.array([0, 2, 0, 1, 3], dtype=np.int64)
-        got = run_greedy_keys(A, has_vec, rows, np.ones(1, np.float32), 0.0)
+        got = run_greedy_keys(A, has_vec, rows, np.ones(1, np.float32), 0.0, dense)
         assert got.tolist() == [-1.0, -5.0 / 3.0, -1.0, -3.0, -5.0 / 3.0]
 
-    def test_no_profiles_gives_minus_c0(self) -> None:
+    def test_no_profiles_gives_minus_c0(self, dense: bool) -> None:
         """When no selected row has a profile, every key is ``-c0`` (profiles are not read)."""
         A = np.full((3, 2), np.nan, dtype=np.float32)
         rows = np.array([2, 0, 2], dtype=np.int64)
-        got = run_greedy_keys(A, np.zeros(3, np.bool_), rows, np.ones(2, np.float32), -1.5)
+        got = run_greedy_keys(A, np.zeros(3, np.bool_), rows, np.ones(2, np.float32), -1.5, dense)
         assert got.tolist() == [1.5, 1.5, 1.5]
 
-    def test_unselected_profiles_do_not_count(self) -> None:
+    def test_unselected_profiles_do_not_count(self, dense: bool) -> None:
         """The mean is over the selected rows only, not every row with a profile."""
         A = np.array([[1.0], [100.0], [0.0]], dtype=np.float32)
         has_vec = np.array([True, True, False])
-        got = run_greedy_keys(A, has_vec, np.array([2, 0], np.int64), np.ones(1, np.float32), 0.0)
+        got = run_greedy_keys(A, has_vec, np.array([2, 0], np.int64), np.ones(1, np.float32), 0.0,
+                              dense)
         assert got.tolist() == [-1.0, -1.0]
 
-    def test_empty_writes_nothing(self) -> None:
+    def test_empty_writes_nothing(self, dense: bool) -> None:
         """With no rows the output is left untouched."""
         out = np.full(2, 42.0)
-        kernels.greedy_keys(np.ones((2, 2), np.float32), np.ones(2, np.bool_),
-                            np.zeros(0, np.int64), np.ones(2, np.float32), np.float32(1), out)
+        if dense:
+            kernels.greedy_keys_dense(np.ones(2, np.float32), np.ones(2, np.bool_),
+                                      np.zeros(0, np.int64), np.float32(1), out)
+        else:
+            kernels.greedy_keys(np.ones((2, 2), np.float32), np.ones(2, np.bool_),
+                                np.zeros(0, np.int64), np.ones(2, np.float32), np.float32(1), out)
         assert np.all(out == 42.0)
 
     @pytest.mark.parametrize("scale", [1e-20, 1e8, 1e17])
-    def test_large_and_small_magnitudes(self, scale: float) -> None:
+    def test_large_and_small_magnitudes(self, dense: bool, scale: float) -> None:
         """Tiny and large but finite inputs stay within tolerance, the mean included."""
         rng = np.random.default_rng(2700)
         A, u = f32(rng, (50, 64), scale), f32(rng, 64, scale)
         has_vec = has_vec_mask(rng, 50, "some")
-        check_greedy_keys(A, has_vec, row_selection(rng, 50, 80, "repeats"), u, np.float32(scale))
+        check_greedy_keys(A, has_vec, row_selection(rng, 50, 80, "repeats"), u, np.float32(scale),
+                          dense)
 
     @PROPS
     @given(data=st.data(), n=st.integers(1, 12), d=st.sampled_from(DIMS), k=st.integers(0, 15))
-    def test_property_matches_naive(self, data: st.DataObject, n: int, d: int, k: int) -> None:
+    def test_property_matches_naive(self, dense: bool, data: st.DataObject, n: int, d: int,
+                                    k: int) -> None:
         """Any bounded float32 inputs, profile mask and row selection: keys match the twin."""
         A = data.draw(f32_arrays((n, d), 1e6))
         u = data.draw(f32_arrays(d, 1e6))
         has_vec = data.draw(hnp.arrays(np.bool_, n))
         rows = data.draw(hnp.arrays(np.int64, k, elements=st.integers(0, n - 1)))
         c0 = data.draw(st.floats(-1e12, 1e12).map(np.float32))
-        check_greedy_keys(A, has_vec, rows, u, np.float32(c0))
+        check_greedy_keys(A, has_vec, rows, u, np.float32(c0), dense)
+
+
+class TestGreedyKeysOnAQueue:
+    """pairing.greedy_keys picks its way by the queue's size and the share selected;
+    either way the keys are the twin's, on a real queue index with agents that come
+    and go (rows reused, rows without a profile)."""
+
+    @staticmethod
+    def index(n: int, rng: np.random.Generator) -> QueueIndex:
+        index = QueueIndex("q", agent_dim=8)
+        for i in range(n):
+            a = Agent(f"a{i}", AgentStatus.AVAILABLE, {"q": 50}, [1, 0, 0, 0, 0])
+            index.sync(a, 50, f32(rng, 8) if i % 7 else None)
+        for i in range(0, n, 5):  # leave holes, then fill some of them again
+            index.remove(f"a{i}")
+        for i in range(0, n, 10):
+            a = Agent(f"b{i}", AgentStatus.AVAILABLE, {"q": 50}, [1, 0, 0, 0, 0])
+            index.sync(a, 50, f32(rng, 8))
+        return index
+
+    @pytest.mark.parametrize(("n", "share", "dense"), [
+        (pairing.DENSE_MIN_ROWS + 100, 1.0, True),
+        (pairing.DENSE_MIN_ROWS + 100, 0.6, True),
+        (pairing.DENSE_MIN_ROWS + 100, 0.3, False),
+        (500, 1.0, False),
+    ])
+    def test_either_way_matches_naive(self, n: int, share: float, dense: bool) -> None:
+        rng = np.random.default_rng(2800 + n)
+        index = self.index(n, rng)
+        live = np.array(sorted(index.row_of.values()), dtype=np.int64)
+        rows = np.sort(rng.choice(live, int(len(live) * share), replace=False))
+        assert (index.top >= pairing.DENSE_MIN_ROWS
+                and rows.size * pairing.DENSE_SHARE >= index.top) is dense
+        assert index.top == max(live) + 1
+        u, c0 = f32(rng, 8), 0.25
+        got = pairing.greedy_keys(index, rows, u, c0)
+        want = naive_greedy_keys(index.vec, index.has_vec, rows, u, c0)
+        mag = -np.asarray(naive_greedy_keys(np.abs(index.vec), index.has_vec, rows, np.abs(u),
+                                            c0))
+        assert_scores_close(got, want, mag)
 
 
 class TestScoreContacts:

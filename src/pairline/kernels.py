@@ -69,6 +69,25 @@ def greedy_keys(A, has_vec, rows, u, c0, out):  # type: ignore[no-untyped-def]
             out[k] = neutral
 
 
+@numba.njit("void(f4[::1], b1[::1], i8[::1], f4, f8[::1])", **_OPTS)
+def greedy_keys_dense(scores, has_vec, rows, c0, out):  # type: ignore[no-untyped-def]
+    """:func:`greedy_keys` from every row's ``A[r] . u`` computed beforehand
+    (``scores``, one BLAS pass over the matrix, when most rows are selected)."""
+    total = 0.0
+    known = 0
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        if has_vec[r]:
+            s = c0 + scores[r]
+            out[k] = -s
+            total += s
+            known += 1
+    neutral = -(total / known) if known > 0 else -float(c0)
+    for k in range(rows.shape[0]):
+        if not has_vec[rows[k]]:
+            out[k] = neutral
+
+
 @numba.njit("void(f4[:, ::1], f4[::1], f4, f4[::1])", fastmath=True, **_OPTS)
 def score_contacts(X, v, c0, out):  # type: ignore[no-untyped-def]
     """``out[j] = c0 + X[j] . v`` (one agent, folded into ``v = W a + wc``,
@@ -173,6 +192,8 @@ def warm() -> None:
     score_rows(A, rows, np.ones(d, dtype=np.float32), np.float32(0), out)
     greedy_keys(A, routable, rows, np.ones(d, dtype=np.float32), np.float32(0),
                 np.empty(k, dtype=np.float64))
+    greedy_keys_dense(np.ones(n, dtype=np.float32), routable, rows, np.float32(0),
+                      np.empty(k, dtype=np.float64))
     score_contacts(A, np.ones(d, dtype=np.float32), np.float32(0), np.empty(n, dtype=np.float32))
     W = np.ones((d, d), dtype=np.float32)
     score_batch(A, W, A, rows, np.ones(d, np.float32), np.ones(d, np.float32), np.float32(0),

@@ -206,6 +206,7 @@ class QueueIndex:
         "ready_at",
         "routable",
         "row_of",
+        "top",
         "vec",
     )
 
@@ -232,6 +233,9 @@ class QueueIndex:
         self.bands_dirty = True
         self.bands_at = -1.0
         self._buf = np.empty(rows, dtype=np.int64)
+        # 1 + the highest row ever given to an agent: rows from here on are unused
+        # (a removed agent's row is given to the next one first).
+        self.top = 0
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -259,6 +263,7 @@ class QueueIndex:
             if not self.free_rows:
                 self._grow()
             row = self.free_rows.pop()
+            self.top = max(self.top, row + 1)
             self.row_of[agent.agent_id] = row
             self.ids[row] = agent.agent_id
             self.set_vector(row, vector)
