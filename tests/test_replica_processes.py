@@ -169,7 +169,7 @@ async def drive(switch: Switch, n_contacts: int, rng: random.Random,
                 r = await switch.call("AgentReady", rpb.AgentReadyRequest(agent_id=a))
                 if r.contact_id:
                     stats["ready_handed"] += 1
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
 
     async def monitor() -> None:
         while not stop.is_set():
@@ -190,7 +190,7 @@ async def drive(switch: Switch, n_contacts: int, rng: random.Random,
             if twice:
                 violations.extend(f"{c} held twice (in Redis)" for c in await held_twice(twice))
             stats["monitor_rounds"] += 1
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.5)
 
     background = [asyncio.create_task(churn()), asyncio.create_task(monitor())]
     try:
