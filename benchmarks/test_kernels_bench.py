@@ -70,3 +70,29 @@ def test_eligible_numpy(benchmark, n: int) -> None:  # type: ignore[no-untyped-d
     routable, free, ready, prof = _avail(n)
     rows = benchmark(lambda: np.flatnonzero(routable & (free[:, 0] > 0) & (ready <= 5.0) & (prof >= 30)))
     assert rows.size > 0
+
+
+def _greedy_case(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every agent free and profiled (agent surplus): all n rows selected."""
+    rng = np.random.default_rng(n + 2)
+    A = rng.normal(size=(n, DIM)).astype(np.float32)
+    return A, np.ones(n, dtype=np.bool_), np.arange(n, dtype=np.int64), \
+        rng.normal(size=DIM).astype(np.float32)
+
+
+@pytest.mark.parametrize("how", ["rowwise", "dense", "numpy"])
+@pytest.mark.parametrize("n", SIZES)
+def test_greedy_keys(benchmark, n: int, how: str) -> None:  # type: ignore[no-untyped-def]
+    """Greedy's keys over all n agents: the row-by-row kernel, the BLAS pass with
+    greedy_keys_dense (pairing.greedy_keys takes it from 4,096 rows when at least
+    half are selected), and plain NumPy."""
+    benchmark.group = f"greedy_keys-{n}"
+    A, has_vec, rows, u = _greedy_case(n)
+    out = np.empty(n, dtype=np.float64)
+    if how == "rowwise":
+        benchmark(kernels.greedy_keys, A, has_vec, rows, u, np.float32(0.25), out)
+    elif how == "dense":
+        benchmark(lambda: kernels.greedy_keys_dense(A @ u, has_vec, rows, np.float32(0.25), out))
+    else:
+        out = benchmark(lambda: -(A[rows] @ u + np.float32(0.25)).astype(np.float64))
+    np.testing.assert_allclose(out, -(A @ u + 0.25), rtol=1e-4, atol=1e-3)
