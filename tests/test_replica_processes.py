@@ -1,7 +1,8 @@
 """Three `pairline serve` processes on one Redis (and on a 3-master Redis Cluster),
 20,000 contacts routed through all three while agents log in and out, one replica
 killed with SIGKILL in the middle. A switch-like driver sends each call to a random
-live replica (retrying elsewhere when one dies, as a switch would) while a monitor
+live replica (retrying elsewhere when one dies, as a switch would), half of its
+callers by unary calls and half as events on Connect streams, while a monitor
 reads every agent's state again and again. Proven: no agent ever over capacity,
 no contact ever held by two agents, none lost (every contact the driver made ends
 up ended by it), and the dead replica's open offers expire and come back."""
@@ -56,10 +57,22 @@ def config(path: Path) -> None:
     ]))
 
 
+# Connect event field of each method the lifecycle sends over a stream.
+EVENTS = {"RouteContact": "route_contact", "ConfirmDecision": "confirm_decision",
+          "EndContact": "end_contact"}
+CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
 class Switch:
     """Calls a random live replica; a replica that does not answer is dropped and
     the call goes to another (every call here is safe to repeat, or its outcome is
-    checked afterwards)."""
+    checked afterwards). A caller that passes ``streams`` (its own Connect stream
+    per replica, opened on first use) sends the call as an event on it, as a
+    switch integration does; an error reply counts as that status."""
 
     def __init__(self, addresses: list[str], rng: random.Random) -> None:
         self.channels = [grpc.aio.insecure_channel(a) for a in addresses]
@@ -70,8 +83,10 @@ class Switch:
         self.failovers = 0  # calls that went to the killed replica, then elsewhere
         self.retries = 0  # calls a live replica answered UNAVAILABLE (contended), retried
         self.ambiguous = 0
+        self.events = 0  # calls sent over a Connect stream
 
-    async def call(self, method: str, req: Any, *, stubs: str = "router") -> Any:
+    async def call(self, method: str, req: Any, *, stubs: str = "router",
+                   streams: dict[int, Any] | None = None) -> Any:
         """The answer; on a failover, an answer that shows the first attempt may
         have been carried out (NOT_FOUND for an end, FAILED_PRECONDITION or
         NOT_FOUND for a confirm) is returned as None: the dead replica did it."""
@@ -79,6 +94,8 @@ class Switch:
         while True:
             i = self.rng.choice(self.alive)
             try:
+                if streams is not None:
+                    return await self._event(streams, i, EVENTS[method], req)
                 return await getattr(getattr(self, stubs)[i], method)(
                     req, metadata=AUTH, timeout=5)
             except grpc.aio.AioRpcError as err:
@@ -94,6 +111,29 @@ class Switch:
                     self.failovers += 1
                 failed_over = True
                 await asyncio.sleep(0.05)
+
+    async def _event(self, streams: dict[int, Any], i: int, field: str, req: Any) -> Any:
+        """One event on this caller's stream to replica ``i``; a stream that fails
+        is dropped (the next call to ``i`` opens another)."""
+        stream = streams.get(i)
+        if stream is None:
+            stream = streams[i] = self.router[i].Connect(metadata=AUTH)
+        try:
+            await stream.write(rpb.SwitchEvent(request_id=field, **{field: req}))
+            reply = await asyncio.wait_for(stream.read(), 5)
+            if reply is grpc.aio.EOF:
+                raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the stream ended")
+        except grpc.aio.AioRpcError:
+            streams.pop(i).cancel()
+            raise
+        except (TimeoutError, asyncio.InvalidStateError) as exc:
+            streams.pop(i).cancel()
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, repr(exc)) from exc
+        self.events += 1
+        assert reply.request_id == field, reply
+        if reply.HasField("error"):
+            raise rpc_error(CODES[reply.error.code], reply.error.message)
+        return getattr(reply, reply.WhichOneof("reply"))
 
     def kill(self, i: int) -> None:
         self.alive.remove(i)
@@ -128,32 +168,42 @@ async def drive(switch: Switch, n_contacts: int, rng: random.Random,
     stop = asyncio.Event()
     violations: list[str] = []
 
-    async def lifecycle() -> None:
-        for n in ids:
-            cid = f"c{n}"
-            if n == n_contacts * 2 // 5:
-                kill()
-            d = await switch.call("RouteContact", contact(cid))
-            stats["routed"] += 1
-            if d.mode == cpb.MODE_QUEUED:
-                stats["queued"] += 1
-                await asyncio.sleep(0.02)
-                d = await switch.call("RouteContact", contact(cid))
-            if d.mode != cpb.MODE_QUEUED and rng.random() < 0.02:
-                held_open.append(cid)
-                continue
-            if d.mode != cpb.MODE_QUEUED:
-                try:
-                    await switch.call("ConfirmDecision",
-                                      rpb.ConfirmDecisionRequest(decision_id=d.decision_id))
-                    stats["confirmed"] += 1
-                except grpc.aio.AioRpcError as err:
-                    # The offer lapsed, or the agent logged out meanwhile.
-                    assert err.code() == grpc.StatusCode.NOT_FOUND, err
-                    stats["confirm_lapsed"] += 1
-            end = rpb.EndContactRequest(contact_id=cid, reason=rpb.END_REASON_ABANDONED)
-            await switch.call("EndContact", end)
-            stats["ended"] += 1
+    async def lifecycle(over_streams: bool) -> None:
+        """Contacts one after another, by unary calls or as events on Connect streams."""
+        streams: dict[int, Any] | None = {} if over_streams else None
+        try:
+            for n in ids:
+                await one_contact(n, streams)
+        finally:
+            for stream in (streams or {}).values():
+                stream.cancel()
+
+    async def one_contact(n: int, streams: dict[int, Any] | None) -> None:
+        cid = f"c{n}"
+        if n == n_contacts * 2 // 5:
+            kill()
+        d = await switch.call("RouteContact", contact(cid), streams=streams)
+        stats["routed"] += 1
+        if d.mode == cpb.MODE_QUEUED:
+            stats["queued"] += 1
+            await asyncio.sleep(0.02)
+            d = await switch.call("RouteContact", contact(cid), streams=streams)
+        if d.mode != cpb.MODE_QUEUED and rng.random() < 0.02:
+            held_open.append(cid)
+            return
+        if d.mode != cpb.MODE_QUEUED:
+            try:
+                await switch.call("ConfirmDecision",
+                                  rpb.ConfirmDecisionRequest(decision_id=d.decision_id),
+                                  streams=streams)
+                stats["confirmed"] += 1
+            except grpc.aio.AioRpcError as err:
+                # The offer lapsed, or the agent logged out meanwhile.
+                assert err.code() == grpc.StatusCode.NOT_FOUND, err
+                stats["confirm_lapsed"] += 1
+        end = rpb.EndContactRequest(contact_id=cid, reason=rpb.END_REASON_ABANDONED)
+        await switch.call("EndContact", end, streams=streams)
+        stats["ended"] += 1
 
     async def churn() -> None:
         while not stop.is_set():
@@ -194,7 +244,8 @@ async def drive(switch: Switch, n_contacts: int, rng: random.Random,
 
     background = [asyncio.create_task(churn()), asyncio.create_task(monitor())]
     try:
-        await asyncio.gather(*(lifecycle() for _ in range(24)))
+        # Half the drivers call unary, half send events on Connect streams.
+        await asyncio.gather(*(lifecycle(over_streams=k % 2 == 1) for k in range(24)))
     finally:
         stop.set()
         await asyncio.gather(*background)
@@ -244,7 +295,8 @@ async def test_three_processes_20k_contacts_one_killed(
             # Retries of calls a live replica refused (too contended, or past the
             # deadline on a loaded machine) are rare.
             print(f"{backend}: {stats} failovers={switch.failovers} retries={switch.retries} "
-                  f"ambiguous={switch.ambiguous}")
+                  f"ambiguous={switch.ambiguous} events={switch.events}")
+            assert switch.events > 0.4 * 3 * stats["ended"], switch.events  # half by streams
             assert switch.failovers <= 24 + 1 + N_AGENTS, switch.failovers
             assert switch.ambiguous <= switch.failovers + switch.retries, switch.ambiguous
             assert switch.retries <= 0.01 * stats["ended"], switch.retries
