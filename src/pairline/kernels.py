@@ -46,6 +46,16 @@ def score_rows(A, rows, u, c0, out):  # type: ignore[no-untyped-def]
         out[k] = c0 + acc
 
 
+@numba.njit("void(b1[::1], i8[::1], f8, i8, f4, f8[::1])", **_OPTS)
+def _key_unprofiled(has_vec, rows, total, known, c0, out):  # type: ignore[no-untyped-def]
+    """The greedy keys' last step: rows without a profile get the mean key of the
+    ``known`` selected rows with one (their scores sum to ``total``), ``-c0`` if none."""
+    neutral = -(total / known) if known > 0 else -float(c0)
+    for k in range(rows.shape[0]):
+        if not has_vec[rows[k]]:
+            out[k] = neutral
+
+
 @numba.njit("void(f4[:, ::1], b1[::1], i8[::1], f4[::1], f4, f8[::1])", fastmath=True, **_OPTS)
 def greedy_keys(A, has_vec, rows, u, c0, out):  # type: ignore[no-untyped-def]
     """Greedy's keys: ``out[k] = -(c0 + A[rows[k]] . u)``; agents without a profile
@@ -63,10 +73,7 @@ def greedy_keys(A, has_vec, rows, u, c0, out):  # type: ignore[no-untyped-def]
             out[k] = -s
             total += s
             known += 1
-    neutral = -(total / known) if known > 0 else -float(c0)
-    for k in range(rows.shape[0]):
-        if not has_vec[rows[k]]:
-            out[k] = neutral
+    _key_unprofiled(has_vec, rows, total, known, c0, out)
 
 
 @numba.njit("void(f4[::1], b1[::1], i8[::1], f4, f8[::1])", **_OPTS)
@@ -82,10 +89,7 @@ def greedy_keys_dense(scores, has_vec, rows, c0, out):  # type: ignore[no-untype
             out[k] = -s
             total += s
             known += 1
-    neutral = -(total / known) if known > 0 else -float(c0)
-    for k in range(rows.shape[0]):
-        if not has_vec[rows[k]]:
-            out[k] = neutral
+    _key_unprofiled(has_vec, rows, total, known, c0, out)
 
 
 @numba.njit("void(f4[:, ::1], f4[::1], f4, f4[::1])", fastmath=True, **_OPTS)
