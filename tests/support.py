@@ -170,7 +170,7 @@ def bad_request_field(status: status_pb2.Status) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------- redis
+# ------------------------------------------------------------------ processes
 def on_every_core(fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]) -> list[Any]:
     """``[fn(*a) for a in args]``, in that order, computed by one worker process per
     core: the seeds of a CPU-bound statistical test run side by side. The workers
@@ -184,6 +184,7 @@ def on_every_core(fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]) -> li
         return list(pool.map(fn, *zip(*jobs, strict=True)))
 
 
+# ---------------------------------------------------------------------- redis
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -247,7 +247,7 @@ def greedy_keys(index: QueueIndex, rows: np.ndarray, u: np.ndarray, c0: float) -
     keys = np.empty(rows.size, dtype=np.float64)
     top = index.top
     if top >= DENSE_MIN_ROWS and rows.size * DENSE_SHARE >= top:
-        scores = index.vec[:top] @ u
+        scores = np.matmul(index.vec[:top], u, out=index.scores[:top])
         kernels.greedy_keys_dense(scores, index.has_vec, rows, np.float32(c0), keys)
     else:
         kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)

@@ -206,6 +206,7 @@ class QueueIndex:
         "ready_at",
         "routable",
         "row_of",
+        "scores",
         "top",
         "vec",
     )
@@ -233,6 +234,7 @@ class QueueIndex:
         self.bands_dirty = True
         self.bands_at = -1.0
         self._buf = np.empty(rows, dtype=np.int64)
+        self.scores = np.empty(rows, dtype=np.float32)  # scratch: one contact vs every row
         # 1 + the highest row ever given to an agent: rows from here on are unused
         # (a removed agent's row is given to the next one first).
         self.top = 0
@@ -256,6 +258,7 @@ class QueueIndex:
         self.lo[old:] = 0.5
         self.hi[old:] = 0.5
         self._buf = np.empty(new, dtype=np.int64)
+        self.scores = np.empty(new, dtype=np.float32)
 
     def sync(self, agent: Agent, proficiency: int, vector: np.ndarray | None) -> None:
         row = self.row_of.get(agent.agent_id)
