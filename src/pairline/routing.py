@@ -69,9 +69,6 @@ def wire_json(obj: Any) -> str:
     return "".join(_c_encode(obj, 0))
 
 
-_encode = wire_json
-
-
 def snapshot_of(kind: str, obj: Any) -> dict[str, Any] | None:
     """The snapshot dict of a decoded wire snapshot of ``kind`` (a/c)."""
     if obj is None or isinstance(obj, dict):
@@ -807,8 +804,8 @@ class TenantRouting:
     def agent_wire(self, agent_id: str) -> str:
         """:meth:`agent_snapshot` encoded for the wire (see ``AGENT_FIELDS``)."""
         a = self.agents[agent_id]
-        return _encode((int(a.presence), sorted(a.queues.items()), a.capacity, a.in_use,
-                        a.wrap_until, a.idle_since, a.reservations, a.connected))
+        return wire_json((int(a.presence), sorted(a.queues.items()), a.capacity, a.in_use,
+                          a.wrap_until, a.idle_since, a.reservations, a.connected))
 
     def contact_wire(self, contact_id: str) -> str:
         """:meth:`contact_snapshot` encoded for the wire; "" when the contact is gone."""
@@ -818,9 +815,9 @@ class TenantRouting:
         d = c.decision
         # The decision is spliced in as decision_wire gives it: the record staged with
         # the same commit (see :attr:`staged`) has encoded it already.
-        head = _encode((c.queue, int(c.channel), c.priority, c.arrival, c.seq, c.digest,
-                        c.context, c.min_proficiency, sorted(c.excluded), sorted(c.preferred),
-                        int(c.state)))
+        head = wire_json((c.queue, int(c.channel), c.priority, c.arrival, c.seq, c.digest,
+                          c.context, c.min_proficiency, sorted(c.excluded), sorted(c.preferred),
+                          int(c.state)))
         decision = "null" if d is None else self.decision_wire(d)
         return f"{head[:-1]},{decision},{'true' if c.opted_out else 'false'}]"
 
@@ -831,13 +828,13 @@ class TenantRouting:
         staged = self.staged.get(d.decision_id)
         if staged is not None and staged[0] is d and staged[1] == values:
             return staged[2]
-        return _encode(values)
+        return wire_json(values)
 
     def stage_decision(self, d: Decision) -> str:
         """:meth:`decision_wire` of ``d``, kept for this operation's commit (its record
         and its contact's snapshot carry the same array, encoded once)."""
         values = decision_values(d)
-        wire = _encode(values)
+        wire = wire_json(values)
         self.staged[d.decision_id] = (d, values, wire)
         return wire
 

@@ -187,14 +187,12 @@ class Lane:
             if self.db:
                 hello.append(("SELECT", self.db))
             for cmd in hello:
-                reply = await self._send(proto, hiredis.pack_command(cmd), self.timeout_s)
+                reply = await proto.send(hiredis.pack_command(cmd),
+                                         proto.loop.time() + self.timeout_s)
                 if isinstance(reply, Exception):
                     proto.fail(RedisConnectionError(f"Redis refused {cmd[0]}: {reply}"))
                     raise reply
             return proto
-
-    async def _send(self, proto: _Protocol, packed: bytes, timeout_s: float) -> Any:
-        return await proto.send(packed, proto.loop.time() + timeout_s)
 
     async def call(self, *args: Any, timeout_s: float | None = None) -> Any:
         """Send one command and return its reply (bytes, ints, lists as hiredis

@@ -711,15 +711,14 @@ class SharedRouting:
         inflight = routing.inflight
         try:
             versions = routing.agent_v
-            for eid in sorted(touched_agents) if len(touched_agents) > 1 else touched_agents:
+            for eid in sorted(touched_agents):
                 v = versions.get(eid, 0)
                 entities.append((versions, "a", eid))
                 argv += ("a", eid, v, routing.agent_wire(eid), "")
                 inflight[("a", eid)] = v + 1
             versions = routing.contact_v
             contacts = routing.contacts
-            for eid in (sorted(touched_contacts) if len(touched_contacts) > 1
-                        else touched_contacts):
+            for eid in sorted(touched_contacts):
                 v = versions.get(eid, 0)
                 entities.append((versions, "c", eid))
                 c = contacts.get(eid)
@@ -961,11 +960,6 @@ class SharedRouting:
             if inflight and inflight.get((kind, eid)) == version:
                 # This replica's commit in flight wrote it (the mirror has it), or
                 # it fails for it and fetches: either way nothing to apply.
-                continue
-            # (most events are this replica's own commits, applied already: one
-            # version lookup and nothing decoded)
-            held = (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0)
-            if version <= held:
                 continue
             if self.apply(routing, kind, eid, version, raw) and kind == "c" and raw:
                 c = routing.contacts.get(eid)
