@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pairline.service import run_now
 
-__all__ = ["percentiles_us", "run_now", "server_process", "serving_process"]
+__all__ = ["command_serving", "floor_process", "percentiles_us", "run_now", "server_process",
+           "serving_process"]
 
 
 def percentiles_us(benchmark: Any) -> dict[str, float]:
@@ -46,9 +47,27 @@ def server_process(cfg: Path, addr: str, launch: Sequence[str] = (),
     """As :func:`serving_process`, yielding (channel, pid); ``launch`` replaces
     ``python -m pairline.cli`` (say, with ``taskset -c 0`` in front)."""
     launch = list(launch) or [sys.executable, "-m", "pairline.cli"]
+    with command_serving([*launch, "serve", "--config", str(cfg), "--listen", addr], addr,
+                         timeout_s) as out:
+        yield out
+
+
+@contextmanager
+def floor_process(addr: str) -> Iterator[grpc.Channel]:
+    """``floor_server.py`` (a bare grpc.aio server on pairline's protos that does
+    nothing) in a process of its own, like :func:`serving_process`."""
+    with command_serving([sys.executable, str(Path(__file__).parent / "floor_server.py"), addr],
+                         addr) as (ch, _pid):
+        yield ch
+
+
+@contextmanager
+def command_serving(argv: Sequence[str], addr: str,
+                    timeout_s: float = 120) -> Iterator[tuple[grpc.Channel, int]]:
+    """Run ``argv`` until health at ``addr`` says SERVING; yield (channel, pid), stop
+    the process after."""
     proc = subprocess.Popen(
-        [*launch, "serve", "--config", str(cfg), "--listen", addr],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
     )
     try:
         with grpc.insecure_channel(addr) as ch:
@@ -61,7 +80,7 @@ def server_process(cfg: Path, addr: str, launch: Sequence[str] = (),
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("server did not become SERVING")
+                    raise RuntimeError(f"{' '.join(argv)} did not become SERVING")
                 time.sleep(0.1)
             yield ch, proc.pid
     finally:
