@@ -4,11 +4,14 @@ deadline; bad values stop the start with a reason."""
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pairline.config import load_settings
+from pairline.config import TenantConfig, hash_api_key, load_settings
 
 TENANT = """
 [[tenants]]
@@ -61,6 +64,7 @@ previous_secrets = [
         ('timezone = "Mars/Olympus"', "unknown timezone"),
         ('holidays = ["18/01/2027"]', "ISO dates"),
         ("deletion_deadline_days = -1.0", "deletion_deadline_days"),
+        ("deletion_deadline_days = nan", "deletion_deadline_days"),
         ("deletion_due_soon_business_days = 31", "deletion_due_soon_business_days"),
         ("deletion_due_soon_business_days = -1", "deletion_due_soon_business_days"),
         ('previous_secrets = [{secret = "short", until = 1800000000}]', "16 chars"),
@@ -73,3 +77,43 @@ previous_secrets = [
         """Each bad privacy setting is a ValueError saying what is wrong."""
         with pytest.raises(ValueError, match=why):
             load(tmp_path, "", tenant)
+
+
+RETENTION = ("decision_ttl_days", "profile_ttl_days", "contact_data_ttl_s")
+TENANT_KW: dict[str, Any] = {
+    "name": "acme",
+    "api_key_sha256": (hash_api_key("acme-key-0123456789"),),
+    "secret": "acme-secret-0123456789",
+}
+
+
+class TestRetentionSettings:
+    """Nothing personal is kept without a time limit: a retention setting of 0 or
+    less (the stores would then write records with no time to live), not finite,
+    or beyond what a store can hold is refused, naming the setting."""
+
+    @pytest.mark.parametrize("name", RETENTION)
+    @pytest.mark.parametrize("value", ["0", "0.0", "-1", "-0.5", "nan", "inf", "-inf", "1e12"])
+    def test_bad_value_in_file_is_refused(self, tmp_path: Path, name: str, value: str) -> None:
+        """A bad retention value in the file stops the start, naming the setting."""
+        with pytest.raises(ValueError, match=rf"tenant acme: {name} must be more than 0"):
+            load(tmp_path, "", f"{name} = {value}")
+
+    @pytest.mark.parametrize("name", RETENTION)
+    @pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf, -math.inf])
+    def test_bad_value_in_code_is_refused(self, name: str, value: float) -> None:
+        """TenantConfig itself refuses it (Settings built in code, or dataclasses.replace)."""
+        change: dict[str, Any] = {name: value}
+        with pytest.raises(ValueError, match=rf"{name} must be more than 0"):
+            TenantConfig(**TENANT_KW, **change)
+        good = TenantConfig(**TENANT_KW)
+        with pytest.raises(ValueError, match=name):
+            replace(good, **change)
+
+    @pytest.mark.parametrize("name", RETENTION)
+    def test_small_and_long_limits_are_kept(self, tmp_path: Path, name: str) -> None:
+        """Any finite time above 0 up to the bound is accepted as given."""
+        most = 36_500 if name.endswith("_days") else 36_500 * 86_400
+        for value in (0.001, most):
+            t = load(tmp_path, "", f"{name} = {value}").tenants[0]  # type: ignore[attr-defined]
+            assert getattr(t, name) == value

@@ -296,6 +296,26 @@ class TestConcurrentAcrossReplicas:
 
 
 class TestRedisOutage:
+    async def test_an_opted_out_customer_stays_opted_out_during_an_outage(self) -> None:
+        """Decided while Redis is out of reach, an opted-out customer's decision is
+        OPTED_OUT (not DEGRADED): the switch sees why, and the outcome is withheld."""
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        own = RedisProcess()
+        try:
+            async with replicas(own.url, n=1, cfg=settings(policy="greedy")) as rs:
+                a = rs.client(0)
+                for i in range(3):
+                    await a.router.SetAgentState(login(f"a{i}", "sales"))
+                await a.privacy.OptOut(xpb.OptOutRequest(customer_key="+15550199"))
+                own.kill()
+                d = await a.router.RouteContact(contact("c1", customer_key="+15550199"))
+                assert d.mode == cpb.MODE_OPTED_OUT and d.agent_id, d
+                other = await a.router.RouteContact(contact("c2", customer_key="+15550100"))
+                assert other.mode == cpb.MODE_DEGRADED, other
+        finally:
+            own.stop()
+
     async def test_routing_degrades_and_recovers_by_itself(self) -> None:
         """Redis killed: every call still answers, DEGRADED, within its deadline;
         Redis back: PAIRED again, and what was decided meanwhile is known to all."""
@@ -582,3 +602,145 @@ class TestPrivacyAcrossReplicas:
                 assert b"+1555" not in (raw or b""), name
             await client.aclose()
         assert seen > 20
+
+
+class Held:
+    """A store's GET of a customer profile held back once (a failure injected on
+    purpose: a slow Redis reply): ``entered`` is set when the reply has been read
+    from Redis, and it is handed to the caller once ``release`` is set."""
+
+    def __init__(self, store: Any) -> None:
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+        self._get = store.get
+        store.get = self.get
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._get(key)
+        if ":cp:" in key and not self.release.is_set():
+            self.entered.set()
+            await self.release.wait()
+        return value  # type: ignore[no-any-return]
+
+
+async def _deleted(client: Client, customer_key: str) -> Any:
+    """Request a deletion and wait until it is COMPLETED."""
+    from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+    t = await client.privacy.RequestDeletion(xpb.RequestDeletionRequest(customer_key=customer_key))
+    for _ in range(400):
+        t = await client.privacy.GetDeletion(xpb.GetDeletionRequest(ticket_id=t.ticket_id))
+        if t.status == xpb.DELETION_STATUS_COMPLETED:
+            return t
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"deletion not completed: {t}")
+
+
+class TestPrivacyRacesAcrossReplicas:
+    """An opt-out or a deletion that lands while another replica is in the middle
+    of a call for the same customer, or while its change feed lags."""
+
+    CUSTOMER = "+15550199"
+
+    async def _setup(self, rs: Replicas, agents: int, status: int) -> None:
+        a = rs.client(0)
+        await activate_model(a, 9, "v1")
+        await a.profiles.UpsertAgentProfiles(ppb.AgentProfileBatch(profiles=[
+            ppb.AgentProfile(agent_id=f"a{i}", vector=[1, i, 0], source_time_ms=1)
+            for i in range(agents)]))
+        await a.profiles.UpsertCustomerProfile(ppb.CustomerProfile(
+            customer_key=self.CUSTOMER, vector=[0.1, 0.2, 0.3, 0.4], source_time_ms=1))
+        for i in range(agents):
+            await a.router.SetAgentState(login(f"a{i}", "sales", status=status))
+        await rs.settle()
+
+    async def test_opt_out_during_a_route_on_another_replica_holds_for_its_contact(
+        self, redis_url: str
+    ) -> None:
+        """B reads the customer's profile; the opt-out is acknowledged through A and
+        applied on B before B's route goes on: the contact waits without the
+        customer's data, on every replica, and is later paired as opted out."""
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await self._setup(rs, 1, rpb.AGENT_STATUS_AWAY)  # nobody free: it will wait
+            sb = rs.servers[1].service
+            held = Held(sb.shared.store)  # type: ignore[union-attr]
+            route = asyncio.ensure_future(
+                b.router.RouteContact(contact("w1", customer_key=self.CUSTOMER)))
+            await held.entered.wait()
+            assert (await a.privacy.OptOut(xpb.OptOutRequest(customer_key=self.CUSTOMER))).changed
+            await rs.settle()
+            (digest,) = sb.privacy.tenants["acme"].suppressed
+            held.release.set()
+            assert (await route).mode == cpb.MODE_QUEUED
+            await rs.settle()
+            for s in rs.servers:
+                c = s.service.tenants["acme"].routing.contacts["w1"]
+                assert (c.digest, c.profile, c.opted_out) == ("", None, True)
+            (raw,) = await sb.shared.store.mget(["pl:{acme}:ct:w1"])  # type: ignore[union-attr]
+            assert raw and digest.encode() not in raw
+            d = await a.router.AgentReady(rpb.AgentReadyRequest(agent_id="a0"))
+            assert (d.contact_id, d.mode) == ("w1", cpb.MODE_OPTED_OUT)
+            out = await a.router.ReportOutcome(rpb.ReportOutcomeRequest(
+                decision_id=d.decision_id, outcomes={"converted": 1.0}))
+            assert not out.stored
+
+    async def test_a_profile_read_while_its_deletion_completes_is_not_kept(
+        self, redis_url: str
+    ) -> None:
+        """B's cache miss reads the profile just before the deletion purges it and
+        gets the reply after B has applied the deletion: that reply is neither used
+        for the contact nor cached, so B never routes on the deleted profile."""
+        cfg = dataclasses.replace(settings(policy="greedy"), deletion_interval_s=0.05)
+        async with replicas(redis_url, n=2, cfg=cfg) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await self._setup(rs, 3, rpb.AGENT_STATUS_AVAILABLE)
+            sb = rs.servers[1].service
+            store = sb.shared.store  # type: ignore[union-attr]
+            held = Held(store)
+            route = asyncio.ensure_future(
+                b.router.RouteContact(contact("c1", customer_key=self.CUSTOMER)))
+            await held.entered.wait()
+            ticket = await _deleted(a, self.CUSTOMER)
+            await rs.settle()
+            held.release.set()
+            assert (await route).mode == cpb.MODE_NO_PROFILE
+            assert sb.tenants["acme"].routing.contacts["c1"].profile is None
+            assert ticket.customer_digest not in store._cache["acme"]
+            await b.router.EndContact(rpb.EndContactRequest(
+                contact_id="c1", reason=rpb.END_REASON_ABANDONED))
+            d = await b.router.RouteContact(contact("c2", customer_key=self.CUSTOMER))
+            assert d.mode == cpb.MODE_NO_PROFILE
+
+    async def test_a_replica_whose_feed_lags_cannot_bring_deleted_data_back(
+        self, redis_url: str
+    ) -> None:
+        """The deletion completes through A while B's feed is cut off (B has not
+        heard of the tombstone): an old upload through B is refused by Redis, and
+        audited as refused by the tombstone."""
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        async with replicas(redis_url, n=2, cfg=settings(policy="greedy")) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await self._setup(rs, 1, rpb.AGENT_STATUS_AVAILABLE)
+            sb = rs.servers[1].service
+            await sb._feed.stop()  # type: ignore[union-attr]
+            ticket = await _deleted(a, self.CUSTOMER)
+            assert ticket.customer_digest not in sb.privacy.tenants["acme"].tombstones
+            old = ppb.CustomerProfile(customer_key=self.CUSTOMER, vector=[0.1, 0.2, 0.3, 0.4],
+                                      source_time_ms=1)
+            res = await b.profiles.UpsertCustomerProfile(old)
+            assert (res.accepted, list(res.stale_indexes)) == (0, [0])
+            store = sb.shared.store  # type: ignore[union-attr]
+            assert await store.get(f"pl:{{acme}}:cp:{ticket.customer_digest}") is None
+            d = await a.router.RouteContact(contact("c9", customer_key=self.CUSTOMER))
+            assert d.mode == cpb.MODE_NO_PROFILE
+            audit = await b.privacy.ReadAudit(xpb.ReadAuditRequest())
+            refused = [e for e in audit.entries if e.customer_digest == ticket.customer_digest
+                       and e.detail == "tombstone"]
+            assert refused, audit
+            # A newer profile (collected after the deletion) is taken.
+            new = ppb.CustomerProfile(customer_key=self.CUSTOMER, vector=[1, 1, 1, 1],
+                                      source_time_ms=ticket.completed_at_ms + 1)
+            assert (await b.profiles.UpsertCustomerProfile(new)).accepted == 1

@@ -7,6 +7,7 @@ environment as an argument.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -74,7 +75,8 @@ class TenantConfig:
     wrap_up_s: float = 10.0
     offer_timeout_s: float = 15.0
     # How long decisions (with their outcomes) and customer profiles are kept
-    # (retention policy).
+    # (retention policy): more than 0, at most 36500 days (nothing personal is
+    # kept without a time limit).
     decision_ttl_days: float = 90.0
     profile_ttl_days: float = 365.0
     # Limits per tenant: waiting contacts, known agents (RESOURCE_EXHAUSTED beyond).
@@ -86,7 +88,8 @@ class TenantConfig:
     rate_burst: float = 0.0
     max_concurrent_rpcs: int = 0
     # Privacy (issue #6). A waiting or live contact's customer data (digest,
-    # profile) is dropped once it is this old, should the switch never end it.
+    # profile) is dropped once it is this old, should the switch never end it
+    # (more than 0, at most 36500 days' worth).
     contact_data_ttl_s: float = 86_400.0
     # Previous secrets in their rotation overlap: (secret, unix s until which
     # lookups still try it). In TOML: previous_secrets = [{secret = "...",
@@ -149,10 +152,36 @@ class TenantConfig:
         _check_privacy(self)
 
 
+# Retention settings of personal data (name, largest value): each must be a
+# finite time above 0, since 0 or less would store records without a time to
+# live. The bound (100 years) keeps every time to live one Redis can hold.
+MAX_RETENTION_DAYS = 36_500.0
+_RETENTION = (
+    ("decision_ttl_days", MAX_RETENTION_DAYS),
+    ("profile_ttl_days", MAX_RETENTION_DAYS),
+    ("contact_data_ttl_s", MAX_RETENTION_DAYS * 86_400),
+)
+
+
+def _check_retention(t: TenantConfig) -> None:
+    for name, most in _RETENTION:
+        value = getattr(t, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and 0 < value <= most)
+        ):
+            raise ValueError(
+                f"tenant {t.name}: {name} must be more than 0 and at most {most:,.0f} "
+                f"(nothing personal is kept without a time limit), not {value!r}"
+            )
+
+
 def _check_privacy(t: TenantConfig) -> None:
     import datetime as dt
     import zoneinfo
 
+    _check_retention(t)
     for secret, until in t.previous_secrets:
         if len(secret) < 16 or until <= 0:
             raise ValueError(
@@ -172,10 +201,8 @@ def _check_privacy(t: TenantConfig) -> None:
             raise ValueError(
                 f"tenant {t.name}: holidays are ISO dates (YYYY-MM-DD), not {h!r}"
             ) from None
-    if not 0 <= t.deletion_deadline_days <= 3650 or t.contact_data_ttl_s <= 0:
-        raise ValueError(
-            f"tenant {t.name}: deletion_deadline_days 0..3650, contact_data_ttl_s > 0"
-        )
+    if not 0 <= t.deletion_deadline_days <= 3650:
+        raise ValueError(f"tenant {t.name}: deletion_deadline_days 0..3650")
     if not 0 <= t.deletion_due_soon_business_days <= 30:
         raise ValueError(f"tenant {t.name}: deletion_due_soon_business_days 0..30")
 

@@ -97,7 +97,7 @@ class PrivacyCounts:
     deletions_completed: int = 0  # tickets this process's worker completed
     stale_tombstone: int = 0  # profile writes refused by a tombstone
     stale_newer: int = 0  # profile writes refused: a newer profile is stored
-    outcomes_withheld: int = 0  # outcomes of opted-out decisions, counted, not stored
+    outcomes_withheld: int = 0  # outcomes of opted-out customers (then or since), not stored
 
 
 # States of pairline_deletion_tickets: every open ticket; those of them due
@@ -219,13 +219,29 @@ class Privacy:
                 return row
         return None
 
+    def opted_out(self, tenant: str, digest: str) -> bool:
+        """Whether the customer under ``digest`` is opted out now. An opt-out is
+        stored under every digest of the customer at the time (the current
+        secret's and each previous secret's in its overlap), so a record keyed
+        under a previous secret is covered too."""
+        return bool(digest) and digest in self._t(tenant).suppressed
+
     def withhold_outcome(self, tenant: str, record: DecisionRecord | None) -> bool:
         """True (and counted) when an outcome must not be stored: the decision
-        was made for an opted-out customer."""
-        if record is not None and record.decision.mode is Mode.OPTED_OUT:
+        was made for an opted-out customer, or its customer has opted out since
+        (say during the call): nothing is stored against their digest."""
+        if record is None:
+            return False
+        if record.decision.mode is Mode.OPTED_OUT or self.opted_out(tenant, record.customer_digest):
             self._t(tenant).counts.outcomes_withheld += 1
             return True
         return False
+
+    def exportable(self, tenant: str, record: DecisionRecord) -> bool:
+        """Whether a kept decision may be exported (ExportHistory): not while its
+        customer is opted out (stored before the opt-out, it stays until its
+        retention ends or a deletion, but is not handed out for training)."""
+        return not self.opted_out(tenant, record.customer_digest)
 
     # ------------------------------------------------------------- apply
     def apply_opt_outs(self, tenant: str, digests: Sequence[str], opted_out: bool) -> None:
@@ -451,11 +467,21 @@ class Privacy:
         else:
             stale = await write(rows)
         if stale:
-            counts = tp.counts
-            counts.stale_tombstone += len(refused)
-            counts.stale_newer += len(stale) - len(refused)
-            now_ms = _ms(self.clock.now())
             reason = set(refused)
+            if len(stale) > len(refused):
+                # A store that checks the tombstones itself (Redis) may have refused
+                # rows for a deletion this process has not heard of yet (its change
+                # feed lags): ask the ledger, and keep what it says.
+                unsure = [rows[i].key for i in stale if i not in reason]
+                for d, ms in (await self._durably(self.ledger.tombstones_of(tenant,
+                                                                            unsure))).items():
+                    tomb[d] = max(tomb.get(d, 0), ms)
+                reason.update(i for i in stale if i not in reason and rows[i].key in tomb
+                              and rows[i].source_time_ms <= tomb[rows[i].key])
+            counts = tp.counts
+            counts.stale_tombstone += len(reason)
+            counts.stale_newer += len(stale) - len(reason)
+            now_ms = _ms(self.clock.now())
             audit = [AuditEntry(now_ms, AUDIT_STALE_REFUSED, digest=rows[i].key,
                                 detail="tombstone" if i in reason else "newer_profile_stored")
                      for i in stale]

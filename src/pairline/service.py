@@ -379,7 +379,10 @@ class Service:
             elif self.degraded(tenant) and d.decision_id:
                 # Decided while the shared state was out of reach (the record could
                 # not go with the commit): say so, and keep it if Redis takes it.
-                d.mode = Mode.DEGRADED
+                # (Opted out stays opted out: the switch and the outcome's
+                # withholding go by it.)
+                if d.mode is not Mode.OPTED_OUT:
+                    d.mode = Mode.DEGRADED
                 d.predicted_outcome = 0.0
                 # In the background: the caller does not wait on a Redis in trouble.
                 task = asyncio.ensure_future(self._soft(
@@ -421,24 +424,45 @@ class Service:
         # Opted out: no digest kept, no profile read (an in-memory set lookup).
         digests, opted_out = self.privacy.screen(tenant, req.customer_key)
         digest = digests[0] if digests else ""
-        profile = None
+        row = None
         shared = self.shared
         if (digest and rt.scorer is not None and rt.wants_profiles(req.queue)
                 and not self.degraded(tenant)):
             read = self.privacy.customer_profile(tenant, digests, self.clock.now())
             row = await (read if shared is None else self._soft(read))
-            profile = row.vector if row is not None else None
         if shared is None:  # the embedded store: the operation's changes are the state
+            profile = row.vector if row is not None else None
             decision, contact, accepted = self._route_op(rt, req, digest, profile, opted_out)
         else:
             decision, contact, accepted = await self.coord.run(
-                tenant, rt.routing, lambda: self._route_op(rt, req, digest, profile, opted_out),
+                tenant, rt.routing,
+                lambda: self._route_op(rt, req, *self._screened_again(tenant, digest, row,
+                                                                      opted_out)),
                 contacts=(req.contact_id,),
             )
         accepted()
         if contact is not None:
             await self._record(tenant, rt, contact, decision)
         return decision
+
+    def _screened_again(
+        self, tenant: str, digest: str, row: ProfileRow | None, opted_out: bool
+    ) -> tuple[str, np.ndarray | None, bool]:
+        """(digest, profile, opted out) for the routing step, checked again right
+        before it: with shared state the profile read and the wait for the tenant's
+        turn come between the screen and the step, and an opt-out or a deletion
+        applied meanwhile must hold for this contact too (else it would wait, or be
+        paired on another replica later, on data its customer withdrew)."""
+        if not digest:
+            return "", None, opted_out
+        if self.privacy.opted_out(tenant, digest):
+            return "", None, True
+        if row is None:
+            return digest, None, False
+        deleted_ms = self.privacy.tenants[tenant].tombstones.get(row.key)
+        if deleted_ms is not None and row.source_time_ms <= deleted_ms:
+            return digest, None, False  # read before a deletion purged it
+        return digest, row.vector, False
 
     async def _soft(self, call: Coroutine[Any, Any, T]) -> T | None:
         """A store read or write on the routing path: with shared state, Redis
@@ -647,6 +671,9 @@ class Service:
 
     def _ready_op(self, rt: TenantRuntime, agent_id: str) -> tuple[Decision, Contact | None]:
         now = self.clock.now()
+        # Before the agent changes: a refused call changes nothing (past here the
+        # operation runs without awaits, and _decide checks again before a claim).
+        check_deadline("the agent was made ready")
         routing = rt.routing
         routing.expire(now)
         agent = routing.agent_ready(agent_id, now)
@@ -751,6 +778,8 @@ class Service:
         for r in await self.store.decisions(tenant, now):
             d = r.decision
             if outcome not in r.outcomes or d.decided_at < since:
+                continue
+            if not self.privacy.exportable(tenant, r):  # opted out since
                 continue
             customer = None
             if r.customer_digest:
@@ -1039,6 +1068,11 @@ class Service:
         """A contact routed through another replica that waits here too: load its
         profile, so this replica pairs it as the first would have."""
         contact = rt.routing.contacts.get(contact_id)
+        if contact is not None and self.privacy.opted_out(tenant, contact.digest):
+            # Routed elsewhere before that replica had the customer's opt-out: not
+            # paired here on their data either.
+            scrub_contact(contact, opted_out=True)
+            return
         if (contact is None or contact.state is not ContactState.WAITING or not contact.digest
                 or rt.scorer is None or not rt.wants_profiles(contact.queue)):
             return

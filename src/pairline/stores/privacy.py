@@ -147,6 +147,9 @@ class PrivacyLedger(Protocol):
     async def tombstones(self, tenant: str) -> dict[str, int]:
         """digest -> deletion time (unix ms) of every deleted customer (a copy)."""
 
+    async def tombstones_of(self, tenant: str, digests: Sequence[str]) -> dict[str, int]:
+        """:meth:`tombstones` of ``digests`` only (those deleted)."""
+
     async def append_audit(self, tenant: str, audit: Sequence[AuditEntry]) -> None:
         """Append entries that go with no other write (e.g. stale writes refused)."""
 
@@ -265,6 +268,10 @@ class MemoryLedger:
 
     async def tombstones(self, tenant: str) -> dict[str, int]:
         return dict(self._t(tenant).tombstones)
+
+    async def tombstones_of(self, tenant: str, digests: Sequence[str]) -> dict[str, int]:
+        held = self._t(tenant).tombstones
+        return {d: held[d] for d in digests if d in held}
 
     async def append_audit(self, tenant: str, audit: Sequence[AuditEntry]) -> None:
         if audit:

@@ -134,42 +134,54 @@ def unpack_profile(key: str, blob: bytes) -> tuple[ProfileRow, float]:
 
 
 # KEYS: profile keys..., feed, id index (agent profiles: a set of their ids; the
-# feed again for customers, who get no index). ARGV: now (20 digits), feed kind,
-# ids joined by \n, ttl ms (0 = none), then per key its blob. Writes every row
-# that is newer than the live stored one (and than an earlier row of the same key
-# in the call); returns the 1-based positions of the stale rows. One feed event
-# lists the ids written. (SET ... GET: one call per row; a stale row's key gets
-# its stored value back, with the time to live its expiry leaves.)
+# feed again for customers, who get no index), tombstones (customers; the feed
+# again for agents). ARGV: now (20 digits), feed kind, ids joined by \n, ttl ms
+# (0 = none), source times (ms) joined by \n (customers; empty for agents), then
+# per key its blob. Writes every row that is newer than the live stored one (and
+# than an earlier row of the same key in the call) and, for a customer, than the
+# tombstone of a deletion (the replica checks its own copy of the tombstones
+# first, but that copy follows the feed: one that lags would let an old upload
+# bring deleted data back); returns the 1-based positions of the stale rows,
+# negative for those a tombstone refused. One feed event lists the ids written.
+# (SET ... GET: one call per row; a stale row's key gets its stored value back,
+# with the time to live its expiry leaves.)
 _UPSERT = """
-local n = #KEYS - 2
+local n = #KEYS - 3
 local now = ARGV[1]
 local ttl = tonumber(ARGV[4])
 local stale = {}
 local ids = {}
 for id in string.gmatch(ARGV[3], '[^\\n]+') do ids[#ids + 1] = id end
+local sources = {}
+for t in string.gmatch(ARGV[5], '[^\\n]+') do sources[#sources + 1] = tonumber(t) end
 local changed = {}
 local listed = {}
 for i = 1, n do
-  local key, blob = KEYS[i], ARGV[4 + i]
-  -- Write, getting what was there in the same call (rows are mostly newer) ...
-  local old
-  if ttl > 0 then
-    old = redis.call('SET', key, blob, 'PX', ttl, 'GET')
+  local key, blob = KEYS[i], ARGV[5 + i]
+  local tomb = sources[i] and redis.call('HGET', KEYS[n + 3], ids[i])
+  if tomb and sources[i] <= tonumber(tomb) then
+    stale[#stale + 1] = -i  -- deleted after this row's source time: not written
   else
-    old = redis.call('SET', key, blob, 'GET')
-  end
-  local until_ms = old and string.sub(old, 41, 60)
-  if old and until_ms > now and string.sub(blob, 1, 40) <= string.sub(old, 1, 40) then
-    -- ... and put a live row that is as new or newer back as it was.
-    if until_ms == '%020d' then
-      redis.call('SET', key, old)
+    -- Write, getting what was there in the same call (rows are mostly newer) ...
+    local old
+    if ttl > 0 then
+      old = redis.call('SET', key, blob, 'PX', ttl, 'GET')
     else
-      redis.call('SET', key, old, 'PX', math.max(1, tonumber(until_ms) - tonumber(now)))
+      old = redis.call('SET', key, blob, 'GET')
     end
-    stale[#stale + 1] = i
-  elseif not listed[key] then
-    listed[key] = true
-    changed[#changed + 1] = ids[i]
+    local until_ms = old and string.sub(old, 41, 60)
+    if old and until_ms > now and string.sub(blob, 1, 40) <= string.sub(old, 1, 40) then
+      -- ... and put a live row that is as new or newer back as it was.
+      if until_ms == '%020d' then
+        redis.call('SET', key, old)
+      else
+        redis.call('SET', key, old, 'PX', math.max(1, tonumber(until_ms) - tonumber(now)))
+      end
+      stale[#stale + 1] = i
+    elseif not listed[key] then
+      listed[key] = true
+      changed[#changed + 1] = ids[i]
+    end
   end
 end
 if #changed > 0 and KEYS[n + 2] ~= KEYS[n + 1] then
@@ -305,6 +317,11 @@ class RedisStore:
         self._cache: dict[str, OrderedDict[str, tuple[ProfileRow, float] | None]] = {
             t: OrderedDict() for t in self.dims
         }
+        # Cache misses in flight, per (tenant, digest), and those among them whose
+        # profile changed (or was dropped) meanwhile: their reply may predate the
+        # change, so it is not cached (see get_customer_profile).
+        self._reading: dict[tuple[str, str], int] = {}
+        self._changed: set[tuple[str, str]] = set()
         self.hits = 0
         self.misses = 0
 
@@ -356,14 +373,16 @@ class RedisStore:
         tail = _ms(now) + _ms(expires)  # (now is only for the script; see below)
         feed = self.key(tenant, "feed")
         index = self.key(tenant, "aps") if kind == "ap" else feed
+        tomb = self.key(tenant, "tomb") if kind == "cp" else feed
         prefix = self.key(tenant, kind, "")
 
         def call(lo: int) -> Awaitable[Any]:
             chunk = rows[lo:lo + UPSERT_CHUNK]
             ids = [r.key for r in chunk]
             keys = [prefix + k for k in ids]
-            keys += [feed, index]
-            argv: list[bytes | str] = [tail[:20], kind, "\n".join(ids), ttl_ms]
+            keys += [feed, index, tomb]
+            sources = "\n".join([str(r.source_time_ms) for r in chunk]) if kind == "cp" else ""
+            argv: list[bytes | str] = [tail[:20], kind, "\n".join(ids), ttl_ms, sources]
             argv += pack_profiles(chunk, tail[20:])
             return self._upsert(keys, argv)  # type: ignore[no-any-return]
 
@@ -378,11 +397,9 @@ class RedisStore:
         else:  # separate connections: one call after the other keeps the order
             replies = [await call(lo) for lo in starts]
         if kind == "cp":
-            cache = self._cache.get(tenant)
-            if cache is not None:
-                for r in rows:
-                    cache.pop(r.key, None)
-        return sorted(int(i) - 1 + lo for lo, stale in zip(starts, replies, strict=True)
+            self.forget(tenant, (r.key for r in rows))
+        # (a tombstone's refusals come negative: stale all the same)
+        return sorted(abs(int(i)) - 1 + lo for lo, stale in zip(starts, replies, strict=True)
                       for i in stale)
 
     async def upsert_customer_profiles(
@@ -398,27 +415,51 @@ class RedisStore:
             entry = cache[digest]
         else:
             self.misses += 1
-            blob = await self.get(self.key(tenant, "cp", digest))
-            entry = unpack_profile(digest, blob) if blob else None
-            cache[digest] = entry
-            if len(cache) > self.cache_size:
-                cache.popitem(last=False)
+            entry = await self._read_profile(tenant, digest)
+            if (tenant, digest) in self._changed:
+                # The profile changed or was deleted while the read was out (the
+                # feed said so, or this replica wrote it): the reply may be from
+                # before. Read it again, and keep neither in the cache.
+                entry = await self._read_profile(tenant, digest)
+                if (tenant, digest) not in self._reading:
+                    self._changed.discard((tenant, digest))
+            else:
+                cache[digest] = entry
+                if len(cache) > self.cache_size:
+                    cache.popitem(last=False)
         if entry is None or entry[1] <= now:
             return None
         return entry[0]
+
+    async def _read_profile(self, tenant: str, digest: str) -> tuple[ProfileRow, float] | None:
+        """A customer profile from Redis, counted as in flight while it is read."""
+        key = (tenant, digest)
+        self._reading[key] = self._reading.get(key, 0) + 1
+        try:
+            blob = await self.get(self.key(tenant, "cp", digest))
+        finally:
+            if self._reading[key] == 1:
+                del self._reading[key]
+            else:
+                self._reading[key] -= 1
+        return unpack_profile(digest, blob) if blob else None
 
     def forget_all(self, tenant: str) -> None:
         """Drop every cached customer profile of ``tenant``."""
         cache = self._cache.get(tenant)
         if cache is not None:
             cache.clear()
+        self._changed.update(k for k in self._reading if k[0] == tenant)
 
     def forget(self, tenant: str, digests: Iterable[str]) -> None:
         """Drop cached profiles (a change-feed event said they changed)."""
         cache = self._cache.get(tenant)
-        if cache is not None:
-            for d in digests:
+        reading, changed = self._reading, self._changed
+        for d in digests:
+            if cache is not None:
                 cache.pop(d, None)
+            if reading and (tenant, d) in reading:
+                changed.add((tenant, d))
 
     async def upsert_agent_profiles(
         self, tenant: str, rows: Sequence[ProfileRow], now: float

@@ -156,6 +156,12 @@ class RedisLedger:
         raw = await self._read(self.r.hgetall(self.store.key(tenant, "tomb")))
         return {k.decode(): int(v) for k, v in raw.items()}
 
+    async def tombstones_of(self, tenant: str, digests: Sequence[str]) -> dict[str, int]:
+        if not digests:
+            return {}
+        raw = await self._read(self.r.hmget(self.store.key(tenant, "tomb"), list(digests)))
+        return {d: int(v) for d, v in zip(digests, raw, strict=True) if v is not None}
+
     async def append_audit(self, tenant: str, audit: Sequence[AuditEntry]) -> None:
         if audit:
             await self._write(tenant, "audit", {}, audit)
