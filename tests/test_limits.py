@@ -18,6 +18,7 @@ import pytest
 from flood import isolation
 from support import contact, login, running, settings
 
+from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
 from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
@@ -225,3 +226,48 @@ class TestFloodIsolation:
         assert flood["codes"].get("RESOURCE_EXHAUSTED", 0) > flood["codes"].get("NOT_FOUND", 0)
         assert set(out["flooded_codes"]) == {"NOT_FOUND"}  # all served (victim has no agent)
         assert out["flooded"]["p50_ms"] < self.FLOOD_P50_MS, out
+
+
+class TestQueuesInUse:
+    """Stray queue names (a typo, random names from a misbehaving switch) cannot
+    grow a tenant's state, metrics and GetQueueStats without bound."""
+
+    @staticmethod
+    async def queues(srv: Any) -> list[str]:
+        stats = await srv.acme.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+        return sorted(q.queue for q in stats.queues)
+
+    async def test_queues_left_empty_are_forgotten_and_a_cap_holds(self) -> None:
+        async with running(settings(max_queues=3)) as srv:
+            r = srv.acme.router
+            await r.SetAgentState(login("a1", "sales"))
+            for i in range(20):  # each queue gets a contact that then hangs up
+                q = await r.RouteContact(contact(f"c{i}", queue=f"typo-{i}"))
+                assert q.mode == cpb.MODE_QUEUED
+                await r.EndContact(rpb.EndContactRequest(contact_id=f"c{i}",
+                                                         reason=rpb.END_REASON_ABANDONED))
+            names = await self.queues(srv)
+            assert "sales" in names and len(names) <= 3, names
+            # Queues still in use hold their place: two more contacts wait...
+            await r.RouteContact(contact("w1", queue="billing"))
+            await r.RouteContact(contact("w2", queue="returns"))
+            # ... so a fourth queue in use is refused, and nothing is created.
+            details = await exhausted(r.RouteContact(contact("w3", queue="typo-x")))
+            assert "maximum of 3 queues in use" in details
+            assert await self.queues(srv) == ["billing", "returns", "sales"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await r.EndContact(rpb.EndContactRequest(contact_id="w3",
+                                                         reason=rpb.END_REASON_ABANDONED))
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND
+            # An agent's new queue counts the same; the refused change is not made.
+            details = await exhausted(r.SetAgentState(login("a2", "typo-y")))
+            assert "maximum of 3 queues in use" in details
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await r.GetAgentState(rpb.GetAgentStateRequest(agent_id="a2"))
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND
+            # Once one of them is no longer used, there is room again.
+            await r.EndContact(rpb.EndContactRequest(contact_id="w2",
+                                                     reason=rpb.END_REASON_ABANDONED))
+            q = await r.RouteContact(contact("w4", queue="typo-x"))
+            assert q.mode == cpb.MODE_QUEUED
+            assert await self.queues(srv) == ["billing", "sales", "typo-x"]

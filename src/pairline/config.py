@@ -79,9 +79,14 @@ class TenantConfig:
     # kept without a time limit).
     decision_ttl_days: float = 90.0
     profile_ttl_days: float = 365.0
-    # Limits per tenant: waiting contacts, known agents (RESOURCE_EXHAUSTED beyond).
+    # Limits per tenant: waiting contacts, known agents (RESOURCE_EXHAUSTED beyond),
+    # and queues in use (with an agent serving it or a live contact in it): a call
+    # naming one more queue than this gets RESOURCE_EXHAUSTED (queues left without
+    # agents and contacts are forgotten first), so stray queue names cannot grow
+    # the state, the metrics and GetQueueStats without bound.
     max_waiting: int = 100_000
     max_agents: int = 50_000
+    max_queues: int = 1_000
     # Overload (see pairline.limits): requests (and stream events) per second,
     # tokens banked (0: one second's worth), concurrent calls; 0 = unlimited.
     rate_per_s: float = 0.0
@@ -129,6 +134,8 @@ class TenantConfig:
                     f"tenant {self.name}: unknown policy {policy!r} for queue {queue!r} "
                     f"(one of {', '.join(POLICIES)})"
                 )
+        if not 1 <= self.max_queues <= 1_000_000:
+            raise ValueError(f"tenant {self.name}: max_queues must be 1..1,000,000")
         if self.skew < 0 or self.wait_weight < 0 or not 1 <= self.window <= 1024:
             raise ValueError(f"tenant {self.name}: skew, wait_weight >= 0; window 1..1024")
         if self.slot_s <= 0 or not 0 < self.on_share < 1 or not 0 <= self.stabilise_s < self.slot_s:

@@ -342,11 +342,13 @@ class TenantRouting:
         *,
         max_waiting: int,
         max_agents: int,
+        max_queues: int = 1_000,
         agent_dim: int = 1,
         relax_steps: tuple[tuple[float, int], ...] = (),
     ) -> None:
         self.max_waiting = max_waiting
         self.max_agents = max_agents
+        self.max_queues = max_queues
         self.agent_dim = agent_dim
         self.relax_steps = relax_steps
         self.agent_vectors: dict[str, np.ndarray] = {}
@@ -427,6 +429,32 @@ class TenantRouting:
         vector = self.agent_vectors.get(agent.agent_id)
         for queue, prof in agent.queues.items():
             self.queue(queue).sync(agent, prof, vector)
+
+    def admit_queues(self, names: Iterable[str]) -> list[str]:
+        """Refuse (ResourceExhausted, nothing changed) when ``names`` bring the
+        queues in use past ``max_queues``. Before refusing, queues no agent serves
+        and no live contact is in are forgotten: their names are returned (the
+        caller drops what it keeps per queue too)."""
+        new = {n for n in names if n not in self.queues}
+        if not new or len(self.queues) + len(new) <= self.max_queues:
+            return []
+        dropped = self.drop_idle_queues()
+        if len(self.queues) + len(new) > self.max_queues:
+            raise ResourceExhausted(
+                f"tenant has the maximum of {self.max_queues} queues in use (served by an "
+                "agent or with a live contact); end contacts or log agents out of queues "
+                "no longer used, or raise max_queues")
+        return dropped
+
+    def drop_idle_queues(self) -> list[str]:
+        """Forget the queues that no agent serves and no live contact is in."""
+        busy = {c.queue for c in self.contacts.values()}
+        idle = [n for n, index in self.queues.items() if not index.row_of and n not in busy]
+        for name in idle:
+            del self.queues[name]
+        for key in [k for k, pool in self.waiting.items() if not pool and k[0] not in busy]:
+            del self.waiting[key]
+        return idle
 
     def queue(self, name: str) -> QueueIndex:
         index = self.queues.get(name)

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -112,6 +112,7 @@ class TenantRuntime:
         self.routing = TenantRouting(
             max_waiting=config.max_waiting,
             max_agents=config.max_agents,
+            max_queues=config.max_queues,
             agent_dim=config.agent_dim,
             relax_steps=config.relax_steps,
         )
@@ -142,6 +143,12 @@ class TenantRuntime:
         if self.schedule is None or self.config.monitor or self.policy(queue).name == "baseline":
             return None, False
         return self.schedule.state(queue, now)
+
+    def admit_queues(self, names: Iterable[str]) -> None:
+        """See :meth:`TenantRouting.admit_queues`; what pairing learnt of the
+        queues it forgets goes too."""
+        for name in self.routing.admit_queues(names):
+            self._pairings.pop(name, None)
 
     def pairing(self, queue: str) -> QueuePairing:
         p = self._pairings.get(queue)
@@ -505,6 +512,7 @@ class Service:
                 return self._queued(contact.contact_id, "", contact.queue, contact.channel,
                                     routing.still_waiting(contact), now), None, _nothing
             return decision, contact, _nothing
+        rt.admit_queues((req.queue,))
         contact = routing.new_contact(
             req.contact_id,
             req.queue,
@@ -690,6 +698,8 @@ class Service:
         def op() -> AgentView:
             now = self.clock.now()
             rt.routing.expire(now)
+            if req.queues:
+                rt.admit_queues(q for q, _ in req.queues)
             rt.routing.set_agent_state(
                 req.agent_id, req.status, req.queues, req.capacities, wrap_s, now
             )
