@@ -168,6 +168,9 @@ class TestNothingClaimedAfterTheDeadline:
             await asyncio.sleep(0.3)
             stats = await srv.acme.insights.GetQueueStats(ipb.GetQueueStatsRequest())
             assert (stats.queues[0].waiting, stats.queues[0].agents_reserved) == (1, 0)
+            # ... and the agent as it was: a refused call changes nothing.
+            state = await srv.acme.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+            assert state.status == rpb.AGENT_STATUS_AWAY
 
     async def test_deadline_checked_on_connect_events(self) -> None:
         """On a Connect stream whose deadline passes while held up, the route event

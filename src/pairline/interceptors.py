@@ -12,10 +12,11 @@ answered INTERNAL without internals.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -138,15 +139,43 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None, name: str) -> Any:
     return parse
 
 
+class MalformedMessage(InvalidArgument):
+    """A request message that did not parse; ``reason`` says which message type was
+    expected. A streaming handler may name the message's place in the stream."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("request", reason)
+        self.reason = reason
+
+
 def _refuse_malformed(request: Any) -> None:
     if type(request) is Malformed:
-        raise InvalidArgument("request", request.error)
+        raise MalformedMessage(request.error)
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
         _refuse_malformed(request)
         yield request
+
+
+async def _withhold(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    """End a call without its answer, its caller being gone: CANCELLED or
+    DEADLINE_EXCEEDED."""
+    if context.cancelled():
+        code, details = grpc.StatusCode.CANCELLED, "cancelled; what the call reserved was undone"
+    else:
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
+        details = "the deadline passed before the answer was ready; what it reserved was undone"
+    try:
+        await context.abort(code, details)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        # gRPC has ended the call already (no status can be sent any more): end
+        # the handler as a cancelled call, which gRPC expects and does not log.
+        raise asyncio.CancelledError from None
+    raise AssertionError("abort returned")  # (abort always raises)
 
 
 class Guard:
@@ -164,16 +193,22 @@ class Guard:
     (UNAUTHENTICATED), its role for the method (PERMISSION_DENIED), the
     server's and tenant's concurrency and the tenant's rate
     (RESOURCE_EXHAUSTED), the caller's deadline (DEADLINE_EXCEEDED when it has
-    already passed). ``abandon(tenant, response)`` is called when a unary
-    handler's caller is gone (deadline passed or cancelled) by the time its
-    response is ready, so that work it reserved can be undone.
+    already passed).
+
+    ``abandon(tenant, response)`` is called, in the call's context, for a
+    response whose caller is gone (cancelled, or its deadline passed) by the time
+    it is ready, or for a stream reply whose sending failed, so that what the call
+    made can be undone. It returns None when there is nothing of the call's own to
+    undo; otherwise an awaitable that finishes the undo, and then the response is
+    not sent (DEADLINE_EXCEEDED or CANCELLED instead): a caller that gets an
+    answer keeps what the answer reserved.
     """
 
     def __init__(
         self,
         keys: KeyRing,
         limits: Limits | None = None,
-        abandon: Callable[[str, Any], None] | None = None,
+        abandon: Callable[[str, Any], Awaitable[None] | None] | None = None,
     ) -> None:
         """``keys`` is consulted per request, so keys change without a restart."""
         self.keys = keys
@@ -202,16 +237,22 @@ class Guard:
             if isinstance(exc, PairlineError):
                 n = _sampled(method, exc.code) if exc.code in _FLOOD_CODES else 0
                 if n >= 0:
-                    log.info("rpc_rejected", method=method, code=exc.code.name,
-                             error=exc.message, **({"suppressed": n} if n > 0 else {}))
+                    log.info(
+                        "rpc_rejected",
+                        method=method,
+                        code=exc.code.name,
+                        error=exc.message,
+                        **({"suppressed": n} if n > 0 else {}),
+                    )
                 if exc.field is None:  # no details to attach: the cheaper path
                     await context.abort(_GRPC_CODES[exc.code], exc.message)
                 await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
             if isinstance(exc, (RedisError, OSError)):
                 # The store is out of reach (a Redis outage): the caller retries.
                 log.warning("rpc_store_unreachable", method=method, error=repr(exc))
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "the store is out of reach right now: retry")
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "the store is out of reach right now: retry"
+                )
             log.error("rpc_failed", method=method, exc_info=exc)
             await context.abort_with_status(rpc_status.to_status(internal_status()))
 
@@ -249,7 +290,10 @@ class Guard:
                         _refuse_malformed(request)
                     response = await inner(request, context)
                     if abandon is not None and (deadline_passed() or context.cancelled()):
-                        abandon(tenant, response)
+                        undo = abandon(tenant, response)
+                        if undo is not None:  # undone: the response must not be sent
+                            await undo
+                            await _withhold(context)
                     return response
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
@@ -270,14 +314,26 @@ class Guard:
                         request = _checked(request)
                     else:
                         _refuse_malformed(request)
+                    noted: contextvars.Context | None = None
                     async for reply in inner(request, context):
+                        if abandon is not None:
+                            if deadline_passed() or context.cancelled():
+                                undo = abandon(tenant, reply)
+                                if undo is not None:  # undone: the reply must not be sent
+                                    await undo
+                                    await _withhold(context)
+                            # What the servicer noted for this reply (the generator
+                            # may be closed from another task's context).
+                            noted = contextvars.copy_context()
                         try:
                             yield reply
                         except BaseException:
-                            # Closed or cancelled while this reply was on its way:
-                            # the caller may never see it.
-                            if abandon is not None:
-                                abandon(tenant, reply)
+                            # Closed while this reply was on its way (its sending
+                            # failed, or the call ended meanwhile): taken as lost.
+                            if abandon is not None and noted is not None:
+                                undo = noted.run(abandon, tenant, reply)
+                                if undo is not None:
+                                    await undo
                             raise
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):

@@ -26,6 +26,53 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
+class Made:
+    """What the current call made (a unary call; on a stream, the current event or
+    batch): the ids of the decisions it reserved and of the contacts it created.
+    The service notes them as it makes them; the guard undoes exactly these when
+    the caller is gone before the answer reaches it, never what an earlier call
+    made (a retry answers with the decision an earlier call made)."""
+
+    __slots__ = ("contacts", "decisions")
+
+    def __init__(self) -> None:
+        self.decisions: set[str] = set()
+        self.contacts: set[str] = set()
+
+
+_made: contextvars.ContextVar[Made | None] = contextvars.ContextVar("pairline_made", default=None)
+
+
+def begin_call() -> Made:
+    """Start noting what the current call (or stream event) makes."""
+    made = Made()
+    _made.set(made)
+    return made
+
+
+def made_now() -> Made | None:
+    """What the current call has made so far (None outside a call that noted it)."""
+    return _made.get()
+
+
+def made_here(decision_id: str) -> bool:
+    """Whether the current call made ``decision_id``."""
+    made = _made.get()
+    return made is not None and decision_id in made.decisions
+
+
+def note_decision(decision_id: str) -> None:
+    made = _made.get()
+    if made is not None:
+        made.decisions.add(decision_id)
+
+
+def note_contact(contact_id: str) -> None:
+    made = _made.get()
+    if made is not None:
+        made.contacts.add(contact_id)
+
+
 def bind_deadline(time_remaining_s: float | None) -> None:
     """Record the current call's deadline (None: the caller set none)."""
     _deadline.set(None if time_remaining_s is None else time.monotonic() + time_remaining_s)

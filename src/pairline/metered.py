@@ -19,6 +19,7 @@ import structlog
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
+from pairline.limits import made_here
 from pairline.metrics import MODE_LABELS, Metrics, observer
 from pairline.service import Service
 from pairline.servicers import RouterServicer
@@ -40,14 +41,14 @@ class MeteredRouterServicer(RouterServicer):
 
     async def _route(self, req: rpb.RouteContactRequest, tenant: str, at: str = "") -> cpb.Decision:
         t0 = perf_counter()
-        contacts = self._contacts(tenant)
-        before = _decision_of(contacts, req.contact_id) if contacts is not None else None
         d = await super()._route(req, tenant, at)
         seconds = perf_counter() - t0
         self._observe(tenant, "RouteContact", d.mode, d.policy, seconds)
         did = d.decision_id
-        if did and contacts is not None and (before is None or before.decision_id != did):
-            self._waited(tenant, contacts, d.contact_id, did)  # not a retry's earlier decision
+        if did and made_here(did):  # not a retry's earlier decision
+            contacts = self._contacts(tenant)
+            if contacts is not None:
+                self._waited(tenant, contacts, d.contact_id, did)
         if self._sample and (self._sample >= 1.0 or random() < self._sample):
             _log_decision(tenant, "RouteContact", d, seconds)
         return d
@@ -66,12 +67,6 @@ class MeteredRouterServicer(RouterServicer):
             _log_decision(tenant, "AgentReady", d, seconds)
         return d
 
-    def _contacts(self, tenant: str) -> Any:
-        """The live contacts of the tenant's routing state (None without one). Reads
-        the embedded routing state; a store without it (#5) records no waits here."""
-        routing = getattr(self._s.tenants.get(tenant), "routing", None)
-        return routing.contacts if routing is not None else None
-
     def _waited(self, tenant: str, contacts: Any, contact_id: str, decision_id: str) -> None:
         """Observe the wait of the contact this call reserved."""
         contact = contacts.get(contact_id)
@@ -83,12 +78,6 @@ class MeteredRouterServicer(RouterServicer):
         if child is None:
             child = self._waits[key] = observer(self._wait.labels(tenant, contact.queue))
         child(max(0.0, decision.decided_at - contact.arrival))
-
-
-def _decision_of(contacts: Any, contact_id: str) -> Any:
-    """The decision the live contact holds, if any."""
-    contact = contacts.get(contact_id)
-    return contact.decision if contact is not None else None
 
 
 def _log_decision(tenant: str, op: str, d: cpb.Decision, seconds: float) -> None:

@@ -36,7 +36,7 @@ from pairline.domain import (
     ReleaseReason,
 )
 from pairline.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from pairline.limits import check_deadline
+from pairline.limits import check_deadline, note_contact, note_decision
 from pairline.model import Model, load_model
 from pairline.pairing import (
     NO_PAIR,
@@ -368,6 +368,7 @@ class Service:
             compared=choice.compared,
         )
         rt.routing.reserve(contact, agent, decision, now)
+        note_decision(decision.decision_id)
         if self.shared is not None:  # written by the same commit as the reservation
             self.shared.stage_record(rt.config.name, rt.routing,
                                      self._record_of(rt, contact, decision))
@@ -513,6 +514,7 @@ class Service:
                                     routing.still_waiting(contact), now), None, _nothing
             return decision, contact, _nothing
         rt.admit_queues((req.queue,))
+        note_contact(req.contact_id)
         contact = routing.new_contact(
             req.contact_id,
             req.queue,

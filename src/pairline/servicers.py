@@ -4,11 +4,18 @@ The tenant comes from :func:`pairline.interceptors.current_tenant`, set by the
 guard (:mod:`pairline.interceptors`) from the caller's API key. Domain errors
 propagate to the guard, which maps them to status codes; on the ``Connect`` stream they
 become error replies and the stream stays open.
+
+Each Router call (a unary call; on a stream, each event or batch) notes what it
+made: the decisions it reserved and the contacts it created. When its caller is
+gone before the answer reaches it, the guard asks :meth:`RouterServicer.abandon`
+to undo exactly that, never what an earlier call made (a retry answers with the
+decision an earlier call made and delivered).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable
 from typing import Any
 
 import grpc
@@ -22,10 +29,13 @@ from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import profiles_pb2_grpc as ppb_grpc
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline._proto.pairline.v1 import router_pb2_grpc as rpb_grpc
+from pairline.domain import EndReason
 from pairline.errors import InvalidArgument, PairlineError
-from pairline.interceptors import current_tenant, internal_status, to_rpc_status
+from pairline.interceptors import MalformedMessage, current_tenant, internal_status, to_rpc_status
+from pairline.limits import begin_call, made_now
 from pairline.logs import bind_request_id, request_id_or_new
 from pairline.privacy_servicer import PrivacyServicer
+from pairline.routing import Contact, ContactState
 from pairline.service import Service
 
 log = structlog.get_logger()
@@ -38,6 +48,16 @@ MAX_EVENTS_PER_BATCH = 1000
 
 def _no_limit(tenant: str) -> None:
     return None
+
+
+def _decisions(response: Any) -> list[cpb.Decision]:
+    if isinstance(response, cpb.Decision):
+        return [response]
+    if isinstance(response, rpb.SwitchReply):
+        return [response.decision] if response.HasField("decision") else []
+    if isinstance(response, rpb.SwitchReplyBatch):
+        return [r.decision for r in response.replies if r.HasField("decision")]
+    return []
 
 
 class RouterServicer(rpb_grpc.RouterServicer):
@@ -59,7 +79,16 @@ class RouterServicer(rpb_grpc.RouterServicer):
 
     # Each operation once, with a field prefix for error paths on the stream.
     async def _route(self, req: rpb.RouteContactRequest, tenant: str, at: str = "") -> cpb.Decision:
-        return convert.decision(await self._s.route_contact(tenant, convert.route_contact(req, at)))
+        try:
+            d = await self._s.route_contact(tenant, convert.route_contact(req, at))
+        except asyncio.CancelledError:
+            # The caller went away while the decision was being recorded (its
+            # reservation is undone by then): a contact this call created goes too.
+            made = made_now()
+            if made is not None and req.contact_id in made.contacts:
+                await self._withdraw(tenant, (req.contact_id,))
+            raise
+        return convert.decision(d)
 
     async def _ready(self, req: rpb.AgentReadyRequest, tenant: str, at: str = "") -> cpb.Decision:
         agent_id = convert.agent_id(req.agent_id, at)
@@ -97,25 +126,62 @@ class RouterServicer(rpb_grpc.RouterServicer):
         stored = await self._s.report_outcome(tenant, did, outcomes)
         return rpb.ReportOutcomeResponse(decision_id=did, stored=stored)
 
-    def abandon(self, tenant: str, response: Any) -> None:
-        """Undo the reservations of decisions whose caller is gone (see the guard)."""
-        if isinstance(response, cpb.Decision):
-            decisions = [response]
-        elif isinstance(response, rpb.SwitchReply):
-            decisions = [response.decision] if response.HasField("decision") else []
-        elif isinstance(response, rpb.SwitchReplyBatch):
-            decisions = [r.decision for r in response.replies if r.HasField("decision")]
-        else:
-            return
-        for d in decisions:
-            if d.decision_id:
-                self._s.abandon(tenant, d.decision_id)
+    def abandon(self, tenant: str, response: Any) -> Awaitable[None] | None:
+        """Undo what the current call made for ``response``, whose caller is gone (see
+        the guard): the reservations of the decisions it made, and the contacts it
+        created (ended as abandoned: nobody else knows of them). None when it made
+        nothing there (a retry's answer holds an earlier call's decision: that one
+        stays); otherwise the rest of the undo, to be awaited."""
+        made = made_now()
+        if made is None:
+            return None
+        decisions = _decisions(response)
+        mine = [d.decision_id for d in decisions if d.decision_id in made.decisions]
+        created = [d.contact_id for d in decisions if d.contact_id in made.contacts]
+        if not mine and not created:
+            return None
+        for decision_id in mine:
+            self._s.abandon(tenant, decision_id)
+        return self._withdraw(tenant, created, made.decisions)
+
+    async def _withdraw(
+        self, tenant: str, contact_ids: Iterable[str], ours: Container[str] = ()
+    ) -> None:
+        """End, as abandoned, contacts created by a call whose caller is gone: each
+        one still waiting, or still reserved by a decision in ``ours``; one that
+        another call has reserved meanwhile is left to it."""
+        for contact_id in contact_ids:
+            contact = self._contact(tenant, contact_id)
+            if contact is None:
+                continue
+            held = contact.decision
+            if contact.state is not ContactState.WAITING and (
+                held is None or held.decision_id not in ours
+            ):
+                continue
+            try:
+                await self._s.end_contact(tenant, contact_id, EndReason.ABANDONED, 0.0)
+            except PairlineError:
+                continue  # ended meanwhile
+            log.info("contact_withdrawn", tenant=tenant, contact=contact_id)
+
+    def _contact(self, tenant: str, contact_id: str) -> Contact | None:
+        """The live contact in the tenant's routing state (None when there is none)."""
+        contacts = self._contacts(tenant)
+        return contacts.get(contact_id) if contacts is not None else None
+
+    def _contacts(self, tenant: str) -> dict[str, Contact] | None:
+        """The live contacts of the tenant's routing state (None without one)."""
+        routing = getattr(self._s.tenants.get(tenant), "routing", None)
+        return routing.contacts if routing is not None else None
 
     # Unary RPCs.
     async def RouteContact(self, request: rpb.RouteContactRequest, context: Ctx) -> cpb.Decision:
+        begin_call()
         return await self._route(request, current_tenant())
 
     async def AgentReady(self, request: rpb.AgentReadyRequest, context: Ctx) -> cpb.Decision:
+        begin_call()
         return await self._ready(request, current_tenant())
 
     async def SetAgentState(
@@ -176,6 +242,7 @@ class RouterServicer(rpb_grpc.RouterServicer):
     ) -> AsyncIterator[rpb.SwitchReply]:
         tenant = current_tenant()
         async for event in request_iterator:
+            begin_call()  # what this event made (see abandon)
             yield await self._one(event, tenant)
 
     async def ConnectBatch(
@@ -187,6 +254,7 @@ class RouterServicer(rpb_grpc.RouterServicer):
                 exc = InvalidArgument("events", f"at most {MAX_EVENTS_PER_BATCH} per batch")
                 yield rpb.SwitchReplyBatch(replies=[rpb.SwitchReply(error=to_rpc_status(exc))])
                 continue
+            begin_call()  # what this batch made (see abandon)
             yield rpb.SwitchReplyBatch(replies=[await self._one(ev, tenant) for ev in batch.events])
 
 
@@ -205,15 +273,25 @@ class ProfilesServicer(ppb_grpc.ProfilesServicer):
         self, request_iterator: AsyncIterator[ppb.CustomerProfileBatch], context: Ctx
     ) -> ppb.UpsertResult:
         tenant = current_tenant()
-        accepted, stale, offset, batch_no = 0, [], 0, 0
-        async for batch in request_iterator:
-            at = f"batches[{batch_no}].profiles"
+        accepted, offset, batch_no = 0, 0, 0
+        stale: list[int] = []
+        batches = aiter(request_iterator)
+        while True:
+            at = f"batches[{batch_no}]"
             try:
+                batch = await anext(batches, None)
+                if batch is None:
+                    break
                 out = await self._s.upsert_customer_profiles(
-                    tenant, convert.customer_profiles(batch.profiles, at), at
+                    tenant,
+                    convert.customer_profiles(batch.profiles, f"{at}.profiles"),
+                    f"{at}.profiles",
                 )
             except PairlineError as exc:
-                exc.message += f" ({batch_no} earlier batch(es), {accepted} profile(s) applied)"
+                applied = f" ({batch_no} earlier batch(es), {accepted} profile(s) applied)"
+                if isinstance(exc, MalformedMessage):  # this batch did not parse
+                    raise InvalidArgument(at, exc.reason + applied) from None
+                exc.message += applied
                 raise
             accepted += out.accepted
             stale.extend(offset + i for i in out.stale)
@@ -234,9 +312,7 @@ class ProfilesServicer(ppb_grpc.ProfilesServicer):
         active, _ = await self._s.model_info(current_tenant())
         return convert.model_info(model, model.version == active)
 
-    async def ActivateModel(
-        self, request: ppb.ActivateModelRequest, context: Ctx
-    ) -> ppb.ModelInfo:
+    async def ActivateModel(self, request: ppb.ActivateModelRequest, context: Ctx) -> ppb.ModelInfo:
         version = convert.text(request.version, "version", max_len=64)
         return convert.model_info(await self._s.activate_model(current_tenant(), version), True)
 
