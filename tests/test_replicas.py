@@ -141,6 +141,60 @@ class TestOneStateAcrossReplicas:
                 await a.router.SetAgentState(
                     login("a1", "sales", status=rpb.AGENT_STATUS_LOGGED_OUT))
 
+    async def test_a_contact_id_used_again_after_its_record_expired(
+        self, redis_url: str
+    ) -> None:
+        """An ended contact's record expires in Redis (after GONE_TTL_S; here at
+        once) while a replica still holds its version: routing the id again there
+        conflicts, and the replica takes Redis's state instead of keeping its own
+        uncommitted reservation, so the agent is not also given away elsewhere."""
+        async with replicas(redis_url, n=2) as rs:
+            a, b = rs.client(0), rs.client(1)
+            await a.router.SetAgentState(login("a1", "sales"))
+            assert (await a.router.RouteContact(contact("c1"))).agent_id == "a1"
+            await a.router.EndContact(rpb.EndContactRequest(
+                contact_id="c1", reason=rpb.END_REASON_ABANDONED))
+            await rs.settle()
+            mirror = rs.servers[0].service.tenants["acme"].routing
+            assert mirror.contact_v["c1"] > 0
+            store = rs.servers[0].service.shared.store  # type: ignore[union-attr]
+            assert await store.r.delete("pl:{acme}:ct:c1") == 1  # = GONE_TTL_S passing
+            again = await a.router.RouteContact(contact("c1"))
+            assert again.agent_id == "a1"
+            await rs.settle()
+            other = await b.router.RouteContact(contact("c2"))
+            assert other.mode == cpb.MODE_QUEUED, other  # a1 is taken, in Redis too
+            await a.router.ConfirmDecision(rpb.ConfirmDecisionRequest(
+                decision_id=again.decision_id))
+
+    async def test_ended_contacts_versions_are_forgotten_with_their_records(
+        self, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A replica keeps an ended contact's version as long as Redis keeps its
+        record (GONE_TTL_S, made short here), not forever: the mirror does not grow
+        by one entry per contact ever routed."""
+        from pairline.stores import shared
+
+        monkeypatch.setattr(shared, "GONE_TTL_S", 0.05)
+        async with replicas(redis_url, n=2) as rs:
+            a = rs.client(0)
+            await a.router.SetAgentState(login("a1", "sales"))
+            for cid in ("c1", "c2"):
+                await a.router.RouteContact(contact(cid))
+                await a.router.EndContact(rpb.EndContactRequest(
+                    contact_id=cid, reason=rpb.END_REASON_ABANDONED))
+            await rs.settle()
+            mirrors = [s.service.tenants["acme"].routing for s in rs.servers]
+            assert all({"c1", "c2"} <= set(m.contact_v) for m in mirrors)
+            await asyncio.sleep(0.1)
+            await a.router.RouteContact(contact("c3"))
+            await a.router.EndContact(rpb.EndContactRequest(
+                contact_id="c3", reason=rpb.END_REASON_ABANDONED))
+            await rs.settle()
+            for m in mirrors:  # both: the one that ended them, and the other (feed)
+                assert "c1" not in m.contact_v and "c2" not in m.contact_v, m.contact_v
+                assert "c3" in m.contact_v  # (ended just now)
+
     async def test_an_expired_offer_returns_once(self, redis_url: str) -> None:
         """Both replicas sweep: the lapsed offer returns agent and contact exactly once."""
         async with replicas(redis_url) as rs:
@@ -744,3 +798,42 @@ class TestPrivacyRacesAcrossReplicas:
             new = ppb.CustomerProfile(customer_key=self.CUSTOMER, vector=[1, 1, 1, 1],
                                       source_time_ms=ticket.completed_at_ms + 1)
             assert (await b.profiles.UpsertCustomerProfile(new)).accepted == 1
+
+    async def test_a_rebuild_does_not_skip_an_opt_out_the_feed_had_not_applied(
+        self, redis_url: str
+    ) -> None:
+        """B's feed follower is still applying an earlier event (a slow read, injected)
+        when an opt-out is acknowledged through A; B then falls out of touch and
+        rebuilds its routing state from Redis. The rebuild covers routing snapshots
+        only: the opt-out after them is still applied when the follower gets there."""
+        from pairline._proto.pairline.v1 import privacy_pb2 as xpb
+
+        async with replicas(redis_url, n=2) as rs:
+            a = rs.client(0)
+            sb = rs.servers[1].service
+            await rs.settle()
+            feed = sb._feed
+            assert feed is not None
+            listener = feed.listener
+
+            async def slow(tenant: str, kind: str, fields: Any) -> None:
+                if kind == "snap" and b"c:stall" in fields:
+                    await asyncio.sleep(0.5)
+                result = listener(tenant, kind, fields)
+                if result is not None:
+                    await result
+
+            feed.listener = slow
+            await a.router.RouteContact(contact("stall"))  # waits: a snapshot event
+            await asyncio.sleep(0.1)  # B's follower is on it
+            await a.privacy.OptOut(xpb.OptOutRequest(customer_key=self.CUSTOMER))
+            sb.shared.out_of_touch(TimeoutError("a Redis call timed out"))  # type: ignore[union-attr]
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if not sb.shared.degraded:  # type: ignore[union-attr]
+                    break
+            assert not sb.shared.degraded  # type: ignore[union-attr]
+            await asyncio.sleep(0.6)  # the slow event is done
+            await rs.settle()
+            assert sb.privacy.screen("acme", self.CUSTOMER)[1]
+            assert "stall" in sb.tenants["acme"].routing.contacts

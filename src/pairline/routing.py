@@ -15,6 +15,7 @@ arrival, then a sequence number.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -368,6 +369,9 @@ class TenantRouting:
         self.touched_contacts: set[str] = set()
         self.agent_v: dict[str, int] = {}
         self.contact_v: dict[str, int] = {}
+        # Ended contacts whose version is still remembered, with when it may be
+        # forgotten (shared state: see SharedRouting.note_gone), oldest first.
+        self.gone_v: collections.deque[tuple[float, str]] = collections.deque()
         # Two tenant-wide counters make "nothing is free" decisions safe across
         # replicas: ``av`` counts changes that may free an agent, ``wv`` contacts
         # that started waiting. An operation that found no agent (no contact)
@@ -411,6 +415,7 @@ class TenantRouting:
         self._expiry.clear()
         self.agent_v.clear()
         self.contact_v.clear()
+        self.gone_v.clear()
 
     def _tc(self, contact_id: str) -> None:
         if self.recording:

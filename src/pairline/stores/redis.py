@@ -770,17 +770,20 @@ class FeedFollower:
                 self.last[tenant] = _later(self.last[tenant], oldest)
 
     def skip_to(self, tenant: str, entry_id: str) -> None:
-        """Apply no event up to ``entry_id`` of ``tenant`` any more (the caller read
-        the state they made), also one already read and not yet applied."""
+        """Apply no routing snapshot up to ``entry_id`` of ``tenant`` any more (the
+        caller read the routing state they made), also one already read and not yet
+        applied. The other events up to there (opt-outs, deletions, profiles,
+        models) are still applied: the caller did not read what they changed."""
         self.floor[tenant] = entry_id
-        self.last[tenant] = _later(self.last.get(tenant, "0-0"), entry_id)
 
     async def _apply(self, tenant: str, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
-        if self.floor:
+        k = fields.get(b"k", b"")
+        if self.floor and k == b"snap":
             floor = self.floor.get(tenant)
             if floor is not None and _later(floor, entry_id) == floor:
-                return  # (up to the floor: what it changed was read since)
-        k = fields.get(b"k", b"")
+                # (up to the floor: what it changed was read since)
+                self.last[tenant] = _later(self.last[tenant], entry_id)
+                return
         kind = "snap" if k == b"snap" else k.decode()
         try:
             result = self.listener(tenant, kind, fields)

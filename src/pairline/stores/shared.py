@@ -700,6 +700,7 @@ class SharedRouting:
         # The entities written, in argv order: (versions, kind, id), so the reply's
         # versions land where they belong.
         entities: list[tuple[dict[str, int], str, str]] = []
+        sent: dict[tuple[str, str], int] = {}  # the version each was based on
         argv: list[str | int | bytes] = [
             len(touched_agents) + len(touched_contacts), _CONTACT_TTL_MS, _GONE_TTL_MS,
             str(routing.av) if routing.needs_av else "",
@@ -712,14 +713,14 @@ class SharedRouting:
         try:
             versions = routing.agent_v
             for eid in sorted(touched_agents):
-                v = versions.get(eid, 0)
+                v = sent[("a", eid)] = versions.get(eid, 0)
                 entities.append((versions, "a", eid))
                 argv += ("a", eid, v, routing.agent_wire(eid), "")
                 inflight[("a", eid)] = v + 1
             versions = routing.contact_v
             contacts = routing.contacts
             for eid in sorted(touched_contacts):
-                v = versions.get(eid, 0)
+                v = sent[("c", eid)] = versions.get(eid, 0)
                 entities.append((versions, "c", eid))
                 c = contacts.get(eid)
                 did = c.decision.decision_id if c is not None and c.decision is not None else ""
@@ -735,10 +736,12 @@ class SharedRouting:
             inflight.clear()
         if reply[0] == 1:
             self.commits += 1
-            for (versions, _, eid), v in zip(entities, reply[1], strict=True):
+            for (versions, kind, eid), v in zip(entities, reply[1], strict=True):
                 # (the feed may have brought a later version already)
                 if v > versions.get(eid, 0):
                     versions[eid] = v
+                if kind == "c" and eid not in routing.contacts:
+                    self.note_gone(routing, eid)
             # A counter this commit moved by one from the value the mirror held:
             # no other replica moved it, so the mirror is current with it (without
             # waiting for the feed, whose lag would fail this replica's next check).
@@ -754,8 +757,13 @@ class SharedRouting:
         if reply[0] == 2:
             self.counter_conflicts += 1
         # Undo this attempt's local changes: every entity back to Redis's state
-        # (on a counter conflict, fetched; on a version conflict, returned).
-        await self._fetch(tenant, routing, [(kind, eid) for _, kind, eid in entities])
+        # (on a counter conflict, fetched; on a version conflict, returned), also
+        # where Redis holds an older version than this commit was based on: its
+        # record expired (an ended contact's after GONE_TTL_S, a live one's after
+        # CONTACT_TTL_S) or was lost. Kept, the mirror's uncommitted change would
+        # be taken for the state (an agent reserved here only, given away elsewhere).
+        await self._fetch(tenant, routing, [(kind, eid) for _, kind, eid in entities],
+                          based_on=sent)
         return 2 if reply[0] == 2 else 0
 
     @staticmethod
@@ -781,6 +789,22 @@ class SharedRouting:
         else:
             routing.apply_contact(eid, snap)
             routing.contact_v[eid] = version
+            if snap is None:
+                SharedRouting.note_gone(routing, eid)
+
+    @staticmethod
+    def note_gone(routing: TenantRouting, contact_id: str) -> None:
+        """An ended contact's version is kept as long as Redis keeps its record
+        (GONE_TTL_S), then forgotten with it: the mirror does not grow by one entry
+        per contact ever routed. (Forgotten early, say the id ended twice, a reuse of
+        the id costs one conflict: Redis's record then says the version.)"""
+        now = time.monotonic()
+        gone = routing.gone_v
+        gone.append((now + GONE_TTL_S, contact_id))
+        while gone and gone[0][0] <= now:
+            _, eid = gone.popleft()
+            if eid not in routing.contacts:
+                routing.contact_v.pop(eid, None)
 
     @staticmethod
     def _touched(routing: TenantRouting) -> list[tuple[str, str]]:
@@ -836,15 +860,19 @@ class SharedRouting:
 
     async def _fetch(
         self, tenant: str, routing: TenantRouting, wanted: list[tuple[str, str]],
-        depth: int = 2,
+        depth: int = 2, based_on: dict[tuple[str, str], int] | None = None,
     ) -> None:
         """Make the mirror's copy of ``wanted`` equal to Redis's, together with what
         they refer to (an agent's reservations and calls, a contact's agent), so the
         mirror stays consistent across entities (``depth`` levels). Everything is
-        read before anything is applied: Redis trouble half way changes nothing."""
+        read before anything is applied: Redis trouble half way changes nothing.
+        ``based_on``: versions a change of the mirror was based on; Redis holding an
+        older one means its record is gone, and its copy is taken all the same."""
         for kind, eid, version, snap in await self._read(tenant, routing, wanted, depth):
             # (unless the mirror already holds a newer one, from the feed)
-            if version >= (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0):
+            held = (routing.agent_v if kind == "a" else routing.contact_v).get(eid, 0)
+            if version >= held or (based_on is not None
+                                   and version < based_on.get((kind, eid), 0)):
                 self._apply_snap(routing, kind, eid, version, snap)
 
     async def _read(
