@@ -227,6 +227,7 @@ class SharedRouting:
         self.counter_conflicts = 0  # (of the conflicts: a counter moved on)
         self.commits = 0
         self.rebuilds = 0
+        self.state_lost = 0  # recoveries that found Redis without the tenant's state
 
     def _k(self, tenant: str, *parts: str) -> str:
         return self.store.key(tenant, *parts)
@@ -645,6 +646,16 @@ class SharedRouting:
             # What this mirror changed meanwhile stays pending until written back:
             # a rebuild or a write-back cut short by Redis trouble loses nothing.
             agents, contacts = self._pending.setdefault(tenant, ({}, {}))
+            if not await self.r.exists(self._k(tenant, "epoch")):
+                # Redis came back without the tenant's state (restarted without its
+                # append-only file, or a failover to an empty node): rebuilt from it,
+                # every agent and live contact would be gone. Written back whole
+                # instead, from this mirror, as an outage's changes are.
+                log.error("redis_state_lost", tenant=tenant, agents=len(routing.agents),
+                          contacts=len(routing.contacts))
+                self.state_lost += 1
+                routing.dirty_agents.update(routing.agents)
+                routing.dirty_contacts.update(routing.contacts)
             agents.update({a: routing.agent_snapshot(a) for a in routing.dirty_agents
                            if a in routing.agents})
             contacts.update({c: routing.contact_snapshot(c) for c in routing.dirty_contacts})
@@ -958,6 +969,8 @@ class SharedRouting:
         the counters, every agent, every live contact and what they refer to. All
         is read first: the mirror changes only once every read has succeeded (Redis
         trouble half way leaves it as it was, not half cleared)."""
+        # The tenant's routing state exists in this Redis from now on (see _recover).
+        await self.r.set(self._k(tenant, "epoch"), "1", nx=True)
         av, wv = await self.store.mget([self._k(tenant, "av"), self._k(tenant, "wv")])
         agents = [a.decode() for a in await self.r.smembers(self._k(tenant, "agents"))]
         contacts = [c.decode() for c in await self.r.smembers(self._k(tenant, "contacts"))]
