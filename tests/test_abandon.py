@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from support import Running, contact, login, running
-from test_deadlines import SlowStore, expect_deadline, free
+from test_deadlines import SleepyClock, SlowStore, expect_deadline, free
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
@@ -31,20 +31,15 @@ from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.interceptors import current_tenant
 from pairline.limits import bind_deadline
 from pairline.stores import MemoryStore
-from pairline.testing import FakeClock
 
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class InCallSleepyClock(FakeClock):
-    """A fake clock whose next reading inside a call (not the server's sweeper)
-    blocks the loop for ``block_s``, once armed."""
+class InCallSleepyClock(SleepyClock):
+    """:class:`SleepyClock` whose blocking reading is one inside a call (not the
+    server's sweeper)."""
 
-    __slots__ = ("block_s",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.block_s = 0.0
+    __slots__ = ()
 
     def now(self) -> float:
         if self.block_s:
@@ -52,9 +47,7 @@ class InCallSleepyClock(FakeClock):
                 current_tenant()
             except LookupError:  # the sweeper: not a call
                 return self.t
-            time.sleep(self.block_s)
-            self.block_s = 0.0
-        return self.t
+        return super().now()
 
 
 class LateStore(MemoryStore):
@@ -277,29 +270,21 @@ class TestAGoneCallersContactDoesNotWait:
             assert await waiting(srv) == 0
             assert await not_found(srv, "c1")
 
-    async def test_reserved_contact_finished_late(self) -> None:
-        """A decision recorded past the deadline is undone and its new contact withdrawn
-        (not left waiting in its place)."""
-        store = SlowStore({"record_decision"}, block_s=0.4)
+    @pytest.mark.parametrize(("slow", "after_s"), [
+        # The decision is recorded past the deadline (the loop held up): undone, and
+        # its new contact withdrawn, not left waiting in its place.
+        ({"block_s": 0.4}, 0.3),
+        # The call is cancelled by its deadline while its decision is recorded
+        # (awaited): neither the reservation nor its new contact is left.
+        ({"wait_s": 1.0}, 0.1),
+    ], ids=["finished_late", "cancelled_while_recorded"])
+    async def test_reserved_contact(self, slow: dict[str, float], after_s: float) -> None:
+        store = SlowStore({"record_decision"}, **slow)
         async with running(store=store) as srv:
             await srv.acme.router.SetAgentState(login("a1", "sales"))
             store.armed = True
             await expect_deadline(srv.acme.router.RouteContact(contact("c1"), timeout=0.15))
-            await asyncio.sleep(0.3)
-            store.armed = False
-            assert await free(srv)
-            assert await waiting(srv) == 0
-            assert await not_found(srv, "c1")
-
-    async def test_reserved_contact_cancelled_while_recorded(self) -> None:
-        """A call cancelled by its deadline while its decision is recorded (awaited)
-        leaves neither the reservation nor its new contact."""
-        store = SlowStore({"record_decision"}, wait_s=1.0)
-        async with running(store=store) as srv:
-            await srv.acme.router.SetAgentState(login("a1", "sales"))
-            store.armed = True
-            await expect_deadline(srv.acme.router.RouteContact(contact("c1"), timeout=0.15))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(after_s)
             store.armed = False
             assert await free(srv)
             assert await waiting(srv) == 0
