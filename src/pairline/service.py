@@ -556,6 +556,18 @@ class Service:
         if slot_on is False:
             return top[0], Choice(mode=Mode.CONTROL, policy="baseline", slot_on=False,
                                   compared=compared)
+        if len({c.queue for c in top}) > 1:
+            # The agent serves several queues: pair only among the contacts of queues
+            # under the same policy and in the same benchmark slot state as the one
+            # the baseline would serve (a contact of a queue whose slot is OFF, or
+            # that the first queue's policy does not govern, is not paired as if it
+            # were: its decision would be counted on the wrong side of the report).
+            states: dict[str, bool] = {}
+            for c in top:
+                if c.queue not in states:
+                    states[c.queue] = (rt.policy(c.queue) == pol
+                                       and rt.slot(c.queue, now) == (slot_on, compared))
+            top = [c for c in top if states[c.queue]]
         xs = [self._x(scorer, c) for c in top] if scorer is not None else []
         if scorer is None or a is None or not any(x is not None for x in xs):
             return top[0], Choice(mode=Mode.NO_PROFILE, policy="baseline", slot_on=slot_on,
