@@ -11,6 +11,7 @@ from test_pairing import model_bytes, setup_pairing
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import insights_pb2 as ipb
+from pairline._proto.pairline.v1 import profiles_pb2 as ppb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
 from pairline.cli import main
 from pairline.model import load_model
@@ -72,3 +73,60 @@ class TestExport:
                 async for _ in srv.acme.insights.ExportHistory(ipb.ExportHistoryRequest()):
                     pass
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TestPointInTime:
+    async def test_a_profile_newer_than_the_decision_is_not_exported_with_it(self) -> None:
+        """A customer profile refreshed after the decision (a CRM update after the
+        sale) would leak the outcome into training: the row comes without it. A
+        decision made without a profile gets one from before it, never a newer one."""
+        async with running(settings(policy="greedy")) as srv:
+            await setup_pairing(srv, {"a0": [1, 0, 0], "a1": [0, 1, 0]},
+                                {"+old": [0.1, 0.2, 0.3, 0.4]})
+            r, p = srv.acme.router, srv.acme.profiles
+            for a in ("a0", "a1"):
+                await r.SetAgentState(login(a, "sales"))
+            now_ms = int(srv.clock.now() * 1000)
+            paired = await r.RouteContact(contact("c1", customer_key="+old"))
+            none = await r.RouteContact(contact("c2", customer_key="+new"))
+            assert (paired.mode, none.mode) == (cpb.MODE_PAIRED, cpb.MODE_NO_PROFILE)
+            for d in (paired, none):
+                await r.ReportOutcome(rpb.ReportOutcomeRequest(
+                    decision_id=d.decision_id, outcomes={"converted": 1.0}))
+
+            name = {paired.decision_id: "c1", none.decision_id: "c2"}
+
+            async def exported() -> dict[str, list[float]]:
+                return {name[row.decision_id]: list(row.customer) async for row in
+                        srv.acme.insights.ExportHistory(ipb.ExportHistoryRequest(
+                            outcome="converted"))}
+
+            assert (await exported())["c1"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+            assert (await exported())["c2"] == []
+            # Profiles collected after the decisions (source times after them).
+            await p.UpsertCustomerProfiles(iter([ppb.CustomerProfileBatch(profiles=[
+                ppb.CustomerProfile(customer_key=k, vector=[9, 9, 9, 9],
+                                    source_time_ms=now_ms + 60_000)
+                for k in ("+old", "+new")])]))
+            assert await exported() == {"c1": [], "c2": []}
+
+    async def test_a_profile_from_before_a_decision_made_without_one_is_exported(
+        self,
+    ) -> None:
+        """Control: a profile uploaded late but collected before the decision is data
+        the decision could have had: exported with it."""
+        async with running(settings(policy="greedy")) as srv:
+            await setup_pairing(srv, {"a0": [1, 0, 0]}, {})
+            r, p = srv.acme.router, srv.acme.profiles
+            await r.SetAgentState(login("a0", "sales"))
+            now_ms = int(srv.clock.now() * 1000)
+            d = await r.RouteContact(contact("c1", customer_key="+late"))
+            assert d.mode == cpb.MODE_NO_PROFILE
+            await r.ReportOutcome(rpb.ReportOutcomeRequest(
+                decision_id=d.decision_id, outcomes={"converted": 0.0}))
+            await p.UpsertCustomerProfiles(iter([ppb.CustomerProfileBatch(profiles=[
+                ppb.CustomerProfile(customer_key="+late", vector=[1, 2, 3, 4],
+                                    source_time_ms=now_ms - 1)])]))
+            rows = [row async for row in srv.acme.insights.ExportHistory(
+                ipb.ExportHistoryRequest(outcome="converted"))]
+            assert [list(row.customer) for row in rows] == [pytest.approx([1, 2, 3, 4])]

@@ -77,6 +77,7 @@ def scrub_contact(c: Contact, *, opted_out: bool) -> None:
     """A live contact without its customer's data (a deletion or an opt-out)."""
     c.digest = ""
     c.profile = c.x = c.u = None
+    c.profile_ms = 0
     c.x_version = ""
     c.c0 = 0.0
     c.context = ()

@@ -147,6 +147,7 @@ class Contact:
     # is active: the model input x (profile + context), the model version it was
     # built for, and the contact's percentile within its queue (diagonal).
     profile: np.ndarray | None = None
+    profile_ms: int = 0  # the profile's source time (ms)
     x: np.ndarray | None = None
     x_version: str = ""
     # x folded into the model for scoring against agents: score = c0 + u . a

@@ -378,7 +378,8 @@ class Service:
     def _record_of(rt: TenantRuntime, contact: Contact, d: Decision) -> DecisionRecord:
         ttl_s = rt.config.decision_ttl_days * DAY_S
         return DecisionRecord(d, contact.digest, expires_at=d.decided_at + ttl_s,
-                              context=contact.context)
+                              context=contact.context,
+                              profile_ms=contact.profile_ms if contact.profile is not None else 0)
 
     async def _record(self, tenant: str, rt: TenantRuntime, contact: Contact, d: Decision) -> None:
         try:
@@ -439,8 +440,7 @@ class Service:
             read = self.privacy.customer_profile(tenant, digests, self.clock.now())
             row = await (read if shared is None else self._soft(read))
         if shared is None:  # the embedded store: the operation's changes are the state
-            profile = row.vector if row is not None else None
-            decision, contact, accepted = self._route_op(rt, req, digest, profile, opted_out)
+            decision, contact, accepted = self._route_op(rt, req, digest, row, opted_out)
         else:
             decision, contact, accepted = await self.coord.run(
                 tenant, rt.routing,
@@ -455,7 +455,7 @@ class Service:
 
     def _screened_again(
         self, tenant: str, digest: str, row: ProfileRow | None, opted_out: bool
-    ) -> tuple[str, np.ndarray | None, bool]:
+    ) -> tuple[str, ProfileRow | None, bool]:
         """(digest, profile, opted out) for the routing step, checked again right
         before it: with shared state the profile read and the wait for the tenant's
         turn come between the screen and the step, and an opt-out or a deletion
@@ -470,7 +470,7 @@ class Service:
         deleted_ms = self.privacy.tenants[tenant].tombstones.get(row.key)
         if deleted_ms is not None and row.source_time_ms <= deleted_ms:
             return digest, None, False  # read before a deletion purged it
-        return digest, row.vector, False
+        return digest, row, False
 
     async def _soft(self, call: Coroutine[Any, Any, T]) -> T | None:
         """A store read or write on the routing path: with shared state, Redis
@@ -489,7 +489,7 @@ class Service:
         return result
 
     def _route_op(
-        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: np.ndarray | None,
+        self, rt: TenantRuntime, req: ContactRequest, digest: str, profile: ProfileRow | None,
         opted_out: bool,
     ) -> tuple[Decision, Contact | None, Callable[[], None]]:
         """RouteContact on the routing state (no awaits): the decision, the contact
@@ -527,7 +527,8 @@ class Service:
             now,
             req.preferred_agent_ids,
         )
-        contact.profile = profile
+        if profile is not None:
+            contact.profile, contact.profile_ms = profile.vector, profile.source_time_ms
         contact.opted_out = opted_out
         accepted = self._arrive(rt, contact, now)
         decision = self._route(rt, contact, now)
@@ -795,8 +796,9 @@ class Service:
     async def export_history(
         self, tenant: str, outcome: str, since: float
     ) -> list[tuple[DecisionRecord, np.ndarray | None, np.ndarray | None]]:
-        """Kept decisions with ``outcome`` reported, with the stored customer and
-        agent profiles (None where there is none), oldest first."""
+        """Kept decisions with ``outcome`` reported, with the stored customer profile
+        as of the decision (None where there is none, or only a newer one) and the
+        stored agent profile, oldest first."""
         now = self.clock.now()
         out = []
         for r in await self.store.decisions(tenant, now):
@@ -807,8 +809,14 @@ class Service:
                 continue
             customer = None
             if r.customer_digest:
+                # Point in time: the profile the decision was made with, while it is
+                # the one stored; for a decision made without one, a stored profile
+                # from before the decision. A newer one would pair the outcome with
+                # data from after it (a CRM refresh after the sale).
                 row = await self.store.get_customer_profile(tenant, r.customer_digest, now)
-                customer = row.vector if row is not None else None
+                if row is not None and (row.source_time_ms == r.profile_ms if r.profile_ms
+                                        else row.source_time_ms <= d.decided_at * 1000):
+                    customer = row.vector
             agent = await self.store.get_agent_profile(tenant, d.agent_id)
             out.append((r, customer, agent.vector if agent is not None else None))
         return out
@@ -1102,7 +1110,7 @@ class Service:
             return
         row = await self.store.get_customer_profile(tenant, contact.digest, self.clock.now())
         if row is not None and contact.profile is None:
-            contact.profile = row.vector
+            contact.profile, contact.profile_ms = row.vector, row.source_time_ms
             self._arrive(rt, contact, self.clock.now())  # its percentile, not counted again
 
     async def model_info(self, tenant: str) -> tuple[str, list[Model]]:

@@ -34,6 +34,9 @@ class DecisionRecord:
     outcomes: dict[str, float] = field(default_factory=dict)
     expires_at: float = 0.0
     context: tuple[tuple[str, float], ...] = ()
+    # Source time (ms) of the customer profile the decision was made with; 0: none.
+    # Export pairs the decision with the stored profile only while it is that one.
+    profile_ms: int = 0
 
 
 class Store(Protocol):

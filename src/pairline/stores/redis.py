@@ -256,7 +256,7 @@ def record_json(record: DecisionRecord, decision: str | None = None) -> bytes:
     """A decision record as stored: ``d`` the decision's fields as a JSON array in
     ``DECISION_FIELDS`` order (``decision``: that array already encoded), ``c`` the
     customer digest, ``x`` the expiry in ms, ``ctx`` the context pairs, ``o`` the
-    outcomes."""
+    outcomes, ``pm`` the source time of the customer profile used (ms, 0: none)."""
     if decision is None:
         decision = wire_json(decision_values(record.decision))
     # cjson turns an empty object into an empty array: "o" keeps one key.
@@ -264,7 +264,7 @@ def record_json(record: DecisionRecord, decision: str | None = None) -> bytes:
     digest = wire_json(record.customer_digest)
     context = wire_json(record.context)  # (key, value) pairs: JSON arrays
     return (f'{{"d":{decision},"c":{digest},"x":{int(record.expires_at * 1000)},'
-            f'"ctx":{context},"o":{outcomes}}}').encode()
+            f'"ctx":{context},"o":{outcomes},"pm":{int(record.profile_ms)}}}').encode()
 
 
 def _record_of(raw: bytes) -> DecisionRecord:
@@ -280,6 +280,7 @@ def _record_of(raw: bytes) -> DecisionRecord:
         outcomes={k: float(v) for k, v in outcomes.items()},
         expires_at=rec["x"] / 1000.0,
         context=tuple((str(k), float(v)) for k, v in rec["ctx"]),
+        profile_ms=int(rec.get("pm", 0)),
     )
 
 
