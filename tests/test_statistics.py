@@ -49,10 +49,19 @@ class Trial:
     on_count: int
     off_count: int
     true_gain: float  # from the ground truth
+    estimable: bool  # the report's flags
+    relative_estimable: bool
+    absolute: float  # the report's ON - OFF, its interval, and the truth's
+    absolute_ci: tuple[float, float]
+    true_absolute: float
 
     @property
     def covers(self) -> bool:
         return self.ci_low <= self.true_gain <= self.ci_high
+
+    @property
+    def covers_absolute(self) -> bool:
+        return self.absolute_ci[0] <= self.true_absolute <= self.absolute_ci[1]
 
     @property
     def significant(self) -> bool:
@@ -92,8 +101,21 @@ async def trial(s: Scenario, seed: int, policy: str = "priced") -> Trial:
     true = true_report(s, workload, truth, log, schedule)
     # The truth is computed on exactly the decisions the server compared.
     assert (true.on_count, true.off_count) == (rep.on_count, rep.off_count)
-    return Trial(seed, rep.relative_gain, rep.ci_low, rep.ci_high, rep.on_count,
-                 rep.off_count, true.relative_gain)
+    assert (true.on_slots, true.off_slots) == (rep.on_slots, rep.off_slots)
+    return Trial(
+        seed=seed,
+        gain=rep.relative_gain,
+        ci_low=rep.ci_low,
+        ci_high=rep.ci_high,
+        on_count=rep.on_count,
+        off_count=rep.off_count,
+        true_gain=true.relative_gain,
+        estimable=rep.estimable,
+        relative_estimable=rep.relative_estimable,
+        absolute=rep.absolute_gain,
+        absolute_ci=(rep.absolute_ci_low, rep.absolute_ci_high),
+        true_absolute=true.on_mean - true.off_mean,
+    )
 
 
 def trial_here(s: Scenario, seed: int) -> Trial:
@@ -109,20 +131,26 @@ async def trials(s: Scenario) -> list[Trial]:
         print(f"seed {t.seed:2d}: reported {t.gain:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] "
               f"(ON {t.on_count}, OFF {t.off_count}), true {t.true_gain:+.4f}, "
               f"covered {t.covers}, significant {t.significant}")
-    print(f"covered {sum(t.covers for t in got)}/{len(got)}, "
-          f"significant {sum(t.significant for t in got)}/{len(got)}")
+    print(
+        f"covered {sum(t.covers for t in got)}/{len(got)}, "
+        f"significant {sum(t.significant for t in got)}/{len(got)}, "
+        f"absolute covered {sum(t.covers_absolute for t in got)}/{len(got)}"
+    )
     return got
 
 
 class TestHonestReport:
     async def test_interval_covers_the_true_gain(self) -> None:
-        """Default truth, policy priced: over 20 seeds the report's 95 % interval
-        contains the true gain in at least 18; the true gain is positive (there is
-        something to find) and the reported gains are unbiased around it."""
+        """Default truth, policy priced: every report is estimable, and over 20 seeds
+        its 95 % intervals contain the true gain in at least 18 (relative and absolute);
+        the true gain is positive (there is something to find) and the reported gains
+        are unbiased around it."""
         got = await trials(scenario())
         assert all(t.on_count > 100 and t.off_count > 100 for t in got)
+        assert all(t.estimable and t.relative_estimable for t in got)
         covered = sum(t.covers for t in got)
         assert covered >= 18, [(t.seed, t.gain, t.ci_low, t.ci_high, t.true_gain) for t in got]
+        assert sum(t.covers_absolute for t in got) >= 18
         true = np.array([t.true_gain for t in got])
         assert (true > 0).sum() >= 18 and true.mean() > 0.03
         err = np.array([t.gain - t.true_gain for t in got])
@@ -138,5 +166,6 @@ class TestHonestReport:
         assert all(t.true_gain == pytest.approx(0.0, abs=1e-12) for t in got)
         significant = [t for t in got if t.significant]
         assert len(significant) <= 2, significant
+        assert sum(t.covers_absolute for t in got) >= 18  # ON - OFF: 0
         # The intervals are not vacuous: they are a few tens of percent wide.
         assert np.median([t.ci_high - t.ci_low for t in got]) < 0.8

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -206,27 +207,72 @@ def _export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _num(v: float, spec: str) -> str:
+    """``v`` formatted, or "-" for NaN (no value)."""
+    return "-" if math.isnan(v) else format(v, spec)
+
+
 def format_report(rep: object) -> str:
-    """The benchmark report as a readable table."""
+    """The benchmark report as a readable table: every stratum (``used`` no: left
+    out of the estimate), the combined means with the decisions and slot runs used
+    and those excluded, the absolute and relative gain with their intervals, or
+    why they are not estimable."""
     r: Any = rep
     lines = [
         f"outcome: {r.outcome}",
-        f"{'queue':<16}{'period':>7}{'ON n':>8}{'ON mean':>10}{'OFF n':>8}{'OFF mean':>10}",
+        f"{'queue':<16}{'period':>7}{'ON n':>8}{'slots':>7}{'ON mean':>10}"
+        f"{'OFF n':>8}{'slots':>7}{'OFF mean':>10}{'used':>6}",
     ]
     for s in r.strata:
         lines.append(
-            f"{s.queue:<16}{s.period:>7}{s.on_count:>8}{s.on_mean:>10.4f}"
-            f"{s.off_count:>8}{s.off_mean:>10.4f}"
+            f"{s.queue:<16}{s.period:>7}{s.on_count:>8}{s.on_slots:>7}"
+            f"{_num(s.on_mean, '.4f'):>10}{s.off_count:>8}{s.off_slots:>7}"
+            f"{_num(s.off_mean, '.4f'):>10}{'yes' if s.included else 'no':>6}"
         )
+    used = sum(1 for s in r.strata if s.included)
     lines += [
         "",
-        f"combined (stratum-weighted): ON {r.on_mean:.4f} (n={r.on_count})  "
-        f"OFF {r.off_mean:.4f} (n={r.off_count})",
-        f"relative gain {r.relative_gain:+.2%}   95% CI [{r.ci_low:+.2%}, {r.ci_high:+.2%}]",
-        f"utilisation spread (max-min)/mean: ON {r.on_utilisation_spread:.3f}  "
-        f"OFF {r.off_utilisation_spread:.3f}",
+        f"combined ({used} of {len(r.strata)} strata, stratum-weighted): "
+        f"ON {_num(r.on_mean, '.4f')} (n={r.on_count}, {r.on_slots} slot runs)  "
+        f"OFF {_num(r.off_mean, '.4f')} (n={r.off_count}, {r.off_slots} slot runs)",
     ]
+    if used < len(r.strata):
+        lines.append(
+            f"excluded (fewer than two slot runs on a side): ON n={r.excluded_on_count}  "
+            f"OFF n={r.excluded_off_count}  in "
+            + ", ".join(f"{s.queue} {s.period}" for s in r.strata if not s.included)
+        )
+    if not r.estimable and not r.reason:  # a server from before `estimable`
+        lines.append(
+            f"relative gain {r.relative_gain:+.2%}   95% CI [{r.ci_low:+.2%}, {r.ci_high:+.2%}]"
+            "   (older server: decisions taken as independent)"
+        )
+    elif r.estimable:
+        lines.append(
+            f"absolute gain (ON - OFF) {r.absolute_gain:+.4f}   "
+            f"95% CI [{r.absolute_ci_low:+.4f}, {r.absolute_ci_high:+.4f}]"
+        )
+    elif math.isnan(r.absolute_gain):
+        lines.append(f"gain not estimable: {r.reason}")
+    else:  # a point estimate without an interval
+        lines.append(f"absolute gain (ON - OFF) {r.absolute_gain:+.4f}   not estimable: {r.reason}")
+    if r.relative_estimable:
+        lines.append(
+            f"relative gain {r.relative_gain:+.2%}   95% CI [{r.ci_low:+.2%}, {r.ci_high:+.2%}]"
+        )
+    elif r.estimable:
+        lines.append(f"relative gain not estimable: {r.relative_reason}")
+    elif r.reason and not math.isnan(r.relative_gain):
+        lines.append(f"relative gain {r.relative_gain:+.2%}   no interval")
+    lines.append(
+        f"utilisation spread (max-min)/mean: ON {r.on_utilisation_spread:.3f}  "
+        f"OFF {r.off_utilisation_spread:.3f}"
+    )
     return "\n".join(lines)
+
+
+def _or0(v: float) -> float:
+    return 0.0 if math.isnan(v) else v
 
 
 def plot_report(rep: object, path: str) -> None:
@@ -238,21 +284,31 @@ def plot_report(rep: object, path: str) -> None:
 
     r: Any = rep
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
-    labels = [f"{s.queue}\n{s.period}" for s in r.strata]
+    labels = [f"{s.queue}\n{s.period}{'' if s.included else '*'}" for s in r.strata]
     xs = range(len(labels))
-    ax1.bar([x - 0.2 for x in xs], [s.on_mean for s in r.strata], 0.4, label="pairing ON")
-    ax1.bar([x + 0.2 for x in xs], [s.off_mean for s in r.strata], 0.4, label="OFF (control)")
+    ax1.bar([x - 0.2 for x in xs], [_or0(s.on_mean) for s in r.strata], 0.4, label="pairing ON")
+    off_means = [_or0(s.off_mean) for s in r.strata]
+    ax1.bar([x + 0.2 for x in xs], off_means, 0.4, label="OFF (control)")
     ax1.set_xticks(list(xs), labels, fontsize=8)
     ax1.set_ylabel(f"mean {r.outcome}")
     ax1.legend()
-    ax1.set_title("per stratum (queue x hour)")
-    ax2.errorbar([0], [r.relative_gain * 100],
-                 yerr=[[(r.relative_gain - r.ci_low) * 100], [(r.ci_high - r.relative_gain) * 100]],
-                 fmt="o", capsize=8)
-    ax2.axhline(0, color="grey", lw=0.8)
+    ax1.set_title("per stratum (queue x hour; * = left out of the estimate)")
+    if r.relative_estimable:
+        gain, low, high = r.relative_gain * 100, r.ci_low * 100, r.ci_high * 100
+        ax2.set_ylabel("relative gain, % (95% CI)")
+        ax2.set_title("combined")
+    elif r.estimable:  # the relative gain is not estimable: show the absolute one
+        gain, low, high = r.absolute_gain, r.absolute_ci_low, r.absolute_ci_high
+        ax2.set_ylabel(f"absolute gain ON - OFF, {r.outcome} (95% CI)")
+        ax2.set_title("combined (relative: not estimable)")
+    else:
+        ax2.text(0.5, 0.5, "not estimable", ha="center", va="center", transform=ax2.transAxes)
+        ax2.set_yticks([])
+        ax2.set_title("combined")
+    if r.estimable:
+        ax2.errorbar([0], [gain], yerr=[[gain - low], [high - gain]], fmt="o", capsize=8)
+        ax2.axhline(0, color="grey", lw=0.8)
     ax2.set_xticks([])
-    ax2.set_ylabel("relative gain, % (95% CI)")
-    ax2.set_title("combined")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

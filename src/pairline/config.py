@@ -68,6 +68,12 @@ class TenantConfig:
     slot_s: float = 300.0
     on_share: float = 0.5
     stabilise_s: float = 30.0
+    # Key of the ON/OFF slot schedule (a secret: at least 16 chars, never logged).
+    # Empty: the schedule is keyed by `secret`, so rotating the secret reshuffles
+    # which slots are ON. On a rotation, set the old secret here and the schedule
+    # stays put (if the old secret leaked, set a fresh key instead: the schedule
+    # then changes once, as it would with the new secret).
+    benchmark_key: str = field(default="", repr=False)
     # A model file loaded and activated at start (optional).
     model_path: str = ""
     # Default wrap-up after a handled contact; how long a reservation waits for
@@ -126,6 +132,10 @@ class TenantConfig:
                 )
         if len(self.secret) < 16:
             raise ValueError(f"tenant {self.name}: secret must be at least 16 chars")
+        if self.benchmark_key and len(self.benchmark_key) < 16:
+            raise ValueError(
+                f"tenant {self.name}: benchmark_key must be at least 16 chars (or empty)"
+            )
         if not (1 <= self.customer_dim <= 4096 and 1 <= self.agent_dim <= 4096):
             raise ValueError(f"tenant {self.name}: dimensions must be 1..4096")
         for queue, policy in (("*", self.policy), *self.queue_policies):

@@ -701,7 +701,7 @@ def run(ns: argparse.Namespace, out: IO[str], workdir: Path) -> dict[str, Any]:
     say(f"      - the same ON/OFF decisions: ON {_f4(known['on_expected_rate'])} "
         f"(n={known['on_count']}), OFF {_f4(known['off_expected_rate'])} "
         f"(n={known['off_count']}): true gain {_pct(known['expected_gain'])}")
-    estimated = any(st.on_count >= 2 and st.off_count >= 2 for st in rep.strata)
+    estimated = rep.relative_estimable
     if estimated:
         say(f"        (the report's {_pct(rep.relative_gain)} is that plus the noise of the "
             f"drawn outcomes, 95% CI [{rep.ci_low:+.2%}, {rep.ci_high:+.2%}])")
@@ -715,8 +715,8 @@ def run(ns: argparse.Namespace, out: IO[str], workdir: Path) -> dict[str, Any]:
         say("      The report's 95% interval " + ("contains" if contains else "does not contain")
             + " the true gain of its ON/OFF decisions.")
     else:
-        say("      Too few ON and OFF decisions in a common stratum for the report to "
-            "estimate a gain: run longer.")
+        say("      The report could not estimate a relative gain "
+            f"({rep.relative_reason or rep.reason}): run longer.")
     say()
     stopped_ok = code == 0
     say(f"Server stopped (SIGTERM, exit {code}). Total {time.monotonic() - t_start:.0f} s.")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pairline._proto.pairline.v1 import common_pb2 as pairline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apairline/v1/insights.proto\x12\x0bpairline.v1\x1a\x18pairline/v1/common.proto\"9\n\x14\x45xportHistoryRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x03\"\x81\x02\n\nHistoryRow\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.pairline.v1.Mode\x12\x15\n\rdecided_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\x01\x12\x10\n\x08\x63ustomer\x18\x06 \x03(\x02\x12\r\n\x05\x61gent\x18\x07 \x03(\x02\x12\x35\n\x07\x63ontext\x18\x08 \x03(\x0b\x32$.pairline.v1.HistoryRow.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x19GetBenchmarkReportRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"v\n\rStratumReport\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08on_count\x18\x03 \x01(\x03\x12\x11\n\toff_count\x18\x04 \x01(\x03\x12\x0f\n\x07on_mean\x18\x05 \x01(\x01\x12\x10\n\x08off_mean\x18\x06 \x01(\x01\"\x8d\x02\n\x0f\x42\x65nchmarkReport\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12*\n\x06strata\x18\x02 \x03(\x0b\x32\x1a.pairline.v1.StratumReport\x12\x0f\n\x07on_mean\x18\x03 \x01(\x01\x12\x10\n\x08off_mean\x18\x04 \x01(\x01\x12\x15\n\rrelative_gain\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\x10\n\x08on_count\x18\x08 \x01(\x03\x12\x11\n\toff_count\x18\t \x01(\x03\x12\x1d\n\x15on_utilisation_spread\x18\n \x01(\x01\x12\x1e\n\x16off_utilisation_spread\x18\x0b \x01(\x01\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"^\n\x0c\x43hannelStats\x12%\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x14.pairline.v1.Channel\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\"\xdb\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\x12\x18\n\x10\x61gents_logged_in\x18\x04 \x01(\x05\x12\x18\n\x10\x61gents_available\x18\x05 \x01(\x05\x12\x17\n\x0f\x61gents_reserved\x18\x06 \x01(\x05\x12\x1b\n\x13\x63ontacts_in_service\x18\x07 \x01(\x05\x12+\n\x08\x63hannels\x18\x08 \x03(\x0b\x32\x19.pairline.v1.ChannelStats\"O\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.pairline.v1.QueueStats\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x32\x8d\x02\n\x08Insights\x12Z\n\x12GetBenchmarkReport\x12&.pairline.v1.GetBenchmarkReportRequest\x1a\x1c.pairline.v1.BenchmarkReport\x12V\n\rGetQueueStats\x12!.pairline.v1.GetQueueStatsRequest\x1a\".pairline.v1.GetQueueStatsResponse\x12M\n\rExportHistory\x12!.pairline.v1.ExportHistoryRequest\x1a\x17.pairline.v1.HistoryRow0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apairline/v1/insights.proto\x12\x0bpairline.v1\x1a\x18pairline/v1/common.proto\"9\n\x14\x45xportHistoryRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x03\"\x81\x02\n\nHistoryRow\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.pairline.v1.Mode\x12\x15\n\rdecided_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\x01\x12\x10\n\x08\x63ustomer\x18\x06 \x03(\x02\x12\r\n\x05\x61gent\x18\x07 \x03(\x02\x12\x35\n\x07\x63ontext\x18\x08 \x03(\x0b\x32$.pairline.v1.HistoryRow.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x19GetBenchmarkReportRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"\xad\x01\n\rStratumReport\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08on_count\x18\x03 \x01(\x03\x12\x11\n\toff_count\x18\x04 \x01(\x03\x12\x0f\n\x07on_mean\x18\x05 \x01(\x01\x12\x10\n\x08off_mean\x18\x06 \x01(\x01\x12\x10\n\x08on_slots\x18\x07 \x01(\x03\x12\x11\n\toff_slots\x18\x08 \x01(\x03\x12\x10\n\x08included\x18\t \x01(\x08\"\x8b\x04\n\x0f\x42\x65nchmarkReport\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12*\n\x06strata\x18\x02 \x03(\x0b\x32\x1a.pairline.v1.StratumReport\x12\x0f\n\x07on_mean\x18\x03 \x01(\x01\x12\x10\n\x08off_mean\x18\x04 \x01(\x01\x12\x15\n\rrelative_gain\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\x10\n\x08on_count\x18\x08 \x01(\x03\x12\x11\n\toff_count\x18\t \x01(\x03\x12\x1d\n\x15on_utilisation_spread\x18\n \x01(\x01\x12\x1e\n\x16off_utilisation_spread\x18\x0b \x01(\x01\x12\x11\n\testimable\x18\x0c \x01(\x08\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x15\n\rabsolute_gain\x18\x0e \x01(\x01\x12\x17\n\x0f\x61\x62solute_ci_low\x18\x0f \x01(\x01\x12\x18\n\x10\x61\x62solute_ci_high\x18\x10 \x01(\x01\x12\x1a\n\x12relative_estimable\x18\x11 \x01(\x08\x12\x17\n\x0frelative_reason\x18\x12 \x01(\t\x12\x10\n\x08on_slots\x18\x13 \x01(\x03\x12\x11\n\toff_slots\x18\x14 \x01(\x03\x12\x19\n\x11\x65xcluded_on_count\x18\x15 \x01(\x03\x12\x1a\n\x12\x65xcluded_off_count\x18\x16 \x01(\x03\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"^\n\x0c\x43hannelStats\x12%\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x14.pairline.v1.Channel\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\"\xdb\x01\n\nQueueStats\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0eoldest_wait_ms\x18\x03 \x01(\x03\x12\x18\n\x10\x61gents_logged_in\x18\x04 \x01(\x05\x12\x18\n\x10\x61gents_available\x18\x05 \x01(\x05\x12\x17\n\x0f\x61gents_reserved\x18\x06 \x01(\x05\x12\x1b\n\x13\x63ontacts_in_service\x18\x07 \x01(\x05\x12+\n\x08\x63hannels\x18\x08 \x03(\x0b\x32\x19.pairline.v1.ChannelStats\"O\n\x15GetQueueStatsResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.pairline.v1.QueueStats\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x32\x8d\x02\n\x08Insights\x12Z\n\x12GetBenchmarkReport\x12&.pairline.v1.GetBenchmarkReportRequest\x1a\x1c.pairline.v1.BenchmarkReport\x12V\n\rGetQueueStats\x12!.pairline.v1.GetQueueStatsRequest\x1a\".pairline.v1.GetQueueStatsResponse\x12M\n\rExportHistory\x12!.pairline.v1.ExportHistoryRequest\x1a\x17.pairline.v1.HistoryRow0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,18 +42,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORYROW_CONTEXTENTRY']._serialized_end=386
   _globals['_GETBENCHMARKREPORTREQUEST']._serialized_start=388
   _globals['_GETBENCHMARKREPORTREQUEST']._serialized_end=447
-  _globals['_STRATUMREPORT']._serialized_start=449
-  _globals['_STRATUMREPORT']._serialized_end=567
-  _globals['_BENCHMARKREPORT']._serialized_start=570
-  _globals['_BENCHMARKREPORT']._serialized_end=839
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=841
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=878
-  _globals['_CHANNELSTATS']._serialized_start=880
-  _globals['_CHANNELSTATS']._serialized_end=974
-  _globals['_QUEUESTATS']._serialized_start=977
-  _globals['_QUEUESTATS']._serialized_end=1196
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1198
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1277
-  _globals['_INSIGHTS']._serialized_start=1280
-  _globals['_INSIGHTS']._serialized_end=1549
+  _globals['_STRATUMREPORT']._serialized_start=450
+  _globals['_STRATUMREPORT']._serialized_end=623
+  _globals['_BENCHMARKREPORT']._serialized_start=626
+  _globals['_BENCHMARKREPORT']._serialized_end=1149
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1151
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1188
+  _globals['_CHANNELSTATS']._serialized_start=1190
+  _globals['_CHANNELSTATS']._serialized_end=1284
+  _globals['_QUEUESTATS']._serialized_start=1287
+  _globals['_QUEUESTATS']._serialized_end=1506
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1508
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1587
+  _globals['_INSIGHTS']._serialized_start=1590
+  _globals['_INSIGHTS']._serialized_end=1859
 # @@protoc_insertion_point(module_scope)

@@ -51,23 +51,29 @@ class GetBenchmarkReportRequest(_message.Message):
     def __init__(self, outcome: _Optional[str] = ..., queue: _Optional[str] = ...) -> None: ...
 
 class StratumReport(_message.Message):
-    __slots__ = ("queue", "period", "on_count", "off_count", "on_mean", "off_mean")
+    __slots__ = ("queue", "period", "on_count", "off_count", "on_mean", "off_mean", "on_slots", "off_slots", "included")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
     ON_COUNT_FIELD_NUMBER: _ClassVar[int]
     OFF_COUNT_FIELD_NUMBER: _ClassVar[int]
     ON_MEAN_FIELD_NUMBER: _ClassVar[int]
     OFF_MEAN_FIELD_NUMBER: _ClassVar[int]
+    ON_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    OFF_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     period: str
     on_count: int
     off_count: int
     on_mean: float
     off_mean: float
-    def __init__(self, queue: _Optional[str] = ..., period: _Optional[str] = ..., on_count: _Optional[int] = ..., off_count: _Optional[int] = ..., on_mean: _Optional[float] = ..., off_mean: _Optional[float] = ...) -> None: ...
+    on_slots: int
+    off_slots: int
+    included: bool
+    def __init__(self, queue: _Optional[str] = ..., period: _Optional[str] = ..., on_count: _Optional[int] = ..., off_count: _Optional[int] = ..., on_mean: _Optional[float] = ..., off_mean: _Optional[float] = ..., on_slots: _Optional[int] = ..., off_slots: _Optional[int] = ..., included: _Optional[bool] = ...) -> None: ...
 
 class BenchmarkReport(_message.Message):
-    __slots__ = ("outcome", "strata", "on_mean", "off_mean", "relative_gain", "ci_low", "ci_high", "on_count", "off_count", "on_utilisation_spread", "off_utilisation_spread")
+    __slots__ = ("outcome", "strata", "on_mean", "off_mean", "relative_gain", "ci_low", "ci_high", "on_count", "off_count", "on_utilisation_spread", "off_utilisation_spread", "estimable", "reason", "absolute_gain", "absolute_ci_low", "absolute_ci_high", "relative_estimable", "relative_reason", "on_slots", "off_slots", "excluded_on_count", "excluded_off_count")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     STRATA_FIELD_NUMBER: _ClassVar[int]
     ON_MEAN_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +85,17 @@ class BenchmarkReport(_message.Message):
     OFF_COUNT_FIELD_NUMBER: _ClassVar[int]
     ON_UTILISATION_SPREAD_FIELD_NUMBER: _ClassVar[int]
     OFF_UTILISATION_SPREAD_FIELD_NUMBER: _ClassVar[int]
+    ESTIMABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_GAIN_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_ESTIMABLE_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_REASON_FIELD_NUMBER: _ClassVar[int]
+    ON_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    OFF_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_ON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_OFF_COUNT_FIELD_NUMBER: _ClassVar[int]
     outcome: str
     strata: _containers.RepeatedCompositeFieldContainer[StratumReport]
     on_mean: float
@@ -90,7 +107,18 @@ class BenchmarkReport(_message.Message):
     off_count: int
     on_utilisation_spread: float
     off_utilisation_spread: float
-    def __init__(self, outcome: _Optional[str] = ..., strata: _Optional[_Iterable[_Union[StratumReport, _Mapping]]] = ..., on_mean: _Optional[float] = ..., off_mean: _Optional[float] = ..., relative_gain: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., on_count: _Optional[int] = ..., off_count: _Optional[int] = ..., on_utilisation_spread: _Optional[float] = ..., off_utilisation_spread: _Optional[float] = ...) -> None: ...
+    estimable: bool
+    reason: str
+    absolute_gain: float
+    absolute_ci_low: float
+    absolute_ci_high: float
+    relative_estimable: bool
+    relative_reason: str
+    on_slots: int
+    off_slots: int
+    excluded_on_count: int
+    excluded_off_count: int
+    def __init__(self, outcome: _Optional[str] = ..., strata: _Optional[_Iterable[_Union[StratumReport, _Mapping]]] = ..., on_mean: _Optional[float] = ..., off_mean: _Optional[float] = ..., relative_gain: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., on_count: _Optional[int] = ..., off_count: _Optional[int] = ..., on_utilisation_spread: _Optional[float] = ..., off_utilisation_spread: _Optional[float] = ..., estimable: _Optional[bool] = ..., reason: _Optional[str] = ..., absolute_gain: _Optional[float] = ..., absolute_ci_low: _Optional[float] = ..., absolute_ci_high: _Optional[float] = ..., relative_estimable: _Optional[bool] = ..., relative_reason: _Optional[str] = ..., on_slots: _Optional[int] = ..., off_slots: _Optional[int] = ..., excluded_on_count: _Optional[int] = ..., excluded_off_count: _Optional[int] = ...) -> None: ...
 
 class GetQueueStatsRequest(_message.Message):
     __slots__ = ("queue",)
