@@ -219,10 +219,22 @@ class TestValidation:
         rejected(data, customer_dim=8, agent_dim=3, match="dimensions")
         rejected(data, customer_dim=4, agent_dim=5, match="dimensions")
 
-    @pytest.mark.parametrize("trained", [-1, 1.5, "yesterday"])
+    @pytest.mark.parametrize("trained", [-1, 1.5, "yesterday", True, 2**63, 10**30])
     def test_bad_trained_at(self, trained: Any) -> None:
-        """meta.trained_at_ms is a non-negative integer."""
-        rejected(npz(good_meta(trained_at_ms=trained)), match="trained_at_ms")
+        """meta.trained_at_ms is a non-negative integer that fits ModelInfo's int64."""
+        rejected(npz(good_meta(trained_at_ms=trained)), match="meta.trained_at_ms")
+
+    def test_largest_trained_at_loads(self) -> None:
+        """2**63 - 1 ms is the last trained_at_ms an int64 carries."""
+        assert load(npz(good_meta(trained_at_ms=2**63 - 1))).trained_at_ms == 2**63 - 1
+
+    @pytest.mark.parametrize("name", ["customer_dim", "agent_dim"])
+    def test_dims_must_be_integers(self, name: str) -> None:
+        """A dimension equal to the tenant's but not an integer (4.0) is refused."""
+        rejected(
+            npz(good_meta(**{name: float(DC if name == "customer_dim" else DA)})),
+            match=f"meta.{name}",
+        )
 
     @pytest.mark.parametrize("outcome", [3, "o" * 65])
     def test_bad_outcome(self, outcome: Any) -> None:

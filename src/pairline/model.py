@@ -32,6 +32,8 @@ from pairline.errors import InvalidArgument
 
 LINKS = ("logistic", "identity")
 MAX_MODEL_BYTES = 32 * 1024 * 1024
+INT64_MAX = 2**63 - 1  # ModelInfo.trained_at_ms is an int64
+INT32_MAX = 2**31 - 1  # ModelInfo.customer_dim, agent_dim are int32
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -56,6 +58,16 @@ class Model:
 
 def _fail(message: str) -> InvalidArgument:
     return InvalidArgument("model", message)
+
+
+def _meta_int(meta: dict[str, object], name: str, default: int, most: int) -> int:
+    """``meta[name]`` as an integer in ``0..most`` (the range of its field in
+    ModelInfo: a model whose metadata the API cannot carry is refused on upload,
+    not stored)."""
+    value = meta.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
+        raise _fail(f"meta.{name} must be an integer in 0..{most}")
+    return value
 
 
 def _array(files: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -119,9 +131,9 @@ def load_model(data: bytes, *, customer_dim: int, agent_dim: int) -> Model:
             f"dimensions {meta.get('customer_dim')}x{meta.get('agent_dim')} do not match "
             f"the tenant's profiles ({customer_dim}x{agent_dim})"
         )
-    trained_at = meta.get("trained_at_ms", 0)
-    if not isinstance(trained_at, int) or isinstance(trained_at, bool) or trained_at < 0:
-        raise _fail("meta.trained_at_ms must be a non-negative integer")
+    trained_at = _meta_int(meta, "trained_at_ms", 0, INT64_MAX)
+    for name, want in (("customer_dim", customer_dim), ("agent_dim", agent_dim)):
+        _meta_int(meta, name, want, INT32_MAX)  # (equal to the tenant's: checked above)
     outcome = meta.get("outcome", "")
     if not isinstance(outcome, str) or len(outcome) > 64:
         raise _fail("meta.outcome must be a string of up to 64 chars")

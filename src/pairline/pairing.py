@@ -56,6 +56,12 @@ POLICIES = ("baseline", "greedy", "diagonal", "priced")
 # Waiting time is counted in units of this many seconds against pairing keys.
 WAIT_UNIT_S = 20.0
 _NO_PAIR = 1e9  # cost of an ineligible pair in a batch
+# A batch's eligible pairs cost at most this much either way (see assign_batch).
+_COST_LIMIT = _NO_PAIR / 4
+# Scores that overflow float32 (huge but finite profile values) are taken as the
+# largest float32 of their sign; an undefined score (NaN: inf - inf, 0 * inf) as the
+# worst. See finite_scores.
+F32_MAX = float(np.finfo(np.float32).max)
 # Greedy keys from one BLAS pass over the whole agent matrix (see greedy_keys) when
 # it has at least DENSE_MIN_ROWS rows and at least 1/DENSE_SHARE of them are
 # selected. Measured here (64 dims): 10,000 rows all selected, 109 us row by row
@@ -123,9 +129,12 @@ class Scorer:
         return v, np.float32(self.b + self.wa @ a)
 
     def predict(self, raw: float) -> float:
+        raw = float(raw)
+        if not math.isfinite(raw):  # as finite_scores takes it
+            raw = F32_MAX if raw == math.inf else -F32_MAX
         if not self.logistic:
-            return float(raw)
-        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, float(raw)))))
+            return raw
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, raw))))
 
 
 class QueuePairing:
@@ -167,6 +176,19 @@ class QueuePairing:
         self.decided += 1
         self.last_decision = now
 
+    def reset_model(self, keep_xbar: bool) -> None:
+        """A new model is active: forget what was derived from the old one (contact
+        values, the agents' performance axis), so contacts are ranked only against
+        values of the same model. The mean contact input stays when ``keep_xbar``
+        (the new model reads the same inputs)."""
+        self.values[:] = 0.0
+        self.sorted = np.zeros(0, dtype=np.float64)
+        self.n = self.pos = self.since_sort = 0
+        self.axis = None
+        if not keep_xbar:
+            self.xbar = None
+            self.count = 0
+
     def percentile(self, value: float) -> float:
         """Where ``value`` falls among recent contacts, uniform within ties."""
         s = self.sorted
@@ -176,7 +198,9 @@ class QueuePairing:
         le = int(np.searchsorted(s, value, "right"))
         return (lt + self.rng.random() * (le - lt + 1)) / (s.size + 1)
 
-    def observe(self, value: float, x: np.ndarray) -> None:
+    def observe(self, value: float, x: np.ndarray | None) -> None:
+        """One more contact value; and its input ``x`` for the mean (None: counted
+        in the mean already)."""
         self.values[self.pos] = value
         self.pos = (self.pos + 1) % self.values.size
         self.n = min(self.n + 1, self.values.size)
@@ -184,6 +208,8 @@ class QueuePairing:
         if self.since_sort >= 32 or self.sorted.size < 32:
             self.sorted = np.sort(self.values[: self.n])
             self.since_sort = 0
+        if x is None:
+            return
         self.count += 1
         if self.xbar is None or self.xbar.shape != x.shape:
             self.xbar = x.astype(np.float64)
@@ -224,8 +250,31 @@ def contact_value(pairing: QueuePairing, u: np.ndarray, c0: float) -> float:
     average agent, is what makes pairing close percentiles pay: a contact whose
     outcome rises most with agent strength meets the strongest agents."""
     if pairing.axis is None:
-        return float(c0)
-    return float(u @ pairing.axis)
+        value = float(c0)
+    else:
+        value = float(u @ pairing.axis)
+        if not math.isfinite(value):  # float32 overflowed: again in float64
+            with np.errstate(over="ignore", invalid="ignore"):
+                value = float(u.astype(np.float64) @ pairing.axis.astype(np.float64))
+    if not math.isfinite(value):  # still: the same for every such contact
+        return 0.0 if math.isnan(value) else math.copysign(F32_MAX, value)
+    return value
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """``scores`` (higher is better) as finite float64: +-inf (an overflow of huge
+    but finite profile values) as +-F32_MAX, NaN as -F32_MAX (an undefined score is
+    never preferred). Ties among them go by the baseline's order."""
+    return np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-F32_MAX, posinf=F32_MAX,
+                         neginf=-F32_MAX)
+
+
+def scores64(M: np.ndarray, w: np.ndarray, c0: float) -> np.ndarray:
+    """``c0 + M @ w`` in float64, made finite (:func:`finite_scores`): what the
+    float32 kernels compute, for when they overflowed (huge but finite profile
+    values; the kernels' fastmath gives inf or NaN there, depending on the CPU)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return finite_scores(float(c0) + M.astype(np.float64) @ w.astype(np.float64))
 
 
 def link(raw: np.ndarray, logistic: bool) -> np.ndarray:
@@ -247,11 +296,29 @@ def greedy_keys(index: QueueIndex, rows: np.ndarray, u: np.ndarray, c0: float) -
     keys = np.empty(rows.size, dtype=np.float64)
     top = index.top
     if top >= DENSE_MIN_ROWS and rows.size * DENSE_SHARE >= top:
-        scores = np.matmul(index.vec[:top], u, out=index.scores[:top])
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = np.matmul(index.vec[:top], u, out=index.scores[:top])
         kernels.greedy_keys_dense(scores, index.has_vec, rows, np.float32(c0), keys)
     else:
         kernels.greedy_keys(index.vec, index.has_vec, rows, u, np.float32(c0), keys)
+    # (one sum: finite keys are float32-sized, so their float64 sum is finite)
+    if not math.isfinite(keys.sum()):
+        # float32 overflowed (huge profile values): the keys again in float64, made
+        # finite, and agents without a profile at the mean of the others again.
+        keys = -scores64(index.vec[rows], u, c0)
+        known = index.has_vec[rows]
+        if not known.all():
+            keys[~known] = keys[known].mean() if known.any() else -float(c0)
     return keys
+
+
+def neutral_score(index: QueueIndex, rows: np.ndarray, u: np.ndarray, c0: float) -> float:
+    """The score greedy gives an agent without a profile among ``rows``: the mean
+    score of those with one (``c0`` if none has)."""
+    known = rows[index.has_vec[rows]]
+    if known.size == 0:
+        return float(c0)
+    return float(-greedy_keys(index, known, u, c0).mean())
 
 
 def _predicted(index: QueueIndex, rows: np.ndarray, u: np.ndarray, c0: float,
@@ -308,6 +375,15 @@ def choose_agent(
     is better; ties go by the baseline's order."""
     if policy.name == "greedy" and u is not None:
         keys = greedy_keys(index, rows, u, c0)
+        k = int(kernels.pick_min(keys, rows, index.load, index.idle_since))
+        if k >= 0 and not index.has_vec[rows[k]]:
+            # An agent without a profile scores the mean of the others: on an equal
+            # key, an agent whose score is known is preferred to it.
+            tied = np.flatnonzero((keys == keys[k]) & index.has_vec[rows])
+            if tied.size:
+                k = int(tied[kernels.pick_min(keys[tied], rows[tied], index.load,
+                                              index.idle_since)])
+        return k
     elif policy.name == "priced" and u is not None:
         # The current idle spell counts too: idle_worth * idle_since is, up to the
         # common -idle_worth * now, the part of the price not yet charged.
@@ -340,11 +416,13 @@ def contact_keys(
     scores = None
     if v is not None:
         known = np.array([x is not None for x in xs])
-        raw = np.zeros(m, dtype=np.float32)
+        raw = np.zeros(m, dtype=np.float64)
         if known.any():
             X = np.stack([x for x in xs if x is not None])
             out = np.empty(X.shape[0], dtype=np.float32)
             kernels.score_contacts(X, v, np.float32(c0), out)
+            if not np.isfinite(out).all():  # float32 overflowed: again in float64
+                out = scores64(X, v, c0)
             raw[known] = out
         scores = _neutral(raw, known)
     if policy.name == "baseline" or (policy.name == "greedy" and scores is None):
@@ -366,13 +444,24 @@ def contact_keys(
     return keys, scores
 
 
-def assign_batch(cost: np.ndarray) -> list[tuple[int, int]]:
-    """Best total assignment of rows (contacts) to columns (agents); pairs whose
-    cost marks them ineligible are dropped."""
+def assign_batch(cost: np.ndarray, eligible: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Best total assignment of rows (contacts) to columns (agents); pairs that are
+    not ``eligible`` (cost at least ``NO_PAIR / 2`` when no mask is given) are
+    dropped. The solver only sees finite costs: eligible pairs' costs (inf or NaN
+    where scores overflowed) are brought within +-_COST_LIMIT, NaN as the worst.
+    Empty when the solver fails all the same (the caller decides alone)."""
     if cost.size == 0:
         return []
-    r, c = linear_sum_assignment(cost)
-    return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if cost[i, j] < _NO_PAIR / 2]
+    if eligible is None:
+        eligible = cost < _NO_PAIR / 2
+    finite = np.clip(np.nan_to_num(cost, nan=_COST_LIMIT, posinf=_COST_LIMIT,
+                                   neginf=-_COST_LIMIT), -_COST_LIMIT, _COST_LIMIT)
+    finite[~eligible] = _NO_PAIR
+    try:
+        r, c = linear_sum_assignment(finite)
+    except ValueError:
+        return []
+    return [(int(i), int(j)) for i, j in zip(r, c, strict=True) if eligible[i, j]]
 
 
 NO_PAIR = _NO_PAIR

@@ -331,6 +331,21 @@ class QueueIndex:
                     rows = narrowed
         return rows
 
+    def any_eligible(
+        self, ids: Iterable[str], channel: Channel, now: float, min_proficiency: int,
+        excluded: frozenset[str],
+    ) -> bool:
+        """Whether any agent named in ``ids`` may take a contact of ``channel`` now
+        (the test of :meth:`eligible_rows`, for a few named agents only)."""
+        ch = channel - 1
+        for agent_id in ids:
+            row = self.row_of.get(agent_id)
+            if (row is not None and agent_id not in excluded and self.routable[row]
+                    and self.free[row, ch] > 0 and self.ready_at[row] <= now
+                    and self.prof[row] >= min_proficiency):
+                return True
+        return False
+
     def baseline_order(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` ordered least loaded first, then longest idle (the switch's own rule)."""
         return rows[np.lexsort((rows, self.idle_since[rows], self.load[rows]))]
@@ -665,7 +680,9 @@ class TenantRouting:
 
     def candidate_contacts(self, agent: Agent, now: float, limit: int) -> list[Contact]:
         """Waiting contacts ``agent`` may take now, best first by (priority, age), at most
-        ``limit``, across every queue and channel the agent serves."""
+        ``limit``, across every queue and channel the agent serves. A contact whose
+        preferred agents include another one eligible for it now is not among them
+        (as in :meth:`candidate_agents`, the preference narrows the choice)."""
         if agent.presence is not AgentStatus.AVAILABLE or agent.wrap_until > now:
             return []
         found: list[tuple[tuple[int, float, int, str], Contact]] = []
@@ -679,10 +696,15 @@ class TenantRouting:
                 taken = 0
                 for key in pool:
                     contact = self.contacts[key[3]]
-                    if (
-                        self.min_proficiency(contact, now) > prof
-                        or agent.agent_id in contact.excluded
-                    ):
+                    need = self.min_proficiency(contact, now)
+                    if need > prof or agent.agent_id in contact.excluded:
+                        continue
+                    if (contact.preferred and agent.agent_id not in contact.preferred
+                            and self.queue(queue).any_eligible(
+                                contact.preferred, contact.channel, now, need,
+                                contact.excluded)):
+                        # One of its preferred agents is free for it: RouteContact
+                        # would give it to that one, so this agent may not take it.
                         continue
                     found.append((key, contact))
                     taken += 1

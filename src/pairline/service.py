@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -50,8 +51,11 @@ from pairline.pairing import (
     contact_keys,
     contact_price_value,
     contact_value,
+    finite_scores,
     link,
+    neutral_score,
     refresh_bands,
+    scores64,
 )
 from pairline.privacy_service import Privacy, scrub_contact
 from pairline.routing import Agent, Contact, ContactState, QueueIndex, TenantRouting
@@ -127,7 +131,7 @@ class TenantRuntime:
         # Draws within ties of contact percentiles (diagonal).
         self.rng = rng if rng is not None else np.random.default_rng()
         self.schedule = (
-            SlotSchedule(config.secret, config.slot_s, config.on_share, config.stabilise_s)
+            SlotSchedule.for_tenant(config)
             if config.benchmark
             else None
         )
@@ -149,6 +153,11 @@ class TenantRuntime:
         queues it forgets goes too."""
         for name in self.routing.admit_queues(names):
             self._pairings.pop(name, None)
+
+    def reset_pairings(self, keep_xbar: bool) -> None:
+        """A new model is active (see :meth:`QueuePairing.reset_model`)."""
+        for p in self._pairings.values():
+            p.reset_model(keep_xbar)
 
     def pairing(self, queue: str) -> QueuePairing:
         p = self._pairings.get(queue)
@@ -172,14 +181,19 @@ class Choice:
     compared: bool = False
 
 
-def _predict(scorer: Scorer, index: QueueIndex, row: int, u: np.ndarray, c0: float) -> float:
-    """Predicted outcome of the contact (folded as ``u``, ``c0``) with one agent row;
-    an agent without a profile counts as the average agent (score of a zero vector
-    is not meaningful, so the prediction is the contact's own term)."""
+def _predict(scorer: Scorer, index: QueueIndex, rows: np.ndarray, row: int, u: np.ndarray,
+             c0: float) -> float:
+    """Predicted outcome of the contact (folded as ``u``, ``c0``) with one agent row
+    of the eligible ``rows``; an agent without a profile counts as the average of
+    those with one (the score greedy's key gives it; a zero vector's score is not
+    meaningful)."""
     if not index.has_vec[row]:
-        return scorer.predict(c0)
+        return scorer.predict(neutral_score(index, rows, u, c0))
     # np.dot: the same BLAS dot product as ``@`` here, without matmul's ~2 us of set-up.
-    return scorer.predict(c0 + float(np.dot(index.vec[row], u)))
+    raw = c0 + float(np.dot(index.vec[row], u))
+    if not math.isfinite(raw):  # float32 overflowed: again in float64
+        raw = float(scores64(index.vec[row : row + 1], u, c0)[0])
+    return scorer.predict(raw)
 
 
 def _baseline_pick(index: QueueIndex, rows: np.ndarray) -> int:
@@ -256,6 +270,28 @@ class Service:
             contact.c0 = float(c0)
         return contact.x
 
+    def _ranked(self, rt: TenantRuntime, scorer: Scorer, contact: Contact,
+                now: float) -> np.ndarray | None:
+        """:meth:`_x`, for a contact about to be paired; one that arrived under
+        another model (or none) is first given its percentile (diagonal) or value
+        (priced) under ``scorer``, as :meth:`_arrive` would now: a decision never
+        ranks it by another model's values."""
+        was = contact.x_version
+        x = self._x(scorer, contact)
+        if x is None or was == scorer.version:
+            return x
+        pol = rt.policy(contact.queue)
+        assert contact.u is not None
+        if pol.name == "priced":
+            contact.value = contact_price_value(rt.routing.queue(contact.queue), contact.u,
+                                                contact.c0, scorer.logistic)
+        elif pol.name == "diagonal":
+            pairing = self._bands(rt, rt.routing.queue(contact.queue), scorer, pol, now)
+            value = contact_value(pairing, contact.u, contact.c0)
+            contact.pct = pairing.percentile(value)
+            pairing.observe(value, None)  # (its input is in the mean since it arrived)
+        return x
+
     def _bands(
         self, rt: TenantRuntime, index: QueueIndex, scorer: Scorer, pol: PolicyConfig, now: float
     ) -> QueuePairing:
@@ -297,7 +333,7 @@ class Service:
             return None
         pol = rt.policy(contact.queue)
         scorer = rt.scorer
-        x = self._x(scorer, contact) if scorer is not None else None
+        x = self._ranked(rt, scorer, contact, now) if scorer is not None else None
         monitor = rt.config.monitor
         slot_on, compared = rt.slot(contact.queue, now)
         choice = Choice(mode=Mode.BASELINE, policy="baseline")
@@ -323,7 +359,7 @@ class Service:
                 mode=Mode.PAIRED,
                 policy=pol.name,
                 model_version=scorer.version,
-                predicted=_predict(scorer, index, int(rows[k]), u, c0),
+                predicted=_predict(scorer, index, rows, int(rows[k]), u, c0),
             )
             if monitor:
                 shadow_k, k = k, _baseline_pick(index, rows)
@@ -331,7 +367,7 @@ class Service:
                 choice.policy = f"monitor:{pol.name}"
                 choice.shadow_agent = index.ids[int(rows[shadow_k])] or ""
                 choice.shadow_predicted = choice.predicted
-                choice.predicted = _predict(scorer, index, int(rows[k]), u, c0)
+                choice.predicted = _predict(scorer, index, rows, int(rows[k]), u, c0)
             if pol.name == "priced":  # the agent that takes the contact ends its idle spell
                 charge(index, pairing, int(rows[k]), now)
         choice.slot_on, choice.compared = slot_on, compared
@@ -569,7 +605,7 @@ class Service:
                     states[c.queue] = (rt.policy(c.queue) == pol
                                        and rt.slot(c.queue, now) == (slot_on, compared))
             top = [c for c in top if states[c.queue]]
-        xs = [self._x(scorer, c) for c in top] if scorer is not None else []
+        xs = [self._ranked(rt, scorer, c, now) for c in top] if scorer is not None else []
         if scorer is None or a is None or not any(x is not None for x in xs):
             return top[0], Choice(mode=Mode.NO_PROFILE, policy="baseline", slot_on=slot_on,
                                   compared=compared)
@@ -630,9 +666,12 @@ class Service:
         waiting window to every free agent and give ``agent`` its part."""
         others: dict[str, tuple[int, ...]] = {}
         eligible: list[set[str]] = []
-        for c in top:
+        mine = np.zeros(len(top), dtype=np.bool_)  # may go to ``agent``
+        for i, c in enumerate(top):
             index, rows = rt.routing.candidate_agents(c, now)
-            ids = {index.ids[int(r)] for r in rows} - {agent.agent_id, None}
+            ids = {index.ids[int(r)] for r in rows} - {None}
+            mine[i] = agent.agent_id in ids  # (not when it prefers another free agent)
+            ids.discard(agent.agent_id)
             eligible.append(ids)  # type: ignore[arg-type]
             for a in ids:
                 others.setdefault(a, ())  # type: ignore[arg-type]
@@ -640,23 +679,37 @@ class Service:
             return fallback
         names = [agent.agent_id, *list(others)[: pol.window - 1]]
         cost = np.full((len(top), len(names)), NO_PAIR)
+        ok = np.zeros(cost.shape, dtype=np.bool_)
         cost[:, 0] = keys
+        ok[:, 0] = mine
         waits = np.array([now - c.arrival for c in top]) / WAIT_UNIT_S * pol.wait_weight
         scores = None
         if pol.name in ("greedy", "priced"):
             # Contacts without a profile score as their key says; agents without
-            # one as zeros (the model's baseline).
+            # one as the mean of those with one (as greedy's keys in L1). Scores
+            # that overflowed float32 are finite from here (see finite_scores).
             X = np.stack([x if x is not None else np.zeros(scorer.W.shape[0], np.float32)
                           for x in xs])
             A = np.stack([rt.routing.agent_vectors.get(a, np.zeros(scorer.W.shape[1], np.float32))
                           for a in names])
-            scores = np.empty((len(top), len(names)), dtype=np.float32)
+            raw = np.empty((len(top), len(names)), dtype=np.float32)
             kernels.score_batch(X, scorer.W, A, np.arange(len(names), dtype=np.int64),
-                                scorer.wc, scorer.wa, scorer.b, scores)
+                                scorer.wc, scorer.wa, scorer.b, raw)
+            scores = raw.astype(np.float64)
+            if not np.isfinite(raw).all():  # float32 overflowed: again in float64
+                X64, A64 = X.astype(np.float64), A.astype(np.float64)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    full = (float(scorer.b) + (X64 @ scorer.wc)[:, None]
+                            + (A64 @ scorer.wa)[None, :] + X64 @ scorer.W @ A64.T)
+                scores = finite_scores(full)
+            known = np.array([a in rt.routing.agent_vectors for a in names])
+            if not known.all():  # as in L1: the mean of the agents with a profile
+                scores[:, ~known] = scores[:, known].mean(axis=1, keepdims=True)
         for col, other in enumerate(names[1:], start=1):
             rows_ok = [i for i, ids in enumerate(eligible) if other in ids]
             if not rows_ok:
                 continue
+            ok[rows_ok, col] = True
             if pol.name == "priced":
                 assert scores is not None
                 for i in rows_ok:
@@ -667,15 +720,19 @@ class Service:
                                     if xs[i] is not None else 0.0) - waits[i]
             elif scores is not None:
                 for i in rows_ok:
-                    s = float(scores[i, col]) if xs[i] is not None else float(-keys[i])
-                    cost[i, col] = -s - waits[i]
+                    # Without a profile, the contact's key holds its score and its
+                    # waiting credit already (the same for every agent).
+                    if xs[i] is None:
+                        cost[i, col] = keys[i]
+                    else:
+                        cost[i, col] = -float(scores[i, col]) - waits[i]
             else:
                 for i in rows_ok:
                     index = rt.routing.queue(top[i].queue)
                     row = index.row_of[other]
                     p = top[i].pct
                     cost[i, col] = max(index.lo[row] - p, p - index.hi[row], 0.0) - waits[i]
-        for i, col in assign_batch(cost):
+        for i, col in assign_batch(cost, ok):
             if col == 0:
                 return i
         return fallback
@@ -979,7 +1036,14 @@ class Service:
 
     @staticmethod
     def _use_model(rt: TenantRuntime, model: Model) -> None:
+        old = rt.scorer
         rt.scorer = Scorer(model)  # one reference swap: atomic for every decision
+        if old is not None and old.version != model.version:
+            # What pairing derived from the old model goes: contact values (ranked
+            # against each other) and the agents' axis; waiting contacts are ranked
+            # again under the new one when next paired (see _ranked).
+            same_inputs = old.model.context_features == model.context_features
+            rt.reset_pairings(same_inputs)
         for index in rt.routing.queues.values():
             index.bands_dirty = True
             index.bands_at = -1.0
