@@ -549,7 +549,8 @@ class Service:
                 return self._queued(contact.contact_id, "", contact.queue, contact.channel,
                                     routing.still_waiting(contact), now), None, _nothing
             return decision, contact, _nothing
-        rt.admit_queues((req.queue,))
+        if req.queue not in routing.queues:
+            rt.admit_queues((req.queue,))
         note_contact(req.contact_id)
         contact = routing.new_contact(
             req.contact_id,
