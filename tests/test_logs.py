@@ -16,7 +16,6 @@ from support import Running, contact, login, running, settings
 
 from pairline._proto.pairline.v1 import common_pb2 as cpb
 from pairline._proto.pairline.v1 import router_pb2 as rpb
-
 from pairline.logs import REDACTED, configure, note_raw_key, redact_raw_keys
 from pairline.privacy import Pseudonymiser
 
@@ -98,6 +97,37 @@ class TestConfigured:
         line = json.loads(err.strip().splitlines()[-1])
         assert line["event"] == "careless" and "timestamp" in line
         assert "5550123456" not in err and "012-3456" not in err
+
+
+    async def test_a_log_line_that_cannot_be_written_does_not_fail_the_call(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """stderr closed (a broken pipe, a closed terminal): routing goes on, the lines
+        are dropped and counted; the logger writes to stderr as it is at each line."""
+        import io
+        import sys
+
+        from pairline.logs import StderrLogger
+
+        saved = structlog.get_config()
+        configure("info", json=True, cache=False)
+        try:
+            async with running() as r:
+                await r.acme.router.SetAgentState(login("a1", "sales"))
+                closed = io.StringIO()
+                closed.close()
+                monkeypatch.setattr(sys, "stderr", closed)
+                before = StderrLogger.dropped
+                await r.acme.router.SetAgentState(login("a2", "sales"))  # logs at info
+                d = await r.acme.router.RouteContact(contact("c1"))
+                assert d.agent_id in ("a1", "a2")
+                assert StderrLogger.dropped > before
+                fresh = io.StringIO()
+                monkeypatch.setattr(sys, "stderr", fresh)
+                await r.acme.router.SetAgentState(login("a3", "sales"))
+                assert '"agent_state_set"' in fresh.getvalue()
+        finally:
+            structlog.configure(**saved)
 
 
 # ------------------------------------------------------------- decision log

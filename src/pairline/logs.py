@@ -165,6 +165,27 @@ def redact_raw_keys(
     return event_dict
 
 
+class StderrLogger:
+    """structlog's PrintLogger, but writing to whatever ``sys.stderr`` is at the
+    time, and never raising: a line that cannot be written (stderr closed, a broken
+    pipe) is dropped and counted in ``dropped``; it never fails the call that
+    logged it."""
+
+    dropped = 0
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            StderrLogger.dropped += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+_STDERR = StderrLogger()
+
+
 def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> None:
     """``cache=False`` keeps loggers reconfigurable (structlog.testing.capture_logs)."""
     global _debug
@@ -185,6 +206,6 @@ def configure(level: str = "info", json: bool = True, *, cache: bool = True) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_: _STDERR,
         cache_logger_on_first_use=cache,
     )
