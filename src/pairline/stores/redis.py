@@ -154,11 +154,15 @@ local ids = {}
 for id in string.gmatch(ARGV[3], '[^\\n]+') do ids[#ids + 1] = id end
 local sources = {}
 for t in string.gmatch(ARGV[5], '[^\\n]+') do sources[#sources + 1] = tonumber(t) end
+local tombs = {}
+if #sources > 0 and redis.call('EXISTS', KEYS[n + 3]) == 1 then
+  tombs = redis.call('HMGET', KEYS[n + 3], unpack(ids))
+end
 local changed = {}
 local listed = {}
 for i = 1, n do
   local key, blob = KEYS[i], ARGV[5 + i]
-  local tomb = sources[i] and redis.call('HGET', KEYS[n + 3], ids[i])
+  local tomb = tombs[i]
   if tomb and sources[i] <= tonumber(tomb) then
     stale[#stale + 1] = -i  -- deleted after this row's source time: not written
   else
