@@ -528,19 +528,18 @@ class TestUnprofiledAgentsUnderGreedy:
         assert d.agent_id == "U1" and d.predicted_outcome == pytest.approx(sigmoid(0.5))
 
 
+def _zeros(version: str, trained_at_ms: int) -> bytes:
+    """A model file of the test tenants' dimensions, all weights zero."""
+    return dump_model(version=version, W=np.zeros((4, 3)), wc=np.zeros(4), wa=np.zeros(3),
+                      b=0.0, trained_at_ms=trained_at_ms)
+
+
 class TestModelMetadataRange:
     def test_trained_at_past_int64_is_refused_and_not_stored(self) -> None:
         """trained_at_ms >= 2**63: INVALID_ARGUMENT naming it; nothing stored or activated."""
         h = Harness()
         h.model("good")
-        bad = dump_model(
-            version="big",
-            W=np.zeros((4, 3)),
-            wc=np.zeros(4),
-            wa=np.zeros(3),
-            b=0.0,
-            trained_at_ms=2**63,
-        )
+        bad = _zeros("big", 2**63)
         with pytest.raises(InvalidArgument, match=r"meta\.trained_at_ms"):
             run_now(h.svc.upload_model("acme", bad, activate=True))
         active, models = run_now(h.svc.model_info("acme"))
@@ -550,23 +549,9 @@ class TestModelMetadataRange:
     async def test_model_rpcs_keep_working_through_a_server(self) -> None:
         """Through a real server: UploadModel answers INVALID_ARGUMENT, GetModelInfo OK."""
         async with running(settings()) as r:
-            good = dump_model(
-                version="good",
-                W=np.zeros((4, 3)),
-                wc=np.zeros(4),
-                wa=np.zeros(3),
-                b=0.0,
-                trained_at_ms=2**63 - 1,
-            )
+            good = _zeros("good", 2**63 - 1)
             await r.acme.profiles.UploadModel(ppb.UploadModelRequest(model=good, activate=True))
-            bad = dump_model(
-                version="big",
-                W=np.zeros((4, 3)),
-                wc=np.zeros(4),
-                wa=np.zeros(3),
-                b=0.0,
-                trained_at_ms=2**63,
-            )
+            bad = _zeros("big", 2**63)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await r.acme.profiles.UploadModel(ppb.UploadModelRequest(model=bad, activate=True))
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
