@@ -67,10 +67,15 @@ def note_decision(decision_id: str) -> None:
         made.decisions.add(decision_id)
 
 
-def note_contact(contact_id: str) -> None:
+def note_contact(contact_id: str, created: bool = True) -> None:
+    """Note whether the current call created ``contact_id`` (an operation run again
+    after a conflict says so again: its last run is the one that counts)."""
     made = _made.get()
     if made is not None:
-        made.contacts.add(contact_id)
+        if created:
+            made.contacts.add(contact_id)
+        else:
+            made.contacts.discard(contact_id)
 
 
 def bind_deadline(time_remaining_s: float | None) -> None:

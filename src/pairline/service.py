@@ -536,6 +536,7 @@ class Service:
         routing.expire(now)
         contact = routing.contacts.get(req.contact_id)
         if contact is not None:
+            note_contact(req.contact_id, created=False)  # (see limits.note_contact)
             if contact.queue != req.queue or contact.channel != req.channel:
                 raise AlreadyExists(
                     f"contact {req.contact_id!r} is live in queue {contact.queue!r} "
