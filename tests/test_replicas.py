@@ -399,6 +399,34 @@ class TestRedisOutage:
         finally:
             own.stop()
 
+    async def test_a_degraded_decision_on_agent_ready_is_counted_in_its_slot(self) -> None:
+        """Contact surplus during an outage: DEGRADED, and labelled with its queue's
+        ON/OFF slot as agent surplus labels it (the report compares slots as
+        assigned)."""
+        from pairline.benchmark import SlotSchedule
+
+        cfg = settings(policy="greedy", benchmark=True, slot_s=60.0, on_share=0.5,
+                       stabilise_s=5.0)
+        sched = SlotSchedule.for_tenant(cfg.tenants[0])
+        clock = FakeClock()
+        while sched.state("sales", clock.now() + 10) != (True, True):
+            clock.advance(60.0)
+        own = RedisProcess()
+        try:
+            async with replicas(own.url, n=1, cfg=cfg, clock=clock) as rs:
+                a = rs.client(0)
+                await a.router.SetAgentState(login("a1", "sales", status=rpb.AGENT_STATUS_AWAY))
+                q = await a.router.RouteContact(contact("w1"))
+                assert q.mode == cpb.MODE_QUEUED
+                clock.advance(10)
+                own.kill()
+                d = await a.router.AgentReady(rpb.AgentReadyRequest(agent_id="a1"))
+                assert (d.contact_id, d.mode) == ("w1", cpb.MODE_DEGRADED), d
+                held = rs.servers[0].service.tenants["acme"].routing.contacts["w1"].decision
+                assert held is not None and (held.slot_on, held.compared) == (True, True)
+        finally:
+            own.stop()
+
     async def test_an_opted_out_customer_stays_opted_out_during_an_outage(self) -> None:
         """Decided while Redis is out of reach, an opted-out customer's decision is
         OPTED_OUT (not DEGRADED): the switch sees why, and the outcome is withheld."""

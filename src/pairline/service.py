@@ -587,11 +587,14 @@ class Service:
             top = [c for c in top if c.queue == top[0].queue]
         scorer = rt.scorer
         a = rt.routing.agent_vectors.get(agent.agent_id)
+        slot_on, compared = rt.slot(top[0].queue, now)
         if self.degraded(rt.config.name):
-            return top[0], Choice(mode=Mode.DEGRADED, policy="baseline")
+            # (counted in its slot, as in agent surplus: the report compares slots
+            # as assigned, whatever the store's health meanwhile)
+            return top[0], Choice(mode=Mode.DEGRADED, policy="baseline", slot_on=slot_on,
+                                  compared=compared)
         if pol.name == "baseline" and not rt.config.monitor:
             return top[0], Choice(mode=Mode.BASELINE, policy="baseline")
-        slot_on, compared = rt.slot(top[0].queue, now)
         if slot_on is False:
             return top[0], Choice(mode=Mode.CONTROL, policy="baseline", slot_on=False,
                                   compared=compared)
