@@ -420,6 +420,10 @@ class TestRedisOutage:
                 assert q.mode == cpb.MODE_QUEUED
                 clock.advance(10)
                 own.kill()
+                # A call finds Redis gone: the replica is out of touch from here on.
+                probe = await a.router.RouteContact(contact("w2"))
+                assert probe.mode in (cpb.MODE_QUEUED, cpb.MODE_DEGRADED)
+                assert rs.servers[0].service.shared.degraded  # type: ignore[union-attr]
                 d = await a.router.AgentReady(rpb.AgentReadyRequest(agent_id="a1"))
                 assert (d.contact_id, d.mode) == ("w1", cpb.MODE_DEGRADED), d
                 held = rs.servers[0].service.tenants["acme"].routing.contacts["w1"].decision
