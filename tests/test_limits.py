@@ -265,6 +265,11 @@ class TestQueuesInUse:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await r.GetAgentState(rpb.GetAgentStateRequest(agent_id="a2"))
             assert err.value.code() is grpc.StatusCode.NOT_FOUND
+            # An agent moving from a queue only it serves to a new one leaves the
+            # count as it is: allowed at the cap.
+            moved = await r.SetAgentState(login("a1", "typo-z"))
+            assert [q.queue for q in moved.queues] == ["typo-z"]
+            await r.SetAgentState(login("a1", "sales"))
             # Once one of them is no longer used, there is room again.
             await r.EndContact(rpb.EndContactRequest(contact_id="w2",
                                                      reason=rpb.END_REASON_ABANDONED))

@@ -120,6 +120,29 @@ class TestPreferredInContactSurplus:
         d = h.ready("X")
         assert (d.contact_id, d.agent_id) == ("cp", "X")
 
+    def test_held_for_a_free_preferred_agent_only_for_preferred_hold_s(self) -> None:
+        """X became free without asking (its wrap-up ran out) and may never ask: past
+        preferred_hold_s of waiting, Y takes the contact; within it, Y does not."""
+        h = Harness()
+        assert h.rt.routing.preferred_hold_s == 30.0
+        h.agent("X")
+        h.agent("Y")
+        first, second = h.route("c1"), h.route("c2")
+        for d in (first, second):  # connected: no offer runs out meanwhile
+            run_now(h.svc.confirm("acme", d.decision_id))
+        x_call = first if first.agent_id == "X" else second
+        y_call = second if x_call is first else first
+        h.end(x_call.contact_id)  # X in wrap-up
+        waiting = h.route("cp", preferred_agent_ids=frozenset({"X"}))
+        assert waiting.mode is Mode.QUEUED
+        h.clock.advance(20)  # X's wrap-up is over: free for it, without a call
+        h.end(y_call.contact_id)
+        h.clock.advance(6)  # Y's wrap-up too; cp has waited 26 s
+        assert h.ready("Y").mode is Mode.QUEUED
+        h.clock.advance(5)  # 31 s
+        d = h.ready("Y")
+        assert (d.contact_id, d.agent_id) == ("cp", "Y")
+
     def test_another_agent_takes_it_when_no_preferred_agent_is_free(self) -> None:
         """A preference names whom to prefer, not whom to wait for: with X away, Y takes it."""
         h = Harness()
@@ -206,7 +229,9 @@ class TestPreferredInContactSurplus:
                         d = h.ready(str(rng.choice(agents)))
                         if d.decision_id:
                             c = h.rt.routing.contacts[d.contact_id]
-                            if c.preferred and d.agent_id not in c.preferred:
+                            hold = h.rt.routing.preferred_hold_s
+                            if (c.preferred and d.agent_id not in c.preferred
+                                    and now - c.arrival < hold):
                                 index = h.rt.routing.queue(c.queue)
                                 need = h.rt.routing.min_proficiency(c, now)
                                 held = [

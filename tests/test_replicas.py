@@ -918,3 +918,55 @@ class TestPrivacyRacesAcrossReplicas:
             await rs.settle()
             assert sb.privacy.screen("acme", self.CUSTOMER)[1]
             assert "stall" in sb.tenants["acme"].routing.contacts
+
+
+class TestCallerGoneDuringACommit:
+    """With shared state the commit is the await a deadline lands on: a call cancelled
+    while its commit is on its way (here it lands, and its reply is slow: injected)
+    leaves neither a reservation nor a contact of its own behind."""
+
+    @staticmethod
+    def slow_first_commit(rs: Replicas) -> None:
+        shared = rs.servers[0].service.shared
+        assert shared is not None
+        commit = shared.commit
+        armed = [True]
+
+        async def slow(tenant: str, routing: Any, **kw: Any) -> int:
+            out = await commit(tenant, routing, **kw)
+            if armed[0]:
+                armed[0] = False
+                await asyncio.sleep(0.5)
+            return out
+
+        shared.commit = slow  # type: ignore[method-assign]
+
+    async def test_route_contact(self, redis_url: str) -> None:
+        async with replicas(redis_url, n=1) as rs:
+            c = rs.client(0)
+            await c.router.SetAgentState(login("a1", "sales"))
+            self.slow_first_commit(rs)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.router.RouteContact(contact("c1"), timeout=0.15)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.8)
+            a1 = await c.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+            assert a1.status == rpb.AGENT_STATUS_AVAILABLE and not a1.contact_ids, a1
+            assert "c1" not in rs.servers[0].service.tenants["acme"].routing.contacts
+            d = await c.router.RouteContact(contact("c2"))
+            assert d.agent_id == "a1"
+
+    async def test_agent_ready(self, redis_url: str) -> None:
+        async with replicas(redis_url, n=1) as rs:
+            c = rs.client(0)
+            await c.router.SetAgentState(login("a1", "sales", status=rpb.AGENT_STATUS_AWAY))
+            assert (await c.router.RouteContact(contact("w1"))).mode == cpb.MODE_QUEUED
+            self.slow_first_commit(rs)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.router.AgentReady(rpb.AgentReadyRequest(agent_id="a1"), timeout=0.15)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.8)
+            a1 = await c.router.GetAgentState(rpb.GetAgentStateRequest(agent_id="a1"))
+            assert not a1.contact_ids, a1  # w1 not reserved for a caller that is gone
+            stats = await c.insights.GetQueueStats(ipb.GetQueueStatsRequest())
+            assert stats.queues[0].waiting == 1  # w1 waits again (its own caller waits)

@@ -65,10 +65,13 @@ INF = math.inf
 class SlotSchedule:
     """Which slots are ON, per queue, for one tenant."""
 
-    __slots__ = ("_key", "on_share", "slot_s", "stabilise_s")
+    __slots__ = ("_key", "_memo", "on_share", "slot_s", "stabilise_s")
 
     def __init__(self, secret: str, slot_s: float, on_share: float, stabilise_s: float) -> None:
         self._key = hmac.new(secret.encode(), b"pairline-benchmark-slots", hashlib.sha256).digest()
+        # (queue, slot) -> ON?: a decision asks for its slot and the one before, so
+        # the HMACs are done once per queue and slot, not per decision.
+        self._memo: dict[tuple[str, int], bool] = {}
         self.slot_s = slot_s
         self.on_share = on_share
         self.stabilise_s = stabilise_s
@@ -85,8 +88,14 @@ class SlotSchedule:
         )
 
     def _on(self, queue: str, slot: int) -> bool:
-        mac = hmac.new(self._key, f"{queue}\x00{slot}".encode(), hashlib.sha256).digest()
-        return int.from_bytes(mac[:8], "big") / 2**64 < self.on_share
+        on = self._memo.get((queue, slot))
+        if on is None:
+            mac = hmac.new(self._key, f"{queue}\x00{slot}".encode(), hashlib.sha256).digest()
+            on = int.from_bytes(mac[:8], "big") / 2**64 < self.on_share
+            if len(self._memo) >= 4096:  # (slots go by: keep it small)
+                self._memo.clear()
+            self._memo[(queue, slot)] = on
+        return on
 
     def state(self, queue: str, now: float) -> tuple[bool, bool]:
         """(pairing ON?, counted in the comparison?) for a decision at ``now``."""

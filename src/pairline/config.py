@@ -93,6 +93,11 @@ class TenantConfig:
     max_waiting: int = 100_000
     max_agents: int = 50_000
     max_queues: int = 1_000
+    # A waiting contact with preferred agents is held for one of them that is free
+    # (not handed to another agent asking for work) for at most this long after it
+    # arrived: a preferred agent that became free without a call (wrap-up over) may
+    # never ask.
+    preferred_hold_s: float = 30.0
     # Overload (see pairline.limits): requests (and stream events) per second,
     # tokens banked (0: one second's worth), concurrent calls; 0 = unlimited.
     rate_per_s: float = 0.0
@@ -146,6 +151,8 @@ class TenantConfig:
                 )
         if not 1 <= self.max_queues <= 1_000_000:
             raise ValueError(f"tenant {self.name}: max_queues must be 1..1,000,000")
+        if not 0 <= self.preferred_hold_s <= 86_400:  # (also refuses nan)
+            raise ValueError(f"tenant {self.name}: preferred_hold_s must be 0..86,400")
         if self.skew < 0 or self.wait_weight < 0 or not 1 <= self.window <= 1024:
             raise ValueError(f"tenant {self.name}: skew, wait_weight >= 0; window 1..1024")
         if self.slot_s <= 0 or not 0 < self.on_share < 1 or not 0 <= self.stabilise_s < self.slot_s:

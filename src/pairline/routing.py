@@ -360,12 +360,14 @@ class TenantRouting:
         max_waiting: int,
         max_agents: int,
         max_queues: int = 1_000,
+        preferred_hold_s: float = 30.0,
         agent_dim: int = 1,
         relax_steps: tuple[tuple[float, int], ...] = (),
     ) -> None:
         self.max_waiting = max_waiting
         self.max_agents = max_agents
         self.max_queues = max_queues
+        self.preferred_hold_s = preferred_hold_s
         self.agent_dim = agent_dim
         self.relax_steps = relax_steps
         self.agent_vectors: dict[str, np.ndarray] = {}
@@ -451,16 +453,26 @@ class TenantRouting:
         for queue, prof in agent.queues.items():
             self.queue(queue).sync(agent, prof, vector)
 
-    def admit_queues(self, names: Iterable[str]) -> list[str]:
+    def admit_queues(self, names: Iterable[str], agent_id: str = "") -> list[str]:
         """Refuse (ResourceExhausted, nothing changed) when ``names`` bring the
-        queues in use past ``max_queues``. Before refusing, queues no agent serves
-        and no live contact is in are forgotten: their names are returned (the
-        caller drops what it keeps per queue too)."""
+        queues in use past ``max_queues`` (``agent_id``: the agent about to serve
+        ``names`` instead of its queues now; a queue only it serves is counted as
+        left). Before refusing, queues no agent serves and no live contact is in are
+        forgotten: their names are returned (the caller drops what it keeps per
+        queue too)."""
+        names = set(names)
         new = {n for n in names if n not in self.queues}
         if not new or len(self.queues) + len(new) <= self.max_queues:
             return []
         dropped = self.drop_idle_queues()
-        if len(self.queues) + len(new) > self.max_queues:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            busy = {c.queue for c in self.contacts.values()}
+            left = sum(1 for q in agent.queues if q not in names and q not in busy
+                       and q in self.queues and self.queues[q].row_of.keys() == {agent_id})
+        else:
+            left = 0
+        if len(self.queues) - left + len(new) > self.max_queues:
             raise ResourceExhausted(
                 f"tenant has the maximum of {self.max_queues} queues in use (served by an "
                 "agent or with a live contact); end contacts or log agents out of queues "
@@ -678,10 +690,23 @@ class TenantRouting:
             return 0
         return int(self.waiting[(contact.queue, contact.channel)].index(contact.key)) + 1
 
+    def prefers_other(self, contact: Contact, agent_id: str, now: float) -> bool:
+        """Whether ``contact`` is held, in contact surplus, for one of its preferred
+        agents other than ``agent_id`` that is free for it now (RouteContact would
+        give it to that one). Held for at most ``preferred_hold_s`` of waiting: an
+        agent that became free without a call (its wrap-up over) may never ask, and
+        the contact must not wait for it forever."""
+        if (not contact.preferred or agent_id in contact.preferred
+                or now - contact.arrival >= self.preferred_hold_s):
+            return False
+        return self.queue(contact.queue).any_eligible(
+            contact.preferred, contact.channel, now, self.min_proficiency(contact, now),
+            contact.excluded)
+
     def candidate_contacts(self, agent: Agent, now: float, limit: int) -> list[Contact]:
         """Waiting contacts ``agent`` may take now, best first by (priority, age), at most
-        ``limit``, across every queue and channel the agent serves. A contact whose
-        preferred agents include another one eligible for it now is not among them
+        ``limit``, across every queue and channel the agent serves. A contact held
+        for another, free, preferred agent (:meth:`prefers_other`) is not among them
         (as in :meth:`candidate_agents`, the preference narrows the choice)."""
         if agent.presence is not AgentStatus.AVAILABLE or agent.wrap_until > now:
             return []
@@ -699,12 +724,7 @@ class TenantRouting:
                     need = self.min_proficiency(contact, now)
                     if need > prof or agent.agent_id in contact.excluded:
                         continue
-                    if (contact.preferred and agent.agent_id not in contact.preferred
-                            and self.queue(queue).any_eligible(
-                                contact.preferred, contact.channel, now, need,
-                                contact.excluded)):
-                        # One of its preferred agents is free for it: RouteContact
-                        # would give it to that one, so this agent may not take it.
+                    if contact.preferred and self.prefers_other(contact, agent.agent_id, now):
                         continue
                     found.append((key, contact))
                     taken += 1

@@ -117,6 +117,7 @@ class TenantRuntime:
             max_waiting=config.max_waiting,
             max_agents=config.max_agents,
             max_queues=config.max_queues,
+            preferred_hold_s=config.preferred_hold_s,
             agent_dim=config.agent_dim,
             relax_steps=config.relax_steps,
         )
@@ -148,10 +149,10 @@ class TenantRuntime:
             return None, False
         return self.schedule.state(queue, now)
 
-    def admit_queues(self, names: Iterable[str]) -> None:
+    def admit_queues(self, names: Iterable[str], agent_id: str = "") -> None:
         """See :meth:`TenantRouting.admit_queues`; what pairing learnt of the
         queues it forgets goes too."""
-        for name in self.routing.admit_queues(names):
+        for name in self.routing.admit_queues(names, agent_id):
             self._pairings.pop(name, None)
 
     def reset_pairings(self, keep_xbar: bool) -> None:
@@ -604,7 +605,7 @@ class Service:
             # the baseline would serve (a contact of a queue whose slot is OFF, or
             # that the first queue's policy does not govern, is not paired as if it
             # were: its decision would be counted on the wrong side of the report).
-            states: dict[str, bool] = {}
+            states = {top[0].queue: True}
             for c in top:
                 if c.queue not in states:
                     states[c.queue] = (rt.policy(c.queue) == pol
@@ -675,7 +676,8 @@ class Service:
         for i, c in enumerate(top):
             index, rows = rt.routing.candidate_agents(c, now)
             ids = {index.ids[int(r)] for r in rows} - {None}
-            mine[i] = agent.agent_id in ids  # (not when it prefers another free agent)
+            # (every one of ``top`` may go to ``agent``, unless held for another)
+            mine[i] = not rt.routing.prefers_other(c, agent.agent_id, now)
             ids.discard(agent.agent_id)
             eligible.append(ids)  # type: ignore[arg-type]
             for a in ids:
@@ -776,7 +778,7 @@ class Service:
             now = self.clock.now()
             rt.routing.expire(now)
             if req.queues:
-                rt.admit_queues(q for q, _ in req.queues)
+                rt.admit_queues((q for q, _ in req.queues), req.agent_id)
             rt.routing.set_agent_state(
                 req.agent_id, req.status, req.queues, req.capacities, wrap_s, now
             )

@@ -82,17 +82,32 @@ class RouterServicer(rpb_grpc.RouterServicer):
         try:
             d = await self._s.route_contact(tenant, convert.route_contact(req, at))
         except asyncio.CancelledError:
-            # The caller went away while the decision was being recorded (its
-            # reservation is undone by then): a contact this call created goes too.
-            made = made_now()
-            if made is not None and req.contact_id in made.contacts:
-                await self._withdraw(tenant, (req.contact_id,))
+            await self._undo_cancelled(tenant)
             raise
         return convert.decision(d)
 
     async def _ready(self, req: rpb.AgentReadyRequest, tenant: str, at: str = "") -> cpb.Decision:
         agent_id = convert.agent_id(req.agent_id, at)
-        return convert.decision(await self._s.agent_ready(tenant, agent_id))
+        try:
+            d = await self._s.agent_ready(tenant, agent_id)
+        except asyncio.CancelledError:
+            await self._undo_cancelled(tenant)
+            raise
+        return convert.decision(d)
+
+    async def _undo_cancelled(self, tenant: str) -> None:
+        """The caller went away (cancelled, or its deadline) while the call was still
+        at work, say while its decision was being committed or recorded: undo what
+        the call made, as :meth:`abandon` does for an answer that cannot be sent.
+        (With shared state the commit may have landed or not: each undo runs on
+        Redis's state, under the tenant's turn, after the mirror is fetched back.)"""
+        made = made_now()
+        if made is None:
+            return
+        for decision_id in made.decisions:
+            self._s.abandon(tenant, decision_id)
+        if made.contacts:
+            await self._withdraw(tenant, list(made.contacts), made.decisions)
 
     async def _state(
         self, req: rpb.SetAgentStateRequest, tenant: str, at: str = ""
