@@ -970,3 +970,36 @@ class TestCallerGoneDuringACommit:
             assert not a1.contact_ids, a1  # w1 not reserved for a caller that is gone
             stats = await c.insights.GetQueueStats(ipb.GetQueueStatsRequest())
             assert stats.queues[0].waiting == 1  # w1 waits again (its own caller waits)
+
+
+class TestStartWhileRedisIsBusy:
+    async def test_a_replica_starting_while_redis_does_not_answer_waits_for_it(self) -> None:
+        """Redis stopped (SIGSTOP: a busy or still loading Redis, injected) while a
+        replica starts: its start-up reads time out, it retries instead of exiting,
+        and it serves once Redis answers again."""
+        import os
+        import signal
+
+        own = RedisProcess()
+        try:
+            async with replicas(own.url, n=1) as rs:
+                await rs.client(0).router.SetAgentState(login("a1", "sales"))
+            cfg = dataclasses.replace(settings(), redis_url=own.url, redis_timeout_s=0.2)
+            os.kill(own.proc.pid, signal.SIGSTOP)
+            server = PairlineServer(cfg, clock=FakeClock())
+            starting = asyncio.ensure_future(server.start())
+            try:
+                await asyncio.sleep(1.0)
+                assert not starting.done()  # waiting, not exited
+            finally:
+                os.kill(own.proc.pid, signal.SIGCONT)
+            await asyncio.wait_for(starting, 30)
+            try:
+                async with grpc.aio.insecure_channel(server.address) as ch:
+                    state = await Client(ch, KEYS["acme"]).router.GetAgentState(
+                        rpb.GetAgentStateRequest(agent_id="a1"))
+                    assert state.status == rpb.AGENT_STATUS_AVAILABLE
+            finally:
+                await server.stop(0.5)
+        finally:
+            own.stop()

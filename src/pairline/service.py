@@ -9,11 +9,12 @@ awaiting in between, so a decision is atomic on the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -65,6 +66,28 @@ from pairline.stores.redis import FeedFollower
 from pairline.stores.shared import REDIS_ERRORS, SharedRouting
 
 log = structlog.get_logger()
+
+# How long a starting replica waits for Redis to answer its start-up reads (each
+# step retried with back-off on a timeout or a refused connection) before giving up.
+START_PATIENCE_S = 60.0
+
+
+async def _patiently(step: str, call: Callable[[], Awaitable[None]]) -> None:
+    """``call()`` (an idempotent start-up step), again after a Redis timeout or
+    connection error, for up to START_PATIENCE_S: a replica restarted while Redis is
+    busy, or still starting, waits for it instead of exiting."""
+    deadline = time.monotonic() + START_PATIENCE_S
+    delay = 0.1
+    while True:
+        try:
+            await call()
+            return
+        except REDIS_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("start_waiting_for_redis", step=step, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 RECONCILE_S = 1.0  # how often a replica checks its mirror's live contacts against Redis
 
 T = TypeVar("T")
@@ -1055,16 +1078,27 @@ class Service:
             index.bands_dirty = True
             index.bands_at = -1.0
 
+    async def _load_shared(self, name: str, rt: TenantRuntime) -> None:
+        assert self.shared is not None
+        for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
+            rt.routing.set_agent_vector(agent_id, row.vector)
+        await self.shared.load(name, rt.routing)
+        if self.shared.outage_routing:
+            await self.shared.lift_fence(name)
+
     async def start(self) -> None:
         """Load models named in the configuration; restore the active ones. With
         shared state, also rebuild every tenant's routing mirror from Redis and
         follow the change feed (started first, so nothing changed meanwhile is
         missed: older snapshots are ignored by version); load the privacy
         records."""
-        await self.privacy.start()
+        if self.shared is None:  # (a local ledger's errors are not worth waiting on)
+            await self.privacy.start()
+        else:
+            await _patiently("privacy_ledger", self.privacy.start)
         if self.shared is not None:
             self._feed = FeedFollower(self.shared.store, self.on_feed)
-            await self._feed.start()
+            await _patiently("change_feed", self._feed.start)
             self.shared.catch_up = self._feed.catch_up
             self.shared.skip_feed = self._feed.skip_to
             self.shared.fence_feed = self._feed.fence
@@ -1073,11 +1107,7 @@ class Service:
             self.privacy.scrub_shared = self._scrub_shared
             self._feed.on_gap = self._feed_gap
             for name, rt in self.tenants.items():
-                for agent_id, row in (await self.shared.store.all_agent_profiles(name)).items():
-                    rt.routing.set_agent_vector(agent_id, row.vector)
-                await self.shared.load(name, rt.routing)
-                if self.shared.outage_routing:
-                    await self.shared.lift_fence(name)
+                await _patiently("routing_state", functools.partial(self._load_shared, name, rt))
         for name, rt in self.tenants.items():
             if rt.config.model_path:
                 with open(rt.config.model_path, "rb") as fh:
