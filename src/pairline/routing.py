@@ -464,10 +464,10 @@ class TenantRouting:
         new = {n for n in names if n not in self.queues}
         if not new or len(self.queues) + len(new) <= self.max_queues:
             return []
-        dropped = self.drop_idle_queues()
+        busy = {c.queue for c in self.contacts.values()}
+        dropped = self.drop_idle_queues(busy)
         agent = self.agents.get(agent_id)
         if agent is not None:
-            busy = {c.queue for c in self.contacts.values()}
             left = sum(1 for q in agent.queues if q not in names and q not in busy
                        and q in self.queues and self.queues[q].row_of.keys() == {agent_id})
         else:
@@ -479,9 +479,9 @@ class TenantRouting:
                 "no longer used, or raise max_queues")
         return dropped
 
-    def drop_idle_queues(self) -> list[str]:
-        """Forget the queues that no agent serves and no live contact is in."""
-        busy = {c.queue for c in self.contacts.values()}
+    def drop_idle_queues(self, busy: set[str]) -> list[str]:
+        """Forget the queues that no agent serves and no live contact is in (``busy``:
+        the queues of the live contacts)."""
         idle = [n for n, index in self.queues.items() if not index.row_of and n not in busy]
         for name in idle:
             del self.queues[name]
